@@ -1,0 +1,217 @@
+"""Builds walletwatch from its config, once, and owns the running parts.
+
+This is the one place that creates the HTTP session, the store, the buckets, the watchers,
+the registry and the web server; everything else receives them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import urlsplit
+
+import aiohttp
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from walletwatch import __version__
+from walletwatch.config import AccountConfig, Config
+from walletwatch.errors import ConfigError
+from walletwatch.http import Http
+from walletwatch.metrics import WalletwatchCollector
+from walletwatch.providers import REGISTRY
+from walletwatch.scheduler import Scheduler, TokenBucket
+from walletwatch.sinks import Dispatcher, FileSink, StreamSink
+from walletwatch.store import AsyncStore, Store
+from walletwatch.telemetry import Telemetry
+from walletwatch.tracker import AccountState
+from walletwatch.types import Clock, Sink
+from walletwatch.watcher import AccountWatcher
+from walletwatch.web import create_app
+
+log = structlog.get_logger("walletwatch.app")
+
+SHUTDOWN_GRACE = 10.0
+"""Seconds in-flight polls get to finish on SIGTERM before they are cancelled."""
+
+
+def check_supported(config: Config) -> None:
+    """Every account's provider has a client in this build."""
+    problems = [
+        f"accounts[{i}].provider: {a.provider!r} has no client in walletwatch {__version__} "
+        f"(available: {', '.join(sorted(REGISTRY))})"
+        for i, a in enumerate(config.accounts)
+        if a.provider not in REGISTRY
+    ]
+    if problems:
+        raise ConfigError(problems)
+
+
+class Daemon:
+    """walletwatch's running parts, built from one Config."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock,
+        stdout: TextIO | None = None,
+        rng: random.Random | None = None,
+        state_path: Path | None = None,
+    ) -> None:
+        check_supported(config)
+        self.config = config
+        self.clock = clock
+        self.telemetry = Telemetry()
+        self.watchers: dict[str, AccountWatcher] = {}
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(WalletwatchCollector(self.watchers.values, self.telemetry, clock))
+        self.scheduler = Scheduler(clock, rng=rng, on_delay=self.telemetry.delay)
+        self._stdout = stdout
+        self._state_path = state_path or config.state_path
+        self._buckets: dict[str, TokenBucket] = {}
+        self._store: AsyncStore | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._dispatch_task: asyncio.Task[None] | None = None
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    def __repr__(self) -> str:
+        return f"Daemon(accounts={len(self.config.accounts)})"
+
+    async def start(self, *, serve: bool = True) -> None:
+        """Open the store, build every watcher, start delivering events and serving HTTP."""
+        store = AsyncStore(Store(self._state_path))
+        self._store = store
+        states = await store.call(store.store.load)
+        self._session = session = aiohttp.ClientSession(
+            headers={"User-Agent": f"walletwatch/{__version__}"},
+            connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
+            trust_env=False,
+        )
+        sinks: list[Sink] = []
+        if self._stdout is not None:
+            sinks.append(StreamSink(self._stdout))
+        if self.config.events_file is not None:
+            sinks.append(FileSink(self.config.events_file))
+        self._dispatcher = Dispatcher(store, sinks, self.clock)
+        await self._dispatcher.prepare()
+        for account in self.config.accounts:
+            self.watchers[account.name] = self._watcher(
+                account, states.get(account.name), store, session
+            )
+        self._dispatch_task = asyncio.create_task(self._dispatcher.run(), name="dispatcher")
+        if serve:
+            await self._serve()
+        log.info(
+            "walletwatch.started",
+            version=__version__,
+            accounts=len(self.watchers),
+            listen=self.url if serve else None,
+        )
+
+    def _watcher(
+        self,
+        account: AccountConfig,
+        state: AccountState | None,
+        store: AsyncStore,
+        session: aiohttp.ClientSession,
+    ) -> AccountWatcher:
+        settings = self.config.providers[account.provider]
+        buckets = [self._bucket(account.credential_id, settings.rate_limit)]
+        if settings.host_rate_limit is not None:
+            host = urlsplit(account.base_url).netloc
+            buckets.append(self._bucket(f"{account.provider}@{host}", settings.host_rate_limit))
+        http = Http(
+            session,
+            provider=account.provider,
+            buckets=buckets,
+            telemetry=self.telemetry,
+            clock=self.clock,
+            timeout=aiohttp.ClientTimeout(
+                total=settings.timeout,
+                connect=settings.connect_timeout,
+                sock_read=settings.read_timeout,
+            ),
+            max_backoff=settings.max_backoff,
+        )
+        client = REGISTRY[account.provider](account, settings, http, self.clock)
+        return AccountWatcher(
+            account,
+            settings,
+            client,
+            state or AccountState(),
+            store=store,
+            telemetry=self.telemetry,
+            clock=self.clock,
+            on_events=self._wake,
+        )
+
+    def _bucket(self, key: str, rate: float) -> TokenBucket:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(rate, self.clock, name=key)
+        return bucket
+
+    def _wake(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.wake()
+
+    async def _serve(self) -> None:
+        app = create_app(self.registry, self.watchers.values)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        listen = self.config.listen
+        site = web.TCPSite(self._runner, listen.host, listen.port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    @property
+    def url(self) -> str:
+        """The base URL of the web server."""
+        host = self.config.listen.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    def run_scheduler(self) -> None:
+        """Start polling every account on its schedule."""
+        for watcher in self.watchers.values():
+            self.scheduler.start(watcher, watcher.endpoints)
+
+    async def poll_once(self) -> None:
+        """Poll every endpoint of every account once, then deliver the events."""
+
+        async def one(watcher: AccountWatcher) -> None:
+            for endpoint in watcher.endpoints:
+                await watcher.poll(endpoint)
+
+        await asyncio.gather(*(one(w) for w in self.watchers.values()))
+        await self.deliver()
+
+    async def deliver(self) -> None:
+        """Deliver every event in the outbox now."""
+        if self._dispatcher is not None:
+            await self._dispatcher.drain()
+
+    def __iter__(self) -> Iterator[AccountWatcher]:
+        return iter(self.watchers.values())
+
+    async def close(self) -> None:
+        """Stop polling (in-flight polls finish), deliver what is queued, close everything."""
+        await self.scheduler.stop(SHUTDOWN_GRACE)
+        if self._dispatch_task is not None:
+            self._dispatch_task.cancel()
+            await asyncio.gather(self._dispatch_task, return_exceptions=True)
+        await self.deliver()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+        if self._store is not None:
+            self._store.close()
+        log.info("walletwatch.stopped")

@@ -1,0 +1,232 @@
+"""The ``walletwatch`` command: run, check, once, simulate, demo, --version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+import yaml
+
+from walletwatch import __version__, logs
+from walletwatch.app import Daemon
+from walletwatch.config import Config, Listen, load_config, parse_config
+from walletwatch.errors import ConfigError, WalletwatchError
+from walletwatch.sim import Simulator, start
+from walletwatch.types import SystemClock
+from walletwatch.watcher import AccountWatcher
+
+log = structlog.get_logger("walletwatch.cli")
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as err:
+        print(f"walletwatch: configuration has {len(err.problems)} problem(s):", file=sys.stderr)
+        for problem in err.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except WalletwatchError as err:
+        print(f"walletwatch: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="walletwatch",
+        description="Watch custodial wallet and payment-gateway accounts for Prometheus.",
+    )
+    parser.add_argument("--version", action="version", version=f"walletwatch {__version__}")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("-c", "--config", type=Path, required=True)
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate a config file (exit 0, or 2 with problems)")
+    check.add_argument("-c", "--config", type=Path, required=True)
+    check.set_defaults(func=cmd_check)
+
+    once = sub.add_parser("once", help="poll every account once and print the result")
+    once.add_argument("-c", "--config", type=Path, required=True)
+    once.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    once.set_defaults(func=cmd_once)
+
+    simulate = sub.add_parser("simulate", help="run the provider simulator alone")
+    simulate.add_argument("--listen", type=_listen, default=Listen("127.0.0.1", 10102))
+    simulate.add_argument("--seed", type=int, default=None)
+    simulate.add_argument("--tick", type=float, default=5.0, help="seconds per scenario step")
+    simulate.add_argument("--no-scenario", action="store_true", help="start with no accounts")
+    simulate.set_defaults(func=cmd_simulate)
+
+    demo = sub.add_parser("demo", help="simulator and daemon together on loopback")
+    demo.add_argument("--listen", type=_listen, default=Listen("127.0.0.1", 10101))
+    demo.add_argument("--tick", type=float, default=3.0, help="seconds per scenario step")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _listen(text: str) -> Listen:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return Listen(host.strip("[]"), int(port))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate the config; problems raise ConfigError (exit 2)."""
+    config = load_config(args.config)
+    print(f"{args.config}: OK, {len(config.accounts)} account(s)")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM or SIGINT."""
+    config = load_config(args.config)
+    logs.configure(config.log_format, sys.stdout)
+    return asyncio.run(_serve(config, sys.stdout))
+
+
+async def _serve(config: Config, stdout: TextIO, before: str | None = None) -> int:
+    daemon = Daemon(config, clock=SystemClock(), stdout=stdout)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await daemon.start()
+    try:
+        if before:
+            print(before.format(url=daemon.url), file=sys.stderr, flush=True)
+        daemon.run_scheduler()
+        await stop.wait()
+        log.info("walletwatch.stopping")
+    finally:
+        await daemon.close()
+    return EXIT_OK
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    """Poll each account once with a throwaway state; exit 1 if any account failed."""
+    config = load_config(args.config)
+    logs.configure(config.log_format, sys.stderr, level=logging.ERROR)
+    watchers = asyncio.run(_once(config))
+    rows = [_summary(w) for w in watchers]
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+    else:
+        print(_table(rows))
+    return EXIT_OK if all(r["up"] for r in rows) else EXIT_FAILED
+
+
+async def _once(config: Config) -> list[AccountWatcher]:
+    daemon = Daemon(config, clock=SystemClock(), state_path=Path(":memory:"))
+    await daemon.start(serve=False)
+    try:
+        await daemon.poll_once()
+    finally:
+        await daemon.close()
+    return list(daemon)
+
+
+def _summary(w: AccountWatcher) -> dict[str, Any]:
+    return {
+        "provider": w.provider,
+        "account": w.name,
+        "up": w.up,
+        "balances": {
+            c: {
+                "available": str(t.balance.available),
+                "pending": None if t.balance.pending is None else str(t.balance.pending),
+            }
+            for c, t in sorted(w.state.balances.items())
+        },
+        "in_flight": sum(1 for _ in w.state.in_flight()),
+        "errors": {e: h.error for e, h in sorted(w.health.items()) if not h.ok},
+    }
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    header = ("PROVIDER", "ACCOUNT", "UP", "IN FLIGHT", "BALANCES / ERRORS")
+    lines = [header]
+    for r in rows:
+        detail = "; ".join(f"{e}: {msg}" for e, msg in r["errors"].items()) or ", ".join(
+            f"{b['available']} {c}" for c, b in r["balances"].items()
+        )
+        lines.append(
+            (r["provider"], r["account"], "yes" if r["up"] else "NO", str(r["in_flight"]), detail)
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=False)) + "  " + line[-1]
+        for line in lines
+    )
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Serve the simulator until interrupted."""
+    logs.configure(None, sys.stderr)
+    asyncio.run(_simulate(args))
+    return EXIT_OK
+
+
+async def _simulate(args: argparse.Namespace) -> None:
+    kwargs: dict[str, Any] = {"scenario": not args.no_scenario}
+    if args.seed is not None:
+        kwargs["seed"] = args.seed
+    sim = Simulator(**kwargs)
+    runner, port = await start(sim, args.listen.host, args.listen.port, tick=args.tick)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"simulator listening on http://{args.listen.host}:{port}", file=sys.stderr, flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Simulator plus daemon with the built-in demo config."""
+    with tempfile.TemporaryDirectory(prefix="walletwatch-demo-") as tmp:
+        return asyncio.run(_demo(args, Path(tmp)))
+
+
+async def _demo(args: argparse.Namespace, workdir: Path) -> int:
+    sim = Simulator(scenario=True)
+    runner, port = await start(sim, "127.0.0.1", 0, tick=args.tick)
+    try:
+        config = demo_config(f"http://127.0.0.1:{port}", args.listen, workdir)
+        logs.configure(config.log_format, sys.stdout)
+        banner = (
+            "walletwatch demo: metrics at {url}/metrics, overview at {url}/ ; events in "
+            f"{config.events_file} ; Ctrl-C stops"
+        )
+        return await _serve(config, sys.stdout, before=banner)
+    finally:
+        await runner.cleanup()
+
+
+def demo_config(sim_url: str, listen: Listen, workdir: Path) -> Config:
+    """The built-in demo config pointed at a simulator."""
+    text = resources.files("walletwatch").joinpath("demo.yaml").read_text()
+    host = f"[{listen.host}]" if ":" in listen.host else listen.host
+    text = text.replace("SIM_URL", sim_url).replace("LISTEN", f"{host}:{listen.port}")
+    return parse_config(yaml.safe_load(text), base_dir=workdir, environ={})

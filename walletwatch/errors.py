@@ -1,0 +1,85 @@
+"""The one exception tree of walletwatch.
+
+::
+
+    WalletwatchError
+    ├── ConfigError                 the configuration is unusable; carries every problem
+    └── ProviderError               a poll failed; ``reason`` is the poll_errors_total label
+        ├── Unavailable             timeout, connection, http_5xx: try again later
+        ├── RateLimited             HTTP 429; ``retry_after`` seconds when the provider said
+        ├── AuthFailed              HTTP 401/403 or a body-level auth error
+        ├── Rejected                any other 4xx or body-level refusal
+        └── BadPayload              the answer could not be understood
+
+Raise these and chain with ``raise ... from err``; never return ``None`` to mean failure.
+Messages never contain credentials.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class WalletwatchError(Exception):
+    """Base class of every error walletwatch raises on purpose."""
+
+
+class ConfigError(WalletwatchError):
+    """The configuration has problems; ``problems`` lists each as ``path: message``."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class ProviderError(WalletwatchError):
+    """A request to a provider did not give a usable answer."""
+
+    reason = "http_4xx"
+
+
+class Unavailable(ProviderError):
+    """The provider could not be reached or failed on its side."""
+
+    def __init__(self, message: str, *, reason: str = "connection") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class RateLimited(ProviderError):
+    """The provider answered HTTP 429."""
+
+    reason = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AuthFailed(ProviderError):
+    """The provider refused the credentials."""
+
+    reason = "auth"
+
+
+class Rejected(ProviderError):
+    """The provider refused the request for a reason other than auth or rate."""
+
+    reason = "http_4xx"
+
+
+class BadPayload(ProviderError):
+    """The provider answered with something that is not what its API promises."""
+
+    reason = "bad_payload"
+
+
+POLL_ERROR_REASONS = (
+    "timeout",
+    "connection",
+    "http_4xx",
+    "http_5xx",
+    "rate_limited",
+    "auth",
+    "bad_payload",
+)

@@ -1,0 +1,173 @@
+"""One HTTP exchange with a provider: rate-limit slot, timeouts, size cap, error mapping.
+
+Every way a request can fail is mapped to one ProviderError in ``_classify``, so provider
+modules only sign requests and parse bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+
+from walletwatch.errors import (
+    AuthFailed,
+    BadPayload,
+    ProviderError,
+    RateLimited,
+    Rejected,
+    Unavailable,
+)
+from walletwatch.scheduler import TokenBucket
+from walletwatch.telemetry import Telemetry
+from walletwatch.types import Clock
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A provider's answer: status, headers and the raw body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON with exact decimals; anything else is BadPayload."""
+        return parse_json(self.body)
+
+
+def parse_json(body: bytes) -> Any:
+    """Decode JSON with floats as Decimal, refusing NaN, Infinity and absurd documents."""
+    try:
+        return json.loads(body.decode("utf-8"), parse_float=Decimal, parse_constant=_reject)
+    except (ValueError, RecursionError, UnicodeDecodeError) as err:
+        raise BadPayload(f"response is not valid JSON: {str(err)[:120]}") from err
+
+
+def _reject(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def parse_retry_after(value: str | None, now: float, cap: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), capped."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError, IndexError):
+            return None
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), cap)
+
+
+class Http:
+    """Makes requests for one account: waits for its rate-limit slots, maps failures."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        provider: str,
+        buckets: Sequence[TokenBucket],
+        telemetry: Telemetry,
+        clock: Clock,
+        timeout: aiohttp.ClientTimeout,
+        max_backoff: float,
+        max_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
+        self._session = session
+        self._provider = provider
+        self._buckets = tuple(buckets)
+        self._telemetry = telemetry
+        self._clock = clock
+        self._timeout = timeout
+        self._max_backoff = max_backoff
+        self._max_bytes = max_bytes
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        endpoint: str,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        accept: Collection[int] = (),
+    ) -> Response:
+        """Send one request and return a 2xx response; raise a ProviderError otherwise.
+
+        Statuses in ``accept`` are returned as they are, for providers whose error bodies
+        say more than the status does.
+        """
+        for bucket in self._buckets:
+            await bucket.acquire()
+        started = self._clock.monotonic()
+        code = "error"
+        try:
+            async with self._session.request(
+                method,
+                url,
+                headers=headers,
+                data=body,
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                code = str(resp.status)
+                payload = await self._read(resp)
+                response = Response(resp.status, dict(resp.headers), payload)
+        except ProviderError:
+            raise
+        except TimeoutError as err:
+            raise Unavailable(f"{method} {endpoint}: timed out", reason="timeout") from err
+        except aiohttp.ClientError as err:
+            raise Unavailable(f"{method} {endpoint}: {type(err).__name__}") from err
+        finally:
+            self._telemetry.request(
+                self._provider, endpoint, code, self._clock.monotonic() - started
+            )
+        if response.status not in accept:
+            self._classify(response, endpoint)
+        return response
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        chunks, size = [], 0
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise BadPayload(f"response larger than {self._max_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _classify(self, response: Response, endpoint: str) -> None:
+        status = response.status
+        if 200 <= status < 300:
+            return
+        what = f"{endpoint}: HTTP {status}"
+        if status == 429:
+            retry_after = parse_retry_after(
+                response.headers.get("Retry-After"), self._clock.time(), self._max_backoff
+            )
+            if retry_after is not None:
+                for bucket in self._buckets:
+                    bucket.pause(retry_after)
+            raise RateLimited(what, retry_after=retry_after)
+        if status in (401, 403):
+            raise AuthFailed(what)
+        if status >= 500:
+            raise Unavailable(what, reason="http_5xx")
+        if 300 <= status < 400:
+            raise Rejected(f"{what} redirect not followed")
+        raise Rejected(what)

@@ -1,0 +1,225 @@
+"""The /metrics collector: every series is read from current state at scrape time.
+
+A custom Collector (client_python's pattern for exporters) so nothing is double-booked and
+no ``_created`` series appear. Decimal becomes float here, at the metric boundary, and only
+here.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from walletwatch import __version__
+from walletwatch.events import EVENT_NAMES
+from walletwatch.model import Direction
+from walletwatch.telemetry import Histogram, Telemetry
+from walletwatch.tracker import is_stuck
+from walletwatch.types import Clock
+from walletwatch.watcher import AccountWatcher
+
+P = "walletwatch_"
+ACCOUNT = ["provider", "account"]
+CURRENCY = [*ACCOUNT, "currency"]
+FLOW = [*CURRENCY, "direction"]
+
+PROVIDER_GAUGES = {
+    "wallet_whitelisted": "1 if the wallet is whitelisted (Sila)",
+    "api_enabled": "1 if the provider reports its API enabled (KredsWallet)",
+    "payment_method_enabled": "1 if the payment method is enabled (bitexbit)",
+    "price": "price of the provider's currency in the quote currency (PotWallet)",
+}
+
+
+class WalletwatchCollector(Collector):
+    """Exports the state of every watched account and walletwatch's own telemetry."""
+
+    def __init__(
+        self,
+        watchers: Callable[[], Iterable[AccountWatcher]],
+        telemetry: Telemetry,
+        clock: Clock,
+    ) -> None:
+        self._watchers = watchers
+        self._telemetry = telemetry
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        """Build every metric family from the current state."""
+        watchers = list(self._watchers())
+        yield from self._accounts(watchers, self._clock.time())
+        yield from self._health(watchers)
+        yield from self._self_metrics({w.provider for w in watchers})
+
+    def _accounts(self, watchers: list[AccountWatcher], now: float) -> Iterator[Metric]:
+        balance = GaugeMetricFamily(
+            P + "balance", "Available balance from the last successful poll.", labels=CURRENCY
+        )
+        pending = GaugeMetricFamily(
+            P + "balance_pending",
+            "Pending balance, where the provider reports one.",
+            labels=CURRENCY,
+        )
+        low = GaugeMetricFamily(
+            P + "balance_low_threshold", "Configured low_balance threshold.", labels=CURRENCY
+        )
+        settled = CounterMetricFamily(
+            P + "transfers",
+            "Transfers that reached a final state.",
+            labels=[*FLOW, "state"],
+        )
+        amount = CounterMetricFamily(
+            P + "transfer_amount",
+            "Summed amounts of transfers that reached a final state.",
+            labels=[*FLOW, "state"],
+        )
+        in_flight = GaugeMetricFamily(
+            P + "transfers_in_flight", "Transfers pending or in an unknown state.", labels=FLOW
+        )
+        stuck = GaugeMetricFamily(
+            P + "transfers_stuck",
+            "Transfers in flight longer than their threshold.",
+            labels=FLOW,
+        )
+        oldest = GaugeMetricFamily(
+            P + "transfer_oldest_in_flight_timestamp_seconds",
+            "Start of the oldest in-flight transfer.",
+            labels=FLOW,
+        )
+        threshold = GaugeMetricFamily(
+            P + "transfer_stuck_threshold_seconds",
+            "Configured stuck threshold.",
+            labels=[*ACCOUNT, "direction"],
+        )
+        extra: dict[str, GaugeMetricFamily] = {}
+        for w in watchers:
+            labels = [w.provider, w.name]
+            state, config = w.state, w.config
+            for currency, held in sorted(state.balances.items()):
+                balance.add_metric([*labels, currency], float(held.balance.available))
+                if held.balance.pending is not None:
+                    pending.add_metric([*labels, currency], float(held.balance.pending))
+            for currency, value in sorted(config.low_balance.items()):
+                low.add_metric([*labels, currency], float(value))
+            for (currency, direction, final), total in sorted(state.totals.items()):
+                key = [*labels, currency, str(direction), str(final)]
+                settled.add_metric(key, total.count)
+                amount.add_metric(key, float(total.amount))
+            flights: dict[tuple[str, Direction], list[float]] = defaultdict(list)
+            stuck_count: dict[tuple[str, Direction], int] = defaultdict(int)
+            for tracked in state.in_flight():
+                key2 = (tracked.transfer.currency, tracked.transfer.direction)
+                flights[key2].append(tracked.started_at)
+                stuck_count[key2] += is_stuck(tracked, config, now)
+            currencies = (
+                set(state.balances) | {c for c, _, _ in state.totals} | {c for c, _ in flights}
+            )
+            for currency in sorted(currencies):
+                for direction in Direction:
+                    key = [*labels, currency, str(direction)]
+                    starts = flights.get((currency, direction), [])
+                    in_flight.add_metric(key, len(starts))
+                    stuck.add_metric(key, stuck_count.get((currency, direction), 0))
+                    if starts:
+                        oldest.add_metric(key, min(starts))
+            for direction in Direction:
+                threshold.add_metric([*labels, str(direction)], config.stuck_after(direction))
+            for gauge in w.gauges.values():
+                family = extra.get(gauge.name)
+                if family is None:
+                    family = extra[gauge.name] = GaugeMetricFamily(
+                        P + gauge.name,
+                        PROVIDER_GAUGES[gauge.name],
+                        labels=[*ACCOUNT, *(k for k, _ in gauge.labels)],
+                    )
+                family.add_metric([*labels, *(v for _, v in gauge.labels)], float(gauge.value))
+        yield from (balance, pending, low, settled, amount, in_flight, stuck, oldest, threshold)
+        yield from (extra[name] for name in sorted(extra))
+
+    def _health(self, watchers: list[AccountWatcher]) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            P + "up",
+            "1 if the last poll of every endpoint of the account succeeded.",
+            labels=ACCOUNT,
+        )
+        last = GaugeMetricFamily(
+            P + "last_success_timestamp_seconds",
+            "Time of the last successful poll.",
+            labels=[*ACCOUNT, "endpoint"],
+        )
+        for w in watchers:
+            up.add_metric([w.provider, w.name], 1.0 if w.up else 0.0)
+            for endpoint, health in sorted(w.health.items()):
+                if health.last_success is not None:
+                    last.add_metric([w.provider, w.name, endpoint], health.last_success)
+        t = self._telemetry
+        polls = CounterMetricFamily(P + "polls", "Polls started.", labels=[*ACCOUNT, "endpoint"])
+        for key, value in sorted(t.polls.items()):
+            polls.add_metric(list(key), value)
+        errors = CounterMetricFamily(
+            P + "poll_errors",
+            "Polls that failed, by reason.",
+            labels=[*ACCOUNT, "endpoint", "reason"],
+        )
+        for key4, value in sorted(t.poll_errors.items()):
+            errors.add_metric(list(key4), value)
+        yield from (up, last, polls, errors)
+
+    def _self_metrics(self, providers: set[str]) -> Iterator[Metric]:
+        t = self._telemetry
+        requests = CounterMetricFamily(
+            P + "http_requests",
+            "HTTP responses from providers (code 'error' when none).",
+            labels=["provider", "endpoint", "code"],
+        )
+        for key, value in sorted(t.http_requests.items()):
+            requests.add_metric(list(key), value)
+        yield requests
+        yield _histogram(
+            P + "http_request_duration_seconds",
+            "Provider request latency.",
+            ["provider", "endpoint"],
+            t.http_duration.items(),
+        )
+        limited = CounterMetricFamily(
+            P + "rate_limited", "HTTP 429 responses received.", labels=["provider"]
+        )
+        for provider in sorted(providers | set(t.rate_limited)):
+            limited.add_metric([provider], t.rate_limited[provider])
+        yield limited
+        yield _histogram(
+            P + "scheduler_delay_seconds",
+            "How late a poll started against its due time.",
+            ["provider"],
+            (((p,), h) for p, h in t.scheduler_delay.items()),
+        )
+        events = CounterMetricFamily(P + "events", "Alert events emitted.", labels=["event"])
+        for name in EVENT_NAMES:
+            events.add_metric([name], t.events[name])
+        yield events
+        stores = CounterMetricFamily(
+            P + "store_errors", "State commits that failed.", labels=["provider"]
+        )
+        for provider in sorted(providers | set(t.store_errors)):
+            stores.add_metric([provider], t.store_errors[provider])
+        yield stores
+        info = GaugeMetricFamily(P + "build_info", "walletwatch version.", labels=["version"])
+        info.add_metric([__version__], 1.0)
+        yield info
+
+
+def _histogram(
+    name: str, doc: str, labels: list[str], data: Iterable[tuple[Sequence[str], Histogram]]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    for key, hist in sorted(data, key=lambda item: tuple(item[0])):
+        family.add_metric(list(key), hist.buckets(), hist.total)
+    return family

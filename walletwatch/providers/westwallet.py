@@ -1,0 +1,197 @@
+"""WestWallet: balances from GET /wallet/balances, history from POST /wallet/transactions.
+
+See shared/providers/NOTES.md: sign ``str(timestamp) + exact body``; GET with query params
+is signed inconsistently by the official clients, so only parameterless GET and POST are
+used. Only ``pending`` and ``completed`` statuses are attested; anything else is unknown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from walletwatch.config import AccountConfig, ProviderSettings
+from walletwatch.errors import AuthFailed, BadPayload, RateLimited, Rejected
+from walletwatch.http import Http
+from walletwatch.model import Balance, Direction, Observation, State, Transfer
+from walletwatch.providers import parse
+from walletwatch.tracker import AccountState
+from walletwatch.types import Clock
+
+PAGE_SIZE = 50  # the API's maximum
+MAX_LOOKUPS = 10  # single-transaction refreshes per poll, oldest in-flight first
+
+STATES: Mapping[str, State] = {"pending": State.PENDING, "completed": State.OK}
+TYPES: Mapping[Direction, str] = {Direction.DEPOSIT: "receive", Direction.WITHDRAWAL: "send"}
+AUTH_ERRORS = frozenset({"account_blocked", "wrong_credentials", "unauthorized", "ip_not_allowed"})
+
+
+def sign(secret: str, timestamp: int, body: str) -> str:
+    """X-ACCESS-SIGN: hex HMAC-SHA256 of ``str(timestamp) + body`` keyed with the secret."""
+    message = f"{timestamp}{body}".encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def auth_headers(api_key: str, secret: str, timestamp: int, body: str) -> dict[str, str]:
+    """The headers of a signed request."""
+    return {
+        "Content-Type": "application/json",
+        "X-API-KEY": api_key,
+        "X-ACCESS-TIMESTAMP": str(timestamp),
+        "X-ACCESS-SIGN": sign(secret, timestamp, body),
+    }
+
+
+def check_error(payload: Any, where: str) -> Mapping[str, Any]:
+    """The payload as an object, or the ProviderError its ``error`` field names."""
+    body = parse.mapping(payload, where)
+    error = body.get("error")
+    if error == "ok":
+        return body
+    if not isinstance(error, str):
+        raise BadPayload(f"{where}: no 'error' field")
+    message = f"{where}: error {error[:60]!r}"
+    if error in AUTH_ERRORS:
+        raise AuthFailed(message)
+    if error in ("too_many_requests", "rate_limit"):
+        raise RateLimited(message)
+    raise Rejected(message)
+
+
+def parse_balances(payload: Any) -> tuple[Balance, ...]:
+    """GET /wallet/balances: every key but ``error`` is a currency."""
+    body = check_error(payload, "balances")
+    return tuple(
+        Balance(currency=str(currency), available=parse.amount(value, f"balances.{currency}"))
+        for currency, value in body.items()
+        if currency != "error"
+    )
+
+
+def parse_transaction(item: Any, direction: Direction, where: str) -> Transfer:
+    """One transaction object."""
+    tx = parse.mapping(item, where)
+    status = parse.text(tx.get("status"), f"{where}.status")
+    confirmations = tx.get("blockchain_confirmations")
+    return Transfer(
+        id=parse.text(tx.get("id"), f"{where}.id"),
+        direction=direction,
+        currency=parse.text(tx.get("currency"), f"{where}.currency"),
+        amount=parse.amount(tx.get("amount"), f"{where}.amount"),
+        fee=parse.optional_amount(tx.get("fee"), f"{where}.fee"),
+        address=parse.optional_text(tx.get("address"), f"{where}.address"),
+        txid=parse.optional_text(tx.get("blockchain_hash"), f"{where}.blockchain_hash"),
+        status=status,
+        state=STATES.get(status, State.UNKNOWN),
+        confirmations=(
+            None
+            if confirmations is None
+            else parse.count(confirmations, f"{where}.blockchain_confirmations")
+        ),
+        created_at=parse.optional_utc_time(tx.get("created_at"), f"{where}.created_at"),
+        updated_at=parse.optional_utc_time(tx.get("updated_at"), f"{where}.updated_at"),
+    )
+
+
+def parse_transactions(payload: Any, direction: Direction) -> tuple[Transfer, ...]:
+    """POST /wallet/transactions: the ``result`` list, newest first."""
+    body = check_error(payload, "transactions")
+    result = parse.items(body.get("result"), "transactions.result")
+    transfers = tuple(
+        parse_transaction(item, direction, f"transactions.result[{i}]")
+        for i, item in enumerate(result)
+    )
+    expected = TYPES[direction]
+    for i, item in enumerate(result):
+        if item.get("type", expected) != expected:
+            raise BadPayload(f"transactions.result[{i}].type: expected {expected!r}")
+    return transfers
+
+
+class WestWallet:
+    """Polls one WestWallet account."""
+
+    endpoints = ("balances", "deposits", "withdrawals")
+    _directions: Mapping[str, Direction] = {
+        "deposits": Direction.DEPOSIT,
+        "withdrawals": Direction.WITHDRAWAL,
+    }
+
+    def __init__(
+        self, account: AccountConfig, settings: ProviderSettings, http: Http, clock: Clock
+    ) -> None:
+        self._base = account.base_url
+        self._api_key = account.credentials["api_key"]
+        self._secret = account.credentials["secret_key"]
+        self._http = http
+        self._clock = clock
+        self._max_pages = settings.max_pages
+
+    def __repr__(self) -> str:
+        return f"WestWallet(base_url={self._base!r})"
+
+    async def poll(self, endpoint: str, state: AccountState) -> Observation:
+        """Poll ``balances``, ``deposits`` or ``withdrawals``."""
+        if endpoint == "balances":
+            payload = await self._call("GET", "/wallet/balances", None, endpoint)
+            return Observation(endpoint, balances=parse_balances(payload))
+        direction = self._directions[endpoint]
+        transfers = await self._history(direction, state, endpoint)
+        return Observation(endpoint, transfers=transfers, directions=frozenset({direction}))
+
+    async def _history(
+        self, direction: Direction, state: AccountState, endpoint: str
+    ) -> tuple[Transfer, ...]:
+        """Newest first, paging back until a known transfer, then refresh stale in-flight ones."""
+        seen: dict[str, Transfer] = {}
+        for page in range(self._max_pages):
+            params = {
+                "type": TYPES[direction],
+                "limit": PAGE_SIZE,
+                "offset": page * PAGE_SIZE,
+                "order": "desc",
+            }
+            batch = parse_transactions(
+                await self._call("POST", "/wallet/transactions", params, endpoint), direction
+            )
+            seen.update((t.id, t) for t in batch)
+            if len(batch) < PAGE_SIZE or any(state.known(direction, t.id) for t in batch):
+                break
+        stale = sorted(
+            (
+                tracked
+                for tracked in state.in_flight()
+                if tracked.transfer.direction is direction and tracked.transfer.id not in seen
+            ),
+            key=lambda tracked: tracked.started_at,
+        )
+        for tracked in stale[:MAX_LOOKUPS]:
+            if not tracked.transfer.id.isdigit():
+                continue
+            params = {"id": int(tracked.transfer.id)}
+            try:
+                payload = await self._call("POST", "/wallet/transaction", params, endpoint)
+            except Rejected:
+                continue  # not_found: keep what we know rather than guess
+            fresh = parse_transaction(payload, direction, "transaction")
+            seen[fresh.id] = fresh
+        return tuple(seen.values())
+
+    async def _call(
+        self, method: str, path: str, params: Mapping[str, Any] | None, endpoint: str
+    ) -> Any:
+        body = "" if params is None else json.dumps(params, separators=(",", ":"))
+        headers = auth_headers(
+            self._api_key.reveal(), self._secret.reveal(), int(self._clock.time()), body
+        )
+        response = await self._http.request(
+            method,
+            self._base + path,
+            endpoint=endpoint,
+            headers=headers,
+            body=body.encode() if body else None,
+        )
+        return response.json()

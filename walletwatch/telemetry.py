@@ -1,0 +1,76 @@
+"""walletwatch's own counters and histograms, kept in memory and read by the collector."""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+DELAY_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0)
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Cumulative-bucket histogram in Prometheus' form."""
+
+    bounds: Sequence[float]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, value: float) -> None:
+        """Add one observation."""
+        if not self.counts:
+            self.counts = [0] * len(self.bounds)
+        index = bisect.bisect_left(self.bounds, value)
+        if index < len(self.counts):
+            self.counts[index] += 1
+        self.total += value
+        self.count += 1
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """(le, cumulative count) pairs ending with +Inf."""
+        out, running = [], 0
+        counts = self.counts or [0] * len(self.bounds)
+        for bound, n in zip(self.bounds, counts, strict=True):
+            running += n
+            out.append((_le(bound), float(running)))
+        out.append(("+Inf", float(self.count)))
+        return out
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+@dataclass(slots=True)
+class Telemetry:
+    """Everything walletwatch counts about its own work."""
+
+    polls: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    poll_errors: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
+    http_requests: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    http_duration: dict[tuple[str, str], Histogram] = field(default_factory=dict)
+    rate_limited: Counter[str] = field(default_factory=Counter)
+    scheduler_delay: dict[str, Histogram] = field(default_factory=dict)
+    events: Counter[str] = field(default_factory=Counter)
+    store_errors: Counter[str] = field(default_factory=Counter)
+
+    def request(self, provider: str, endpoint: str, code: str, seconds: float) -> None:
+        """Count one HTTP exchange (code ``error`` when no response came)."""
+        self.http_requests[(provider, endpoint, code)] += 1
+        hist = self.http_duration.get((provider, endpoint))
+        if hist is None:
+            hist = self.http_duration[(provider, endpoint)] = Histogram(LATENCY_BUCKETS)
+        hist.observe(seconds)
+        if code == "429":
+            self.rate_limited[provider] += 1
+
+    def delay(self, provider: str, seconds: float) -> None:
+        """How late a poll started against its due time."""
+        hist = self.scheduler_delay.get(provider)
+        if hist is None:
+            hist = self.scheduler_delay[provider] = Histogram(DELAY_BUCKETS)
+        hist.observe(max(0.0, seconds))

@@ -1,0 +1,68 @@
+"""The seams of walletwatch: the protocols its parts meet at, and the real clock."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from walletwatch.config import AccountConfig, ProviderSettings
+    from walletwatch.events import Event
+    from walletwatch.http import Http
+    from walletwatch.model import Observation
+    from walletwatch.tracker import AccountState
+
+
+class Clock(Protocol):
+    """Wall time for timestamps, monotonic time for scheduling, and sleeping."""
+
+    def time(self) -> float: ...
+    def monotonic(self) -> float: ...
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def time(self) -> float:
+        """Seconds since the epoch."""
+        return time.time()
+
+    def monotonic(self) -> float:
+        """The event loop's monotonic time."""
+        return asyncio.get_running_loop().time()
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep on the event loop."""
+        await asyncio.sleep(seconds)
+
+
+class Provider(Protocol):
+    """A client for one account at one provider; read-only by construction."""
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The endpoint names this client polls, e.g. ("balances", "deposits")."""
+        ...
+
+    async def poll(self, endpoint: str, state: AccountState) -> Observation:
+        """Poll one endpoint; raise a ProviderError when no usable answer came back."""
+        ...
+
+
+class ProviderFactory(Protocol):
+    """Builds a provider client for an account (one registry entry)."""
+
+    def __call__(
+        self, account: AccountConfig, settings: ProviderSettings, http: Http, clock: Clock
+    ) -> Provider: ...
+
+
+class Sink(Protocol):
+    """Somewhere alert events go; ``deliver`` raises to have the batch retried."""
+
+    name: str
+
+    async def deliver(self, events: Sequence[Event]) -> None: ...

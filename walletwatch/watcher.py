@@ -1,0 +1,166 @@
+"""One account's polling health: poll an endpoint, fold the answer in, commit, announce.
+
+The watcher is the single owner of its account's state. A failed poll keeps the last good
+data, counts the failure by reason, and is logged only when an endpoint changes between
+working and failing; the tracker turns sustained failure into one account.down event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from walletwatch.config import AccountConfig, ProviderSettings
+from walletwatch.errors import BadPayload, ProviderError, RateLimited
+from walletwatch.events import Event
+from walletwatch.model import Gauge, Observation
+from walletwatch.scheduler import Outcome
+from walletwatch.store import AsyncStore, StoreError
+from walletwatch.telemetry import Telemetry
+from walletwatch.tracker import AccountState, fail, observe
+from walletwatch.types import Clock, Provider
+
+log = structlog.get_logger("walletwatch.watcher")
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointHealth:
+    """How the last poll of one endpoint went."""
+
+    ok: bool
+    last_success: float | None
+    reason: str | None = None
+    error: str | None = None
+
+
+class AccountWatcher:
+    """Polls one account's endpoints on behalf of the scheduler."""
+
+    def __init__(
+        self,
+        config: AccountConfig,
+        settings: ProviderSettings,
+        client: Provider,
+        state: AccountState,
+        *,
+        store: AsyncStore,
+        telemetry: Telemetry,
+        clock: Clock,
+        on_events: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.state = state
+        self.health: dict[str, EndpointHealth] = {}
+        self.gauges: dict[tuple[str, tuple[tuple[str, str], ...]], Gauge] = {}
+        self._store = store
+        self._telemetry = telemetry
+        self._clock = clock
+        self._on_events = on_events
+        self._lock = asyncio.Lock()
+        self.name = config.name
+        self.provider = config.provider
+        self.interval = config.interval
+        self.max_backoff = settings.max_backoff
+
+    def __repr__(self) -> str:
+        return f"AccountWatcher({self.provider}:{self.name})"
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The endpoints this account polls."""
+        return self.client.endpoints
+
+    @property
+    def up(self) -> bool:
+        """True when the last poll of every endpoint succeeded."""
+        return len(self.health) == len(self.endpoints) and all(h.ok for h in self.health.values())
+
+    @property
+    def polled(self) -> bool:
+        """True once every endpoint has been polled at least once, successfully or not."""
+        return len(self.health) == len(self.endpoints)
+
+    async def poll(self, endpoint: str) -> Outcome:
+        """Poll one endpoint and record what came of it."""
+        key = (self.provider, self.name, endpoint)
+        self._telemetry.polls[key] += 1
+        try:
+            obs = await self.client.poll(endpoint, self.state)
+        except ProviderError as err:
+            return await self._failed(endpoint, err)
+        except Exception as err:  # a parser bug must not kill the daemon
+            log.exception("poll.crashed", provider=self.provider, account=self.name)
+            return await self._failed(endpoint, BadPayload(f"unexpected {type(err).__name__}"))
+        now = self._clock.time()
+        if not await self._apply(lambda s: observe(s, obs, self.config, now)):
+            return Outcome(ok=False)
+        previous = self.health.get(endpoint)
+        if previous is not None and not previous.ok:
+            log.info("poll.recovered", provider=self.provider, account=self.name, endpoint=endpoint)
+        self.health[endpoint] = EndpointHealth(ok=True, last_success=now)
+        self._keep_gauges(obs)
+        return Outcome(ok=True)
+
+    async def _failed(self, endpoint: str, err: ProviderError) -> Outcome:
+        key = (self.provider, self.name, endpoint)
+        self._telemetry.poll_errors[(*key, err.reason)] += 1
+        previous = self.health.get(endpoint)
+        if previous is None or previous.ok:
+            log.warning(
+                "poll.failed",
+                provider=self.provider,
+                account=self.name,
+                endpoint=endpoint,
+                reason=err.reason,
+                error=str(err),
+            )
+        else:
+            log.debug(
+                "poll.failed",
+                provider=self.provider,
+                account=self.name,
+                endpoint=endpoint,
+                reason=err.reason,
+                error=str(err),
+            )
+        self.health[endpoint] = EndpointHealth(
+            ok=False,
+            last_success=previous.last_success if previous else None,
+            reason=err.reason,
+            error=str(err),
+        )
+        now = self._clock.time()
+        await self._apply(lambda s: fail(s, endpoint, err.reason, self.config, now))
+        retry_after = err.retry_after if isinstance(err, RateLimited) else None
+        return Outcome(ok=False, retry_after=retry_after)
+
+    async def _apply(
+        self, step: Callable[[AccountState], tuple[AccountState, Sequence[Event]]]
+    ) -> bool:
+        """Run a tracker step and commit its result; False if the commit failed."""
+        async with self._lock:
+            new, events = step(self.state)
+            try:
+                await self._store.call(
+                    self._store.store.commit, self.name, self.provider, self.state, new, events
+                )
+            except StoreError as err:
+                self._telemetry.store_errors[self.provider] += 1
+                log.error(  # noqa: TRY400 - the message says it all; no traceback
+                    "store.commit_failed", provider=self.provider, account=self.name, error=str(err)
+                )
+                return False
+            self.state = new
+        for event in events:
+            self._telemetry.events[event.event] += 1
+        if events:
+            self._on_events()
+        return True
+
+    def _keep_gauges(self, obs: Observation) -> None:
+        for gauge in obs.gauges:
+            self.gauges[(gauge.name, gauge.labels)] = gauge
