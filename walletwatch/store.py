@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS transfers (
     first_seen REAL NOT NULL,
     revision INTEGER NOT NULL,
     stuck INTEGER NOT NULL,
+    settled TEXT NOT NULL,
     PRIMARY KEY (account, direction, id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS balances (
@@ -183,7 +184,7 @@ class Store:
             ]
             db.executemany(
                 "INSERT OR REPLACE INTO transfers VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         if new.balances is not old.balances:
@@ -290,6 +291,7 @@ def _transfer_to_row(account: str, tracked: TrackedTransfer) -> tuple[Any, ...]:
         tracked.first_seen,
         tracked.revision,
         int(tracked.stuck),
+        ",".join(sorted(tracked.settled)),
     )
 
 
@@ -308,7 +310,13 @@ def _transfer_from_row(row: Sequence[Any]) -> TrackedTransfer:
         created_at=row[11],
         updated_at=row[12],
     )
-    return TrackedTransfer(transfer, first_seen=row[13], revision=row[14], stuck=bool(row[15]))
+    return TrackedTransfer(
+        transfer,
+        first_seen=row[13],
+        revision=row[14],
+        stuck=bool(row[15]),
+        settled=frozenset(State(s) for s in row[16].split(",") if s),
+    )
 
 
 def _state_to_json(state: AccountState) -> dict[str, Any]:

@@ -42,6 +42,7 @@ class TrackedTransfer:
     first_seen: float
     revision: int = 0
     stuck: bool = False
+    settled: frozenset[State] = frozenset()
 
     @property
     def started_at(self) -> float:
@@ -251,8 +252,9 @@ def _transfers(
         if transfers is None:
             transfers = dict(state.transfers)
         silent = t.direction not in state.baselined
+        settled = frozenset({t.state}) if t.state.final else frozenset()
         if prev is None:
-            transfers[t.key] = TrackedTransfer(transfer=t, first_seen=out.now)
+            transfers[t.key] = TrackedTransfer(transfer=t, first_seen=out.now, settled=settled)
             if silent:
                 continue
             out.transfer(f"{t.direction}.detected", t, "detected")
@@ -261,11 +263,14 @@ def _transfers(
             continue
         old = prev.transfer
         moved = old.state != t.state or old.status != t.status
-        transfers[t.key] = replace(prev, transfer=t, revision=prev.revision + moved)
+        transfers[t.key] = replace(
+            prev, transfer=t, revision=prev.revision + moved, settled=prev.settled | settled
+        )
         if not moved or silent:
             continue
         if t.state.final and t.state != old.state:
-            _settle(t, old.state, totals, out)
+            if t.state not in prev.settled:  # a settlement is one fact, even if it flaps
+                _settle(t, old.state, totals, out)
         elif t.direction is Direction.WITHDRAWAL:
             out.transfer(
                 "withdrawal.status_changed",

@@ -1,0 +1,81 @@
+"""Test doubles shared by the suite: a virtual clock and a policy."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+START = 1_700_000_000.0
+
+
+class FakeClock:
+    """Virtual time: ``sleep`` parks the caller until ``advance`` moves time past its wake-up."""
+
+    def __init__(self, start: float = START) -> None:
+        self.wall = start
+        self.mono = 1000.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def time(self) -> float:
+        """Virtual seconds since the epoch."""
+        return self.wall
+
+    def monotonic(self) -> float:
+        """Virtual monotonic seconds."""
+        return self.mono
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait until virtual time has moved ``seconds`` on."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self.mono + max(seconds, 0.0), next(self._seq), future))
+        await future
+
+    def _set(self, mono: float) -> None:
+        self.wall += mono - self.mono
+        self.mono = mono
+
+    async def advance(self, seconds: float) -> None:
+        """Move time on, waking sleepers in order and letting them run at their moment."""
+        target = self.mono + seconds
+        await settle()
+        while self._sleepers and self._sleepers[0][0] <= target:
+            wake, _, future = heapq.heappop(self._sleepers)
+            self._set(max(wake, self.mono))
+            if not future.done():
+                future.set_result(None)
+            await settle()
+        self._set(target)
+        await settle()
+
+    @property
+    def sleepers(self) -> int:
+        """How many callers are parked."""
+        return sum(1 for _, _, f in self._sleepers if not f.done())
+
+
+async def settle(rounds: int = 50) -> None:
+    """Let every ready task run until the loop is quiet (no real time passes)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+@dataclass(frozen=True)
+class FakePolicy:
+    """A tracker policy with explicit values."""
+
+    name: str = "acct"
+    provider: str = "westwallet"
+    currencies: frozenset[str] | None = None
+    low_balance: Mapping[str, Decimal] = field(default_factory=dict)
+    down_after: int = 3
+    withdrawal_stuck: float = 3600.0
+    deposit_stuck: float = 6 * 3600.0
+
+    def stuck_after(self, direction: str) -> float:
+        """Threshold by direction."""
+        return self.withdrawal_stuck if direction == "withdrawal" else self.deposit_stuck
