@@ -1,0 +1,115 @@
+"""The Simulator: every provider simulation on one aiohttp app, plus the demo scenario."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from walletwatch.sim.common import Clock, ProviderSim, RequestLog, SimContext, json_response
+from walletwatch.sim.scenario import DEMO_SEED, WestWalletScenario
+from walletwatch.sim.westwallet import WestWalletSim
+
+
+class Simulator:
+    """Simulated provider APIs (WestWallet under ``/westwallet``) and ``/_sim`` controls."""
+
+    def __init__(
+        self,
+        *,
+        seed: int = DEMO_SEED,
+        clock: Clock = time.time,
+        rate_limit: float = 2.0,
+        retry_after_date: bool = False,
+        scenario: bool = False,
+    ) -> None:
+        self.clock = clock
+        self.steps = 0
+        self._ctx = SimContext(
+            clock=clock, rate_limit=rate_limit, retry_after_date=retry_after_date
+        )
+        self.requests: RequestLog = self._ctx.requests
+        self.write_calls: list[tuple[str, str]] = self._ctx.write_calls
+        self.westwallet = WestWalletSim(self._ctx)
+        self.providers: tuple[ProviderSim, ...] = (self.westwallet,)
+        # One random stream per provider, so adding a provider leaves the others' demo as is.
+        self._scenarios: tuple[Callable[[], None], ...] = ()
+        if scenario:
+            ww = WestWalletScenario(self.westwallet, random.Random(f"{seed}/westwallet"), clock)
+            self._scenarios = (ww.step,)
+
+    def advance(self) -> None:
+        """Run one scenario step on every provider (no effect without ``scenario=True``)."""
+        self.steps += 1
+        for step in self._scenarios:
+            step()
+
+    def app(self) -> web.Application:
+        """An aiohttp app serving every provider under ``/<name>`` and the ``/_sim`` controls."""
+        app = web.Application()
+        app.router.add_get("/_sim/requests", self._requests)
+        app.router.add_post("/_sim/advance", self._advance)
+        for provider in self.providers:
+            app.add_subapp(f"/_sim/{provider.name}", provider.control_app())
+            app.add_subapp(f"/{provider.name}", provider.api_app())
+        return app
+
+    async def _requests(self, _request: web.Request) -> web.Response:
+        return json_response(
+            {
+                "requests": self.requests.as_json(),
+                "write_calls": [list(call) for call in self.write_calls],
+            }
+        )
+
+    async def _advance(self, _request: web.Request) -> web.Response:
+        self.advance()
+        return json_response({"steps": self.steps})
+
+
+async def start(
+    sim: Simulator, host: str = "127.0.0.1", port: int = 0, *, tick: float | None = None
+) -> tuple[web.AppRunner, int]:
+    """Serve sim on host:port (0 = ephemeral) and return the runner and the bound port.
+
+    With tick, a background task calls sim.advance() every tick seconds until
+    runner.cleanup().
+    """
+    if tick is not None and tick < 0:
+        raise ValueError(f"tick must not be negative, got {tick!r}")
+    app = sim.app()
+    if tick is not None:
+        app.cleanup_ctx.append(_ticker(sim, tick))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, runner.addresses[0][1]
+
+
+def _ticker(
+    sim: Simulator, tick: float
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    @contextlib.asynccontextmanager
+    async def ticking(_app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(_tick_forever(sim, tick))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return ticking
+
+
+async def _tick_forever(sim: Simulator, tick: float) -> None:
+    while True:
+        await asyncio.sleep(tick)
+        sim.advance()
