@@ -105,6 +105,7 @@ class Dispatcher:
         self._clock = clock
         self._wake = asyncio.Event()
         self._failures: dict[str, int] = {}
+        self._draining = asyncio.Lock()  # one drain at a time, or a batch goes out twice
 
     def wake(self) -> None:
         """New events are in the outbox."""
@@ -127,6 +128,10 @@ class Dispatcher:
 
     async def drain(self) -> float | None:
         """Deliver everything pending; return seconds until a failed sink should retry."""
+        async with self._draining:
+            return await self._drain_all()
+
+    async def _drain_all(self) -> float | None:
         retry: float | None = None
         for sink in self._sinks:
             try:
