@@ -1,0 +1,206 @@
+"""The walletwatch command: exit codes, output, signals, and the demo's promise."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.simthread import serve_in_thread
+from walletwatch import __version__
+from walletwatch.cli import main
+from walletwatch.sim import Simulator
+
+KEY, SECRET = "cli-key", "cli-secret"
+DEADLINE = 20.0  # seconds a subprocess gets to come up; generous for a loaded CI machine
+
+
+@pytest.fixture(name="sim_url")
+def fixture_sim_url() -> Iterator[str]:
+    """A simulator with one funded account, served from a thread."""
+    sim = Simulator(rate_limit=100_000)
+    sim.westwallet.add_account(KEY, SECRET, {"BTC": Decimal("1.5")})
+    sim.westwallet.add_transaction(KEY, type="send", currency="BTC", amount=Decimal("0.1"))
+    with serve_in_thread(sim) as url:
+        yield url
+
+
+def write_config(tmp_path: Path, sim_url: str, secret: str = SECRET, **extra: object) -> Path:
+    """A config file for one account at the simulator."""
+    path = tmp_path / "config.yaml"
+    body = {
+        "listen": "127.0.0.1:0",
+        "state_path": "state.db",
+        "events_file": "events.jsonl",
+        "providers": {"westwallet": {"rate_limit": 1000}},
+        "accounts": [
+            {
+                "name": "hot",
+                "provider": "westwallet",
+                "base_url": f"{sim_url}/westwallet",
+                "credentials": {"api_key": KEY, "secret_key": secret},
+                "interval": "1s",
+            }
+        ],
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(
+    url: str, predicate: Callable[[str], bool] = lambda _: True, deadline: float = DEADLINE
+) -> str:
+    """GET url until it answers 200 (and the body satisfies predicate); return the body."""
+    end = time.monotonic() + deadline
+    last = ""
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback only
+                last = resp.read().decode()
+                if predicate(last):
+                    return last
+        except OSError:
+            pass
+        time.sleep(0.1)  # waiting on a real subprocess: there is no clock to fake
+    raise AssertionError(f"{url} not ready in {deadline}s; last body: {last[:500]}")
+
+
+class TestCheck:
+    """walletwatch check: 0 for a good file, 2 with every problem for a bad one."""
+
+    def test_good_config(
+        self, tmp_path: Path, sim_url: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A valid file exits 0 and says how many accounts it has."""
+        assert main(["check", "-c", str(write_config(tmp_path, sim_url))]) == 0
+        assert "1 account" in capsys.readouterr().out
+
+    def test_bad_config_lists_every_problem(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Two problems in one file are both reported, with paths, and no traceback."""
+        path = tmp_path / "config.yaml"
+        path.write_text(
+            "accounts:\n"
+            "  - name: a\n    provider: westwallet\n    interval: soon\n"
+            "    credentials: {api_key: {env: NOPE_KEY}, secret_key: x}\n"
+        )
+        assert main(["check", "-c", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "accounts[0].interval" in err
+        assert "NOPE_KEY" in err
+        assert "Traceback" not in err
+
+    def test_missing_file(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """A missing file exits 2 with its path."""
+        assert main(["check", "-c", str(tmp_path / "nope.yaml")]) == 2
+        assert "nope.yaml" in capsys.readouterr().err
+
+    def test_version(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """--version prints the version."""
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--version"])
+        assert exit_info.value.code == 0
+        assert __version__ in capsys.readouterr().out
+
+
+class TestOnce:
+    """walletwatch once: one poll of everything, as a table or JSON."""
+
+    def test_json(self, tmp_path: Path, sim_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+        """--json prints balances and in-flight counts and exits 0 when all is well."""
+        assert main(["once", "-c", str(write_config(tmp_path, sim_url)), "--json"]) == 0
+        (row,) = json.loads(capsys.readouterr().out)
+        assert row["account"] == "hot"
+        assert row["up"] is True
+        assert row["balances"]["BTC"]["available"] == str(Decimal("1.5") - Decimal("0.1"))
+        assert row["in_flight"] == 1
+        assert not (tmp_path / "state.db").exists()
+
+    def test_table_and_failure(
+        self, tmp_path: Path, sim_url: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A refused key exits 1 and the table names the error without the secret."""
+        path = write_config(tmp_path, sim_url, secret="wrong-secret")
+        assert main(["once", "-c", str(path)]) == 1
+        out = capsys.readouterr().out
+        assert "NO" in out
+        assert "HTTP 401" in out
+        assert "wrong-secret" not in out
+
+
+class TestRun:
+    """walletwatch run as a real process."""
+
+    def test_serves_and_stops_cleanly(self, tmp_path: Path, sim_url: str) -> None:
+        """run becomes ready, serves metrics, and exits 0 on SIGTERM with state committed."""
+        port = free_port()
+        path = write_config(tmp_path, sim_url, listen=f"127.0.0.1:{port}")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "walletwatch", "run", "-c", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            wait_for(f"http://127.0.0.1:{port}/readyz")
+            metrics = wait_for(f"http://127.0.0.1:{port}/metrics")
+            assert 'walletwatch_up{account="hot",provider="westwallet"} 1.0' in metrics
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=DEADLINE)
+        assert proc.returncode == 0, err
+        logs = [json.loads(line) for line in out.splitlines()]
+        assert [e["event"] for e in logs if e.get("level")][-1] == "walletwatch.stopped"
+        assert (tmp_path / "state.db").exists()
+
+
+class TestDemo:
+    """walletwatch demo keeps the README's promise."""
+
+    def test_metrics_within_ten_seconds(self) -> None:
+        """Within 10 s /metrics shows balances, in-flight transfers and up 1."""
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "walletwatch", "demo", "--listen", f"127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wanted = ("walletwatch_balance{", "walletwatch_transfers_in_flight{", "walletwatch_up{")
+
+        def complete(body: str) -> bool:
+            ups = [line for line in body.splitlines() if line.startswith("walletwatch_up{")]
+            return (
+                all(w in body for w in wanted)
+                and bool(ups)
+                and all(line.endswith(" 1.0") for line in ups)
+            )
+
+        try:
+            wait_for(f"http://127.0.0.1:{port}/metrics", complete, deadline=10.0)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=DEADLINE)
+        assert proc.returncode == 0, err
+        assert f"http://127.0.0.1:{port}/metrics" in err
