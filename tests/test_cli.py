@@ -75,7 +75,7 @@ def wait_for(
     while time.monotonic() < end:
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback only
-                last = resp.read().decode()
+                last = str(resp.read().decode())
                 if predicate(last):
                     return last
         except OSError:

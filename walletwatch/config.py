@@ -1,0 +1,496 @@
+"""Load config.yaml into frozen, validated objects, reporting every problem at once.
+
+Value validators and the providers' contracts live in ``schema.py``; this module walks the
+YAML tree, resolves credentials ({env}, {file}, {credential}) and builds the objects.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from decimal import Decimal
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+import yaml
+
+from walletwatch import schema
+from walletwatch.errors import ConfigError
+from walletwatch.schema import (
+    PROVIDERS,
+    Invalid,
+    ProviderSchema,
+    describe,
+    format_duration,
+    parse_duration,
+)
+
+__all__ = [
+    "PROVIDERS",
+    "AccountConfig",
+    "Config",
+    "Listen",
+    "ProviderSchema",
+    "ProviderSettings",
+    "Secret",
+    "format_duration",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A credential value that never shows itself in repr, str or messages."""
+
+    value: str = field(repr=False)
+
+    def reveal(self) -> str:
+        """The credential itself, for signing requests and nothing else."""
+        return self.value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """The address the HTTP server (/metrics) listens on."""
+
+    host: str  # an IPv6 address without brackets
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSettings:
+    """Rate limits, timeouts (seconds) and bounds shared by every account of one provider."""
+
+    rate_limit: float  # requests/s per credential
+    host_rate_limit: float | None  # requests/s per provider host; None = unlimited
+    connect_timeout: float
+    read_timeout: float
+    timeout: float  # total per request
+    max_backoff: float  # caps failure backoff and Retry-After
+    max_pages: int  # history pages fetched per poll at most
+
+
+@dataclass(frozen=True, slots=True)
+class AccountConfig:
+    """One watched account: where it lives, how to authenticate, what to alert on."""
+
+    name: str
+    provider: str
+    base_url: str  # no trailing slash
+    credentials: Mapping[str, Secret]
+    interval: float
+    currencies: frozenset[str] | None  # None = every currency
+    low_balance: Mapping[str, Decimal]
+    withdrawal_stuck_after: float
+    deposit_stuck_after: float
+    down_after: int  # consecutive failed polls before account.down
+    options: Mapping[str, object]  # provider-specific, defaults filled in
+
+    def stuck_after(self, direction: str) -> float:
+        """The in-flight age (seconds) after which a transfer in ``direction`` is stuck."""
+        if direction == "deposit":
+            return self.deposit_stuck_after
+        if direction == "withdrawal":
+            return self.withdrawal_stuck_after
+        raise ValueError(f"unknown direction {direction!r}")
+
+    @property
+    def credential_id(self) -> str:
+        """A stable, secret-free id of the account's API key, naming its rate-limit bucket."""
+        identity = self.credentials[PROVIDERS[self.provider].identity].reveal()
+        return f"{self.provider}:{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated configuration."""
+
+    listen: Listen
+    state_path: Path
+    events_file: Path | None
+    log_format: str | None  # "json" | "console" | None = console when stderr is a terminal
+    providers: Mapping[str, ProviderSettings]  # every provider in PROVIDERS
+    accounts: tuple[AccountConfig, ...]
+
+    def account(self, name: str) -> AccountConfig:
+        """The account called ``name``; KeyError when there is none."""
+        for account in self.accounts:
+            if account.name == name:
+                return account
+        raise KeyError(name)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key written twice in one mapping instead of keeping the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        """Check the mapping's own keys for duplicates (merged ``<<`` keys may be overridden)."""
+        seen: set[Hashable] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader reports it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the YAML config at ``path``; ConfigError lists every problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError([f"{path}: cannot read config: {err.strerror or err}"]) from err
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from err
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = ", ".join(part for part in (err.context, err.problem) if part)
+        raise ConfigError([f"{path}: invalid YAML{where}: {problem}"]) from err
+    except yaml.YAMLError as err:
+        raise ConfigError([f"{path}: invalid YAML: {err}"]) from err
+    if data is None:
+        raise ConfigError([f"{path}: the file is empty"])
+    if not isinstance(data, Mapping):
+        raise ConfigError([f"{path}: expected a mapping at the top level, got {describe(data)}"])
+    environ = os.environ if environ is None else environ
+    return parse_config(data, base_dir=path.absolute().parent, environ=environ)
+
+
+def parse_config(data: object, *, base_dir: Path, environ: Mapping[str, str]) -> Config:
+    """Validate loaded YAML ``data``; relative paths resolve against ``base_dir``."""
+    if not isinstance(data, Mapping):
+        raise ConfigError([f"top level: expected a mapping, got {describe(data)}"])
+    checker = _Checker(base_dir, environ)
+    config = checker.config(data)
+    if checker.problems:
+        raise ConfigError(checker.problems)
+    return config
+
+
+# The YAML keys are the field names of the objects they build.
+_TOP_KEYS = (*(item.name for item in fields(Config)), "defaults")
+_ACCOUNT_KEYS = tuple(item.name for item in fields(AccountConfig) if item.name != "options")
+_PROVIDER_KEYS = tuple(item.name for item in fields(ProviderSettings))
+_OPTION_OWNERS = {  # option key -> the providers having it
+    key: tuple(spec.name for spec in PROVIDERS.values() if key in spec.options)
+    for key in {key: None for spec in PROVIDERS.values() for key in spec.options}
+}
+_SECRET_FORMS = "{env: NAME}, {file: PATH} or {credential: NAME}"  # noqa: S105 (not a secret)
+_FAILED = object()  # an option value that was refused
+_EMPTY: Mapping[Any, Any] = MappingProxyType({})
+_POSITIVE = schema.duration(0, strict=True)
+
+Sources = Sequence[tuple[str, Mapping[Any, object]]]  # (path prefix, mapping); first one wins
+
+
+def _join(prefix: str, key: object) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+def _unknown(key: object, allowed: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(key), allowed, n=1)
+    return f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
+
+
+def _kind(value: object) -> str:
+    """Name a value's YAML type without showing it (for credentials)."""
+    if isinstance(value, bool) or value is None:
+        return describe(value)
+    if isinstance(value, int | float):
+        return "a number (quote it)"
+    return "text" if isinstance(value, str) else describe(value)
+
+
+def _mapping(value: object) -> Mapping[Any, object]:
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return value
+    raise Invalid(f"expected a mapping, got {describe(value)}")
+
+
+def _provider(value: object) -> str:
+    if isinstance(value, str) and value in PROVIDERS:
+        return value
+    raise Invalid(f"unknown provider {describe(value)} (expected {', '.join(PROVIDERS)})")
+
+
+def _listen(value: object) -> Listen:
+    return Listen(*schema.listen_address(value))
+
+
+class _Checker:
+    """Walks the loaded YAML, building config objects and collecting every problem."""
+
+    def __init__(self, base_dir: Path, environ: Mapping[str, str]) -> None:
+        self.base_dir = base_dir
+        self.environ = environ
+        self.problems: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        """Record one problem once (a shared default can fail for many accounts)."""
+        line = f"{path}: {message}"
+        if line not in self.problems:
+            self.problems.append(line)
+
+    def field(self, sources: Sources, key: str, parse: Callable[[object], T], default: T) -> T:
+        """Parse ``key`` from the first source holding it; ``default`` if none does or it fails."""
+        for prefix, raw in sources:
+            if key in raw:
+                path = _join(prefix, key)
+                try:
+                    return parse(raw[key])
+                except Invalid as err:
+                    for sub, message in err.problems:
+                        self.add(path + sub, message)
+                except ValueError as err:  # parse_duration's
+                    self.add(path, str(err))
+                return default
+        return default
+
+    def require(self, sources: Sources, key: str, parse: Callable[[object], T], fail: T) -> T:
+        """Like ``field`` for a key the first source must hold."""
+        prefix, raw = sources[0]
+        if key not in raw:
+            self.add(prefix, f"missing required key {key!r}")
+        return self.field(sources, key, parse, fail)
+
+    def unknown_keys(self, prefix: str, raw: Mapping[Any, object], allowed: Sequence[str]) -> None:
+        """Report every key of ``raw`` not in ``allowed``."""
+        for key in raw:
+            if key not in allowed:
+                self.add(_join(prefix, key), _unknown(key, allowed))
+
+    def config(self, data: Mapping[Any, object]) -> Config:
+        """The top level."""
+        self.unknown_keys("", data, _TOP_KEYS)
+        top = [("", data)]
+        listen = self.field(top, "listen", _listen, Listen("127.0.0.1", 10101))
+        state_path = self.field(top, "state_path", self.path, self.base_dir / "walletwatch.db")
+        events_file = self.field(top, "events_file", schema.nullable(self.path), None)
+        log_format = self.field(top, "log_format", schema.choice("json", "console", None), None)
+        defaults = self.field(top, "defaults", _mapping, _EMPTY)
+        self.check_defaults(defaults)
+        providers = self.providers(self.field(top, "providers", _mapping, _EMPTY))
+        accounts = self.accounts(data.get("accounts"), defaults)
+        return Config(listen, state_path, events_file, log_format, providers, accounts)
+
+    def path(self, value: object) -> Path:
+        """A file path, relative to the config file's directory."""
+        if isinstance(value, str) and value:
+            return self.base_dir / value
+        raise Invalid(f"expected a file path, got {describe(value)}")
+
+    def check_defaults(self, defaults: Mapping[Any, object]) -> None:
+        """Report keys that cannot be defaults; validate options no account may use."""
+        for key in defaults:
+            path = _join("defaults", key)
+            if key in ("name", "provider"):
+                self.add(path, "cannot be a default: set it on each account")
+            elif key in _OPTION_OWNERS:
+                for owner in _OPTION_OWNERS[key]:  # a default must suit every owner
+                    option = PROVIDERS[owner].options[key]
+                    self.field([("defaults", defaults)], key, option.parse, None)
+            elif key not in _ACCOUNT_KEYS:
+                self.add(path, _unknown(key, _ACCOUNT_KEYS[2:] + tuple(_OPTION_OWNERS)))
+
+    def providers(self, raw: Mapping[Any, object]) -> Mapping[str, ProviderSettings]:
+        """Settings for every provider, defaults filled in."""
+        for name in raw:
+            if name not in PROVIDERS:
+                self.add(f"providers.{name}", f"unknown provider (expected {', '.join(PROVIDERS)})")
+        settings = {}
+        for name, spec in PROVIDERS.items():
+            prefix = f"providers.{name}"
+            value = self.field([("providers", raw)], name, _mapping, _EMPTY)
+            self.unknown_keys(prefix, value, _PROVIDER_KEYS)
+            here = [(prefix, value)]
+            settings[name] = ProviderSettings(
+                rate_limit=self.field(here, "rate_limit", schema.rate, spec.rate_limit),
+                host_rate_limit=self.field(
+                    here, "host_rate_limit", schema.nullable(schema.rate), spec.host_rate_limit
+                ),
+                connect_timeout=self.field(here, "connect_timeout", _POSITIVE, 5.0),
+                read_timeout=self.field(here, "read_timeout", _POSITIVE, 15.0),
+                timeout=self.field(here, "timeout", _POSITIVE, 30.0),
+                max_backoff=self.field(here, "max_backoff", _POSITIVE, 300.0),
+                max_pages=self.field(here, "max_pages", schema.integer_at_least(1), 10),
+            )
+        return MappingProxyType(settings)
+
+    def accounts(self, raw: object, defaults: Mapping[Any, object]) -> tuple[AccountConfig, ...]:
+        """Every account, checking that names are unique."""
+        if not isinstance(raw, list) or not raw:
+            self.add("accounts", f"expected a non-empty list of accounts, got {describe(raw)}")
+            return ()
+        accounts: list[AccountConfig] = []
+        seen: set[str] = set()
+        for index, item in enumerate(raw):
+            path = f"accounts[{index}]"
+            if not isinstance(item, Mapping):
+                self.add(path, f"expected a mapping, got {describe(item)}")
+                continue
+            account = self.account(path, item, defaults)
+            if account.name in seen:
+                self.add(f"{path}.name", f"duplicate account name {account.name!r}")
+            elif account.name:
+                seen.add(account.name)
+            accounts.append(account)
+        return tuple(accounts)
+
+    def account(
+        self, path: str, raw: Mapping[Any, object], defaults: Mapping[Any, object]
+    ) -> AccountConfig:
+        """One account entry; its own keys win over ``defaults``."""
+        here = [(path, raw)]
+        name = self.require(here, "name", schema.account_name, "")
+        provider = self.require(here, "provider", _provider, "")
+        spec = PROVIDERS.get(provider)
+        self.account_keys(path, raw, spec)
+        sources = [(path, raw), ("defaults", defaults)]
+        options = self.options(sources, spec)
+        url = spec.base_url if spec else ""
+        account = AccountConfig(
+            name=name,
+            provider=provider,
+            base_url=self.field(sources, "base_url", schema.base_url, url),
+            credentials=self.credentials(path, sources, spec, options),
+            interval=self.field(sources, "interval", schema.duration(1.0), 60.0),
+            currencies=self.field(sources, "currencies", schema.currencies, None),
+            low_balance=self.field(sources, "low_balance", schema.thresholds, _EMPTY),
+            withdrawal_stuck_after=self.field(sources, "withdrawal_stuck_after", _POSITIVE, 3600.0),
+            deposit_stuck_after=self.field(sources, "deposit_stuck_after", _POSITIVE, 6 * 3600.0),
+            down_after=self.field(sources, "down_after", schema.integer_at_least(1), 3),
+            options=MappingProxyType(options),
+        )
+        if account.currencies is not None and account.low_balance:
+            # A threshold on a filtered-out currency could never fire.
+            prefix = next(prefix for prefix, source in sources if "low_balance" in source)
+            for currency in sorted(account.low_balance.keys() - account.currencies):
+                self.add(f"{prefix}.low_balance.{currency}", "not in this account's currencies")
+        return account
+
+    def account_keys(
+        self, path: str, raw: Mapping[Any, object], spec: ProviderSchema | None
+    ) -> None:
+        """Report unknown keys and options of a provider other than the account's."""
+        own = tuple(spec.options) if spec else ()
+        for key in raw:
+            if key in _ACCOUNT_KEYS or key in own:
+                continue
+            owners = _OPTION_OWNERS.get(key)
+            if owners is None:
+                self.add(_join(path, key), _unknown(key, _ACCOUNT_KEYS + own))
+            elif spec is not None:
+                owner = " and ".join(owners)
+                self.add(_join(path, key), f"not an option of {spec.name} (it is for {owner})")
+
+    def options(self, sources: Sources, spec: ProviderSchema | None) -> dict[str, object]:
+        """The provider's option values, defaults filled in, refused ones left out."""
+        values: dict[str, object] = {}
+        for key, option in (spec.options if spec else {}).items():
+            value = self.field(sources, key, option.parse, _FAILED)
+            if value is not _FAILED:
+                values[key] = value
+            elif not any(key in raw for _, raw in sources):
+                values[key] = option.default
+        return values
+
+    def credentials(
+        self,
+        path: str,
+        sources: Sources,
+        spec: ProviderSchema | None,
+        options: Mapping[str, object],
+    ) -> Mapping[str, Secret]:
+        """Resolve every credential value, then check the names against the provider's."""
+        origin = next(((prefix, raw) for prefix, raw in sources if "credentials" in raw), None)
+        if origin is None:
+            self.add(path, "missing required key 'credentials'")
+            return _EMPTY
+        at = _join(origin[0], "credentials")
+        given = origin[1]["credentials"]
+        if not isinstance(given, Mapping):
+            self.add(at, f"expected a mapping of credential names to values, got {_kind(given)}")
+            return _EMPTY
+        secrets = {}
+        for name, value in given.items():
+            try:
+                secrets[str(name)] = Secret(self.secret(value))
+            except ValueError as err:
+                self.add(_join(at, name), str(err))
+        for name, message in spec.credential_problems(list(given), options) if spec else ():
+            self.add(f"{path}.credentials" if name is None else _join(at, name), message)
+        return MappingProxyType(secrets)
+
+    def secret(self, value: object) -> str:
+        """A credential's text from a literal, {env}, {file} or {credential}; never echoed."""
+        if isinstance(value, str):
+            if not value:
+                raise Invalid("empty value")
+            return value
+        if not isinstance(value, Mapping) or len(value) != 1:
+            raise Invalid(f"expected text or one of {_SECRET_FORMS}, got {_kind(value)}")
+        ((kind, arg),) = value.items()
+        if kind not in ("env", "file", "credential"):
+            raise Invalid(f"unknown source {describe(kind)}: expected {_SECRET_FORMS}")
+        if not isinstance(arg, str) or not arg:
+            raise Invalid(f"{kind}: expected a non-empty name, got {describe(arg)}")
+        if kind == "env":
+            if arg not in self.environ:
+                raise Invalid(f"environment variable {arg} is not set")
+            if not self.environ[arg]:
+                raise Invalid(f"environment variable {arg} is empty")
+            return self.environ[arg]
+        if kind == "file":
+            return _read_secret(self.base_dir / arg)
+        directory = self.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise Invalid(
+                f"credential {arg!r}: CREDENTIALS_DIRECTORY is not set "
+                "(systemd sets it for LoadCredential=)"
+            )
+        if "/" in arg or arg in (".", ".."):
+            raise Invalid(f"invalid credential name {arg!r}")
+        return _read_secret(Path(directory) / arg)
+
+
+def _read_secret(path: Path) -> str:
+    """A secret file's text without its trailing newline."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise Invalid(f"cannot read {path}: {err.strerror or type(err).__name__}") from None
+    except UnicodeDecodeError:
+        raise Invalid(f"{path} is not UTF-8 text") from None
+    text = text.rstrip("\r\n")
+    if not text:
+        raise Invalid(f"{path} is empty")
+    return text

@@ -1,0 +1,410 @@
+"""What a valid config looks like: value validators and each provider's contract.
+
+Validators are pure functions of one loaded YAML value. They return the parsed value or raise
+``Invalid`` carrying one or more ``(sub-path, message)`` problems; ``config.py`` prefixes the
+path and collects them. Messages show offending values, so no validator sees a credential.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from types import MappingProxyType
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+__all__ = [
+    "PROVIDERS",
+    "Invalid",
+    "Option",
+    "ProviderSchema",
+    "format_duration",
+    "parse_duration",
+]
+
+T = TypeVar("T")
+
+
+class Invalid(ValueError):
+    """A config value is refused; ``problems`` are ``(sub-path, message)`` pairs."""
+
+    def __init__(self, message: str = "", *, problems: Sequence[tuple[str, str]] = ()) -> None:
+        self.problems = tuple(problems) or (("", message),)
+        super().__init__("; ".join(text for _, text in self.problems))
+
+
+def describe(value: object) -> str:
+    """Show a config value in a message: short scalars as written, containers by YAML kind."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 40 else value[:37] + "...")
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list" if value else "an empty list"
+    return f"a {type(value).__name__}"
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# Durations ----------------------------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
+_BARE_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_UNIT_MS = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``500ms``, ``30s``, ``5m``, ``1h``, ``1d`` or a compound like ``1h30m``."""
+    if _BARE_NUMBER.fullmatch(text):
+        raise ValueError(f"invalid duration {text!r}: add a unit, e.g. '{text}s'")
+    total_ms, end = Decimal(0), 0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != end:
+            break
+        total_ms += Decimal(match[1]) * _UNIT_MS[match[2]]
+        end = match.end()
+    if end == 0 or end != len(text):
+        raise ValueError(f"invalid duration {text!r}")
+    return float(total_ms / 1000)  # exact decimal arithmetic, rounded once
+
+
+def format_duration(seconds: float) -> str:
+    """The duration text of ``seconds`` (5400 -> ``1h30m``), which parse_duration reads back."""
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"cannot format duration {seconds!r}")
+    rest = Decimal(repr(float(seconds))) * 1000  # milliseconds, exactly as the float prints
+    parts = []
+    for unit, size in list(_UNIT_MS.items())[:-1]:
+        count, rest = divmod(rest, size)
+        if count:
+            parts.append(f"{int(count)}{unit}")
+    if rest:
+        parts.append(f"{rest.normalize():f}ms")
+    return "".join(parts) or "0s"
+
+
+def duration(minimum: float, *, strict: bool = False) -> Callable[[object], float]:
+    """A validator of duration text no shorter than ``minimum`` (or longer, when ``strict``)."""
+
+    def parse(value: object) -> float:
+        if not isinstance(value, str) and not _is_number(value):
+            raise Invalid(f"expected a duration such as '30s', got {describe(value)}")
+        seconds = parse_duration(str(value))
+        if seconds < minimum or (strict and seconds == minimum):
+            bound = "greater than" if strict else "at least"
+            raise Invalid(f"must be {bound} {format_duration(minimum)}, got {describe(value)}")
+        return seconds
+
+    return parse
+
+
+# Scalars --------------------------------------------------------------------------------
+
+
+def choice(*allowed: str | None) -> Callable[[object], str | None]:
+    """A validator accepting exactly one of ``allowed`` (``None`` meaning YAML null)."""
+    shown = ", ".join("null" if item is None else repr(item) for item in allowed)
+
+    def parse(value: object) -> str | None:
+        if (value is None or isinstance(value, str)) and value in allowed:
+            return value
+        raise Invalid(f"expected one of {shown}; got {describe(value)}")
+
+    return parse
+
+
+def integer_at_least(minimum: int) -> Callable[[object], int]:
+    """A validator accepting an integer no smaller than ``minimum``."""
+
+    def parse(value: object) -> int:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
+            return value
+        raise Invalid(f"expected an integer >= {minimum}, got {describe(value)}")
+
+    return parse
+
+
+def nonempty_string(value: object) -> str:
+    """A validator accepting any non-empty string."""
+    if isinstance(value, str) and value:
+        return value
+    raise Invalid(f"expected a non-empty string, got {describe(value)}")
+
+
+def nullable(parse: Callable[[object], T]) -> Callable[[object], T | None]:
+    """A validator accepting null or what ``parse`` accepts."""
+    return lambda value: None if value is None else parse(value)
+
+
+def rate(value: object) -> float:
+    """Requests per second: a finite number above zero."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf:
+        return float(value)
+    raise Invalid(f"expected requests per second as a number > 0, got {describe(value)}")
+
+
+def amount(value: object) -> Decimal:
+    """A non-negative finite Decimal from text or a YAML number (via str, never float math)."""
+    if not isinstance(value, str) and not _is_number(value):
+        raise Invalid(f"expected an amount, got {describe(value)}")
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        raise Invalid(f"invalid amount {describe(value)}") from None
+    if not number.is_finite():
+        raise Invalid(f"amount must be finite, got {describe(value)}")
+    if number < 0:
+        raise Invalid(f"amount must not be negative, got {describe(value)}")
+    return number
+
+
+def account_name(value: object) -> str:
+    """An account name, which becomes the ``account`` label."""
+    if isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+        return value
+    raise Invalid(f"invalid account name {describe(value)}: use letters, digits, '_', '.' and '-'")
+
+
+def base_url(value: object) -> str:
+    """An http(s) URL without query, fragment or user info; the trailing slash dropped."""
+    if isinstance(value, str):
+        try:
+            parts = urlsplit(value)
+            _ = parts.port  # raises on a port that is not a number
+        except ValueError:
+            pass
+        else:
+            if parts.username is not None or parts.password is not None:
+                raise Invalid("must not contain a user name or password")  # never echo those
+            web = parts.scheme in ("http", "https") and parts.hostname
+            if web and not parts.query and not parts.fragment:
+                return value.rstrip("/")
+    raise Invalid(f"expected an http(s) URL such as 'https://host/api', got {describe(value)}")
+
+
+_LISTEN = re.compile(r"\[(?P<v6>[^\]]+)\]:(?P<p6>[0-9]+)|(?P<host>[^:\[\]/\s]+):(?P<port>[0-9]+)")
+
+
+def listen_address(value: object) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` as (host without brackets, port)."""
+    match = _LISTEN.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise Invalid(
+            "expected HOST:PORT such as 127.0.0.1:10101, 0.0.0.0:10101 or [::1]:10101, "
+            f"got {describe(value)}"
+        )
+    host, port = match["v6"] or match["host"], int(match["p6"] or match["port"])
+    if match["v6"]:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise Invalid(f"invalid IPv6 address {host!r}") from None
+    if port > 65535:
+        raise Invalid(f"port {port} is out of range (0-65535)")
+    return host, port
+
+
+# Collections ------------------------------------------------------------------------------
+
+
+def _currency_problem(code: object) -> str:
+    hint = " (quote it)" if isinstance(code, bool | int | float) else ""
+    return f"expected a currency code, got {describe(code)}{hint}"
+
+
+def currencies(value: object) -> frozenset[str] | None:
+    """A currency filter: null for every currency, else a non-empty list of codes."""
+    if value is None:
+        return None
+    if value == []:
+        raise Invalid("empty list: leave the key out to watch every currency")
+    if not isinstance(value, list):
+        raise Invalid(f"expected a list of currency codes, got {describe(value)}")
+    problems = [
+        (f"[{index}]", _currency_problem(code))
+        for index, code in enumerate(value)
+        if not isinstance(code, str) or not code
+    ]
+    if problems:
+        raise Invalid(problems=problems)
+    return frozenset(value)
+
+
+def thresholds(value: object) -> Mapping[str, Decimal]:
+    """``low_balance``: currency code -> Decimal amount."""
+    if value is None:
+        return MappingProxyType({})
+    if not isinstance(value, Mapping):
+        raise Invalid(f"expected a mapping of currency to amount, got {describe(value)}")
+    parsed, problems = {}, []
+    for code, number in value.items():
+        if not isinstance(code, str) or not code:
+            problems.append(("", _currency_problem(code)))
+            continue
+        try:
+            parsed[code] = amount(number)
+        except Invalid as err:
+            problems.extend((f".{code}{sub}", text) for sub, text in err.problems)
+    if problems:
+        raise Invalid(problems=problems)
+    return MappingProxyType(parsed)
+
+
+# Providers --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """A provider-specific account key: its default and its validator."""
+
+    default: object
+    parse: Callable[[object], object]
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSchema:
+    """What an account of one provider may and must configure."""
+
+    name: str
+    base_url: str
+    rate_limit: float  # requests/s per credential
+    credentials: tuple[str, ...]  # always required
+    identity: str  # the credential naming the API key, hashed into credential_id
+    host_rate_limit: float | None = None
+    options: Mapping[str, Option] = field(default_factory=lambda: MappingProxyType({}))
+    # An option whose value selects further required credentials (Sila's `auth`).
+    credential_option: str | None = None
+    credential_variants: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+    def __post_init__(self) -> None:
+        """Refuse an inconsistent schema: a programming error, caught at import."""
+        if self.identity not in self.credentials:
+            raise ValueError(f"{self.name}: identity {self.identity!r} is not a credential")
+        if self.credential_option is not None and self.credential_option not in self.options:
+            raise ValueError(f"{self.name}: credential_option is not an option")
+
+    def required_credentials(self, options: Mapping[str, object]) -> tuple[str, ...] | None:
+        """The credentials these option values require; None when the selecting option is bad."""
+        if self.credential_option is None:
+            return self.credentials
+        selected = options.get(self.credential_option)
+        if not isinstance(selected, str) or selected not in self.credential_variants:
+            return None
+        return self.credentials + self.credential_variants[selected]
+
+    @property
+    def known_credentials(self) -> tuple[str, ...]:
+        """Every credential name this provider uses under any option value."""
+        names = list(self.credentials)
+        for variant in self.credential_variants.values():
+            names.extend(name for name in variant if name not in names)
+        return tuple(names)
+
+    def credential_problems(
+        self, given: Sequence[object], options: Mapping[str, object]
+    ) -> list[tuple[object, str]]:
+        """(name, message) for unknown or unused names ``given``; name None for missing ones."""
+        required = self.required_credentials(options)
+        problems: list[tuple[object, str]] = []
+        for name in given:
+            if name not in self.known_credentials:
+                expected = ", ".join(required or self.known_credentials)
+                problems.append((name, f"unknown credential for {self.name} ({expected})"))
+            elif required is not None and name not in required:
+                option = self.credential_option or ""
+                problems.append((name, f"not used with {option} {options.get(option)!r}"))
+        problems.extend(
+            (None, f"missing credential {name!r}")
+            for name in required or self.credentials
+            if name not in given
+        )
+        return problems
+
+
+def _schemas(*schemas: ProviderSchema) -> Mapping[str, ProviderSchema]:
+    return MappingProxyType({schema.name: schema for schema in schemas})
+
+
+def _options(**options: Option) -> Mapping[str, Option]:
+    return MappingProxyType(options)
+
+
+# Defaults from /work/shared/providers/NOTES.md: the published limits where a provider has them
+# (bitexbit), otherwise a conservative 2/s (1/s for PotWallet).
+PROVIDERS: Mapping[str, ProviderSchema] = _schemas(
+    ProviderSchema(
+        name="westwallet",
+        base_url="https://api.westwallet.io",
+        rate_limit=2.0,
+        credentials=("api_key", "secret_key"),
+        identity="api_key",
+    ),
+    ProviderSchema(
+        name="kredswallet",
+        base_url="https://kredswallet.com/api",
+        rate_limit=2.0,
+        credentials=("api_key", "api_secret"),
+        identity="api_key",
+        options=_options(
+            # KredsWallet has no transfer status: a transfer is done at N confirmations.
+            confirmations_required=Option(6, integer_at_least(1)),
+            # One currency per (possibly self-hosted) instance.
+            currency=Option("KREDS", nonempty_string),
+        ),
+    ),
+    ProviderSchema(
+        name="potwallet",
+        base_url="https://api.potwallet.com/v1",
+        rate_limit=1.0,
+        credentials=("public_key", "private_key"),
+        identity="public_key",
+        options=_options(
+            # The live service keys the HMAC with the raw key; the doc's PHP uses sha1(key).
+            hash_key=Option("raw", choice("raw", "sha1")),
+            price_currency=Option("USD", nonempty_string),
+        ),
+    ),
+    ProviderSchema(
+        name="sila",
+        base_url="https://sandbox.silamoney.com/0.2",
+        rate_limit=2.0,
+        credentials=("app_handle", "user_handle"),
+        identity="app_handle",
+        options=_options(auth=Option("ecdsa", choice("ecdsa", "token"))),
+        credential_option="auth",
+        credential_variants=MappingProxyType(
+            {
+                "ecdsa": ("app_private_key", "user_private_key"),
+                "token": ("client_id", "client_secret"),
+            }
+        ),
+    ),
+    ProviderSchema(
+        name="bitexbit",
+        base_url="https://www.bitexbit.com/api/gateway",
+        rate_limit=2.0,
+        host_rate_limit=100.0,  # the doc's per-IP limit
+        credentials=("api_key", "secret_key"),
+        identity="api_key",
+        options=_options(
+            # The doc shows two signing schemes and the latest gateway docs a third.
+            auth_scheme=Option("gateway", choice("gateway", "v2", "v1")),
+            # The gateway has no balance endpoint; "v2" reads the v2 API's balance.
+            balances=Option(None, choice(None, "v2")),
+        ),
+    ),
+)
