@@ -137,7 +137,7 @@ class WalletwatchCollector(Collector):
                 if family is None:
                     family = extra[gauge.name] = GaugeMetricFamily(
                         P + gauge.name,
-                        PROVIDER_GAUGES[gauge.name],
+                        PROVIDER_GAUGES.get(gauge.name, gauge.name),
                         labels=[*ACCOUNT, *(k for k, _ in gauge.labels)],
                     )
                 family.add_metric([*labels, *(v for _, v in gauge.labels)], float(gauge.value))

@@ -131,7 +131,9 @@ class Scheduler:
                 wait = failure_delay(failures, interval, poller.max_backoff, self._rng)
                 if outcome.retry_after is not None:
                     wait = max(outcome.retry_after, MIN_RETRY)
-            due = max(due + wait, self._clock.monotonic()) if outcome.ok else now + wait
+            finished = self._clock.monotonic()
+            # Success keeps the cadence; a failure waits from when the failed poll ended.
+            due = max(due + wait, finished) if outcome.ok else finished + wait
             await self._sleep(due - self._clock.monotonic())
 
     async def _sleep(self, seconds: float) -> None:

@@ -51,8 +51,11 @@ class FileSink:
         self.path = path
         self._recent: deque[str] = deque(maxlen=remember)
         self._seen: set[str] = set()
-        for event_id in _tail_ids(path):
+        ids, complete = _tail(path)
+        for event_id in ids:
             self._remember(event_id)
+        # A crash mid-write leaves a fragment; the next event must start on its own line.
+        self._newline_first = not complete
 
     def _remember(self, event_id: str) -> None:
         if len(self._recent) == self._recent.maxlen:
@@ -66,7 +69,10 @@ class FileSink:
         if not fresh:
             return
         text = "".join(e.to_json() + "\n" for e in fresh)
+        if self._newline_first:
+            text = "\n" + text
         await asyncio.to_thread(self._append, text)
+        self._newline_first = False
         for e in fresh:
             self._remember(e.event_id)
 
@@ -77,23 +83,24 @@ class FileSink:
             os.fsync(fh.fileno())
 
 
-def _tail_ids(path: Path) -> list[str]:
-    """event_ids of the last lines of an existing events file."""
+def _tail(path: Path) -> tuple[list[str], bool]:
+    """event_ids of the last lines of an existing events file, and whether it ends a line."""
     try:
         with path.open("rb") as fh:
-            fh.seek(max(0, fh.seek(0, os.SEEK_END) - TAIL_BYTES))
-            lines = fh.read().splitlines()
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - TAIL_BYTES))
+            data = fh.read()
     except FileNotFoundError:
-        return []
+        return [], True
     ids = []
-    for line in lines:
+    for line in data.splitlines():
         try:
             body = json.loads(line)
         except ValueError:
             continue  # a line cut by the seek or by a crash mid-write
         if isinstance(body, dict) and isinstance(body.get("event_id"), str):
             ids.append(body["event_id"])
-    return ids
+    return ids, not data or data.endswith(b"\n")
 
 
 class Dispatcher:
@@ -105,6 +112,7 @@ class Dispatcher:
         self._clock = clock
         self._wake = asyncio.Event()
         self._failures: dict[str, int] = {}
+        self._retry_at: dict[str, float] = {}  # a failing sink rests until then, woken or not
         self._draining = asyncio.Lock()  # one drain at a time, or a batch goes out twice
 
     def wake(self) -> None:
@@ -134,16 +142,23 @@ class Dispatcher:
     async def _drain_all(self) -> float | None:
         retry: float | None = None
         for sink in self._sinks:
+            now = self._clock.monotonic()
+            rest = self._retry_at.get(sink.name, now) - now
+            if rest > 0:
+                retry = rest if retry is None else min(retry, rest)
+                continue
             try:
                 await self._drain_one(sink)
             except Exception as err:  # noqa: BLE001 - any sink failure: the outbox keeps the events
                 failures = self._failures.get(sink.name, 0) + 1
                 self._failures[sink.name] = failures
                 wait = min(60.0, 2.0 ** min(failures, 6))
+                self._retry_at[sink.name] = self._clock.monotonic() + wait
                 log.warning("sink.failed", sink=sink.name, error=str(err), retry_in=wait)
                 retry = wait if retry is None else min(retry, wait)
             else:
                 self._failures.pop(sink.name, None)
+                self._retry_at.pop(sink.name, None)
         return retry
 
     async def _drain_one(self, sink: Sink) -> None:

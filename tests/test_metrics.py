@@ -1,0 +1,546 @@
+"""Tests of metrics.py: the collector read through a real registry, after real watcher polls."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from structlog.testing import capture_logs
+
+from tests.fakes import START, FakeClock
+from walletwatch import __version__
+from walletwatch.config import AccountConfig, ProviderSettings
+from walletwatch.errors import (
+    AuthFailed,
+    BadPayload,
+    ProviderError,
+    RateLimited,
+    Rejected,
+    Unavailable,
+)
+from walletwatch.events import EVENT_NAMES
+from walletwatch.metrics import WalletwatchCollector
+from walletwatch.model import Balance, Direction, Gauge, Observation, State, Transfer
+from walletwatch.store import AsyncStore, Store
+from walletwatch.telemetry import Telemetry
+from walletwatch.tracker import AccountState
+from walletwatch.watcher import AccountWatcher
+
+SETTINGS = ProviderSettings(
+    rate_limit=1.0,
+    host_rate_limit=None,
+    connect_timeout=5.0,
+    read_timeout=10.0,
+    timeout=30.0,
+    max_backoff=300.0,
+    max_pages=10,
+)
+WITHDRAWALS = frozenset({Direction.WITHDRAWAL})
+DEPOSITS = frozenset({Direction.DEPOSIT})
+
+
+def account_config(name: str = "hot", provider: str = "westwallet") -> AccountConfig:
+    """An account with low-balance thresholds and a one-hour withdrawal stuck threshold."""
+    return AccountConfig(
+        name=name,
+        provider=provider,
+        base_url="https://api.example.test",
+        credentials={},
+        interval=30.0,
+        currencies=None,
+        low_balance={"BTC": Decimal("0.5"), "USDT": Decimal(1000)},
+        withdrawal_stuck_after=3600.0,
+        deposit_stuck_after=6 * 3600.0,
+        down_after=3,
+        options={},
+    )
+
+
+def balances(*pairs: tuple[str, str]) -> Observation:
+    """A balances answer with the given (currency, available) pairs."""
+    return Observation(
+        "balances", balances=tuple(Balance(c, Decimal(amount)) for c, amount in pairs)
+    )
+
+
+def transfer(
+    transfer_id: str,
+    state: State,
+    amount: str = "0.3",
+    *,
+    direction: Direction = Direction.WITHDRAWAL,
+    currency: str = "BTC",
+    created_at: float | None = None,
+) -> Transfer:
+    """One transfer as a provider would report it."""
+    return Transfer(
+        id=transfer_id,
+        direction=direction,
+        currency=currency,
+        amount=Decimal(amount),
+        status=str(state),
+        state=state,
+        created_at=created_at,
+    )
+
+
+def withdrawals(*transfers: Transfer) -> Observation:
+    """A withdrawals answer listing the given transfers."""
+    return Observation("withdrawals", transfers=transfers, directions=WITHDRAWALS)
+
+
+def deposits(*transfers: Transfer) -> Observation:
+    """A deposits answer listing the given transfers."""
+    return Observation("deposits", transfers=transfers, directions=DEPOSITS)
+
+
+class ScriptedProvider:
+    """A Provider whose polls answer, endpoint by endpoint, from a script."""
+
+    def __init__(self, endpoints: tuple[str, ...]) -> None:
+        self.endpoints = endpoints
+        self.answers: dict[str, list[Observation | Exception]] = {e: [] for e in endpoints}
+        self.states: list[AccountState] = []
+
+    async def poll(self, endpoint: str, state: AccountState) -> Observation:
+        """The next scripted answer: an Observation returned or an exception raised."""
+        self.states.append(state)
+        answer = self.answers[endpoint].pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+@dataclass
+class Rig:
+    """Watchers on a real store and a fresh registry with the collector registered."""
+
+    clock: FakeClock
+    store: AsyncStore
+    telemetry: Telemetry = field(default_factory=Telemetry)
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    watchers: list[AccountWatcher] = field(default_factory=list)
+    providers: dict[str, ScriptedProvider] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        collector = WalletwatchCollector(lambda: self.watchers, self.telemetry, self.clock)
+        self.registry.register(collector)
+
+    def add(
+        self,
+        config: AccountConfig | None = None,
+        endpoints: tuple[str, ...] = ("balances", "withdrawals"),
+    ) -> AccountWatcher:
+        """Watch one more account."""
+        config = config or account_config()
+        provider = self.providers[config.name] = ScriptedProvider(endpoints)
+        watcher = AccountWatcher(
+            config,
+            SETTINGS,
+            provider,
+            AccountState(),
+            store=self.store,
+            telemetry=self.telemetry,
+            clock=self.clock,
+        )
+        self.watchers.append(watcher)
+        return watcher
+
+    async def poll(self, watcher: AccountWatcher, answer: Observation | Exception) -> None:
+        """Poll the endpoint the answer belongs to (an Observation's, else the first)."""
+        endpoint = answer.endpoint if isinstance(answer, Observation) else watcher.endpoints[0]
+        await self.poll_endpoint(watcher, endpoint, answer)
+
+    async def poll_endpoint(
+        self, watcher: AccountWatcher, endpoint: str, answer: Observation | Exception
+    ) -> None:
+        """Have the watcher poll ``endpoint`` and receive ``answer``."""
+        self.providers[watcher.name].answers[endpoint].append(answer)
+        with capture_logs():
+            await watcher.poll(endpoint)
+
+    def value(self, name: str, labels: Mapping[str, str] | None = None) -> float | None:
+        """One sample's value, or None when it is absent."""
+        return self.registry.get_sample_value(name, dict(labels or {}))
+
+
+def acct(account: str = "hot", provider: str = "westwallet", **extra: str) -> dict[str, str]:
+    """The labels of one account, plus any extra labels."""
+    return {"provider": provider, "account": account, **extra}
+
+
+@pytest.fixture(name="store")
+def fixture_store(tmp_path: Path) -> Iterator[AsyncStore]:
+    """A real state database on tmp_path."""
+    store = AsyncStore(Store(tmp_path / "state.db"))
+    yield store
+    store.close()
+
+
+@pytest.fixture(name="rig")
+def fixture_rig(clock: FakeClock, store: AsyncStore) -> Rig:
+    """A rig with no accounts yet."""
+    return Rig(clock, store)
+
+
+class TestBalances:
+    @pytest.mark.parametrize(
+        "amount", ["1.5", "0.1", "0", "12345678.87654321", "0.00000001", "1E+3"]
+    )
+    async def test_balance_is_the_decimal_as_float(self, amount: str, rig: Rig) -> None:
+        """walletwatch_balance carries the polled Decimal converted to float."""
+        watcher = rig.add()
+        await rig.poll(watcher, balances(("BTC", amount)))
+        assert rig.value("walletwatch_balance", acct(currency="BTC")) == float(Decimal(amount))
+
+    async def test_pending_balance_only_where_reported(self, rig: Rig) -> None:
+        """walletwatch_balance_pending appears for currencies whose pending amount is known."""
+        watcher = rig.add()
+        answer = Observation(
+            "balances",
+            balances=(
+                Balance("BTC", Decimal("1.5"), Decimal("0.25")),
+                Balance("USDT", Decimal(2500)),
+            ),
+        )
+        await rig.poll(watcher, answer)
+        assert rig.value("walletwatch_balance_pending", acct(currency="BTC")) == 0.25
+        assert rig.value("walletwatch_balance_pending", acct(currency="USDT")) is None
+        assert rig.value("walletwatch_balance", acct(currency="USDT")) == 2500.0
+
+    async def test_balance_absent_before_first_successful_poll(self, rig: Rig) -> None:
+        """No balance series exists until a poll of the balances succeeds."""
+        watcher = rig.add()
+        assert rig.value("walletwatch_balance", acct(currency="BTC")) is None
+        await rig.poll(watcher, Unavailable("down"))
+        assert rig.value("walletwatch_balance", acct(currency="BTC")) is None
+        await rig.poll(watcher, balances(("BTC", "2")))
+        assert rig.value("walletwatch_balance", acct(currency="BTC")) == 2.0
+
+    async def test_low_threshold_comes_from_config(self, rig: Rig) -> None:
+        """walletwatch_balance_low_threshold exports each configured low_balance, before polls."""
+        rig.add()
+        assert rig.value("walletwatch_balance_low_threshold", acct(currency="BTC")) == 0.5
+        assert rig.value("walletwatch_balance_low_threshold", acct(currency="USDT")) == 1000.0
+        assert rig.value("walletwatch_balance_low_threshold", acct(currency="ETH")) is None
+
+    async def test_accounts_are_kept_apart(self, rig: Rig) -> None:
+        """Two accounts' balances are exported under their own account and provider labels."""
+        hot = rig.add()
+        cold = rig.add(account_config("cold", "kredswallet"))
+        await rig.poll(hot, balances(("BTC", "1")))
+        await rig.poll(cold, balances(("BTC", "7")))
+        assert rig.value("walletwatch_balance", acct(currency="BTC")) == 1.0
+        labels = acct("cold", "kredswallet", currency="BTC")
+        assert rig.value("walletwatch_balance", labels) == 7.0
+
+
+class TestHealth:
+    async def test_up_follows_every_endpoint(self, rig: Rig) -> None:
+        """up is 0 until every endpoint succeeded, 1 then, and 0 again when one fails."""
+        watcher = rig.add()
+        assert rig.value("walletwatch_up", acct()) == 0.0
+        await rig.poll(watcher, balances(("BTC", "1.5")))
+        assert rig.value("walletwatch_up", acct()) == 0.0
+        await rig.poll(watcher, withdrawals())
+        assert rig.value("walletwatch_up", acct()) == 1.0
+        await rig.poll(watcher, Unavailable("timed out", reason="timeout"))
+        assert rig.value("walletwatch_up", acct()) == 0.0
+        await rig.poll(watcher, balances(("BTC", "1.5")))
+        assert rig.value("walletwatch_up", acct()) == 1.0
+
+    async def test_failed_poll_keeps_last_balance(self, rig: Rig) -> None:
+        """After a failed poll the balance keeps its last value while up drops to 0."""
+        watcher = rig.add()
+        await rig.poll(watcher, balances(("BTC", "1.5")))
+        await rig.poll(watcher, withdrawals())
+        for _ in range(4):
+            await rig.poll(watcher, Unavailable("down"))
+        assert rig.value("walletwatch_up", acct()) == 0.0
+        assert rig.value("walletwatch_balance", acct(currency="BTC")) == 1.5
+
+    async def test_last_success_per_endpoint(self, rig: Rig, clock: FakeClock) -> None:
+        """last_success_timestamp_seconds is each endpoint's own last success, kept on failure."""
+        watcher = rig.add()
+        await rig.poll(watcher, balances(("BTC", "1")))
+        balances_labels = acct(endpoint="balances")
+        withdrawals_labels = acct(endpoint="withdrawals")
+        assert rig.value("walletwatch_last_success_timestamp_seconds", balances_labels) == START
+        assert rig.value("walletwatch_last_success_timestamp_seconds", withdrawals_labels) is None
+        await clock.advance(30.0)
+        await rig.poll(watcher, withdrawals())
+        await rig.poll(watcher, Unavailable("down"))
+        assert rig.value("walletwatch_last_success_timestamp_seconds", balances_labels) == START
+        assert (
+            rig.value("walletwatch_last_success_timestamp_seconds", withdrawals_labels)
+            == START + 30.0
+        )
+        await clock.advance(30.0)
+        await rig.poll(watcher, balances(("BTC", "1")))
+        assert (
+            rig.value("walletwatch_last_success_timestamp_seconds", balances_labels) == START + 60.0
+        )
+
+    @pytest.mark.parametrize(
+        ("error", "reason"),
+        [
+            (Unavailable("timed out", reason="timeout"), "timeout"),
+            (Unavailable("refused"), "connection"),
+            (Unavailable("HTTP 502", reason="http_5xx"), "http_5xx"),
+            (Rejected("HTTP 404"), "http_4xx"),
+            (RateLimited("HTTP 429", retry_after=5.0), "rate_limited"),
+            (AuthFailed("HTTP 401"), "auth"),
+            (BadPayload("not JSON"), "bad_payload"),
+            (KeyError("balance"), "bad_payload"),
+        ],
+        ids=lambda value: type(value).__name__ if isinstance(value, Exception) else value,
+    )
+    async def test_polls_and_errors_are_counted_by_reason(
+        self, error: Exception, reason: str, rig: Rig
+    ) -> None:
+        """Every poll counts in polls_total; a failed one also in poll_errors_total{reason}."""
+        watcher = rig.add()
+        await rig.poll(watcher, balances(("BTC", "1")))
+        await rig.poll(watcher, error)
+        await rig.poll(watcher, error)
+        labels = acct(endpoint="balances")
+        assert rig.value("walletwatch_polls_total", labels) == 3.0
+        assert rig.value("walletwatch_poll_errors_total", {**labels, "reason": reason}) == 2.0
+        assert rig.value("walletwatch_polls_total", acct(endpoint="withdrawals")) is None
+
+    def test_error_classes_cover_the_documented_reasons(self) -> None:
+        """Every ProviderError subclass's reason is one of the documented poll_errors reasons."""
+        documented = {
+            "timeout",
+            "connection",
+            "http_4xx",
+            "http_5xx",
+            "rate_limited",
+            "auth",
+            "bad_payload",
+        }
+        errors: list[ProviderError] = [
+            Unavailable("x"),
+            RateLimited("x"),
+            AuthFailed("x"),
+            Rejected("x"),
+            BadPayload("x"),
+        ]
+        assert {e.reason for e in errors} <= documented
+
+
+class TestTransfers:
+    async def test_settled_transfers_are_counted_with_summed_amounts(self, rig: Rig) -> None:
+        """transfers_total and transfer_amount_total count settled transfers, summed exactly."""
+        watcher = rig.add()
+        await rig.poll(
+            watcher,
+            withdrawals(transfer("w1", State.PENDING, "0.1"), transfer("w2", State.PENDING, "0.2")),
+        )
+        ok = acct(currency="BTC", direction="withdrawal", state="ok")
+        assert rig.value("walletwatch_transfers_total", ok) is None
+        await rig.poll(
+            watcher,
+            withdrawals(
+                transfer("w1", State.OK, "0.1"),
+                transfer("w2", State.OK, "0.2"),
+                transfer("w3", State.FAILED, "5"),
+            ),
+        )
+        assert rig.value("walletwatch_transfers_total", ok) == 2.0
+        assert rig.value("walletwatch_transfer_amount_total", ok) == 0.3
+        failed = acct(currency="BTC", direction="withdrawal", state="failed")
+        assert rig.value("walletwatch_transfers_total", failed) == 1.0
+        assert rig.value("walletwatch_transfer_amount_total", failed) == 5.0
+
+    async def test_baseline_history_is_not_counted(self, rig: Rig) -> None:
+        """Transfers already settled at the first poll are history, not counted as settled now."""
+        watcher = rig.add()
+        await rig.poll(watcher, withdrawals(transfer("w1", State.OK)))
+        labels = acct(currency="BTC", direction="withdrawal", state="ok")
+        assert rig.value("walletwatch_transfers_total", labels) is None
+
+    async def test_in_flight_stuck_and_oldest(self, rig: Rig, clock: FakeClock) -> None:
+        """In-flight transfers are counted, turn stuck past the threshold, and clear on settling."""
+        watcher = rig.add()
+        older = transfer("w1", State.PENDING, created_at=START - 100.0)
+        unknown = transfer("w2", State.UNKNOWN)
+        await rig.poll(watcher, withdrawals(older, unknown))
+        flow = acct(currency="BTC", direction="withdrawal")
+        assert rig.value("walletwatch_transfers_in_flight", flow) == 2.0
+        assert rig.value("walletwatch_transfers_stuck", flow) == 0.0
+        oldest = "walletwatch_transfer_oldest_in_flight_timestamp_seconds"
+        assert rig.value(oldest, flow) == START - 100.0
+        await clock.advance(3600.0 - 100.0)
+        assert rig.value("walletwatch_transfers_stuck", flow) == 0.0
+        await clock.advance(1.0)
+        assert rig.value("walletwatch_transfers_stuck", flow) == 1.0
+        await clock.advance(100.0)
+        assert rig.value("walletwatch_transfers_stuck", flow) == 2.0
+        await rig.poll(
+            watcher,
+            withdrawals(
+                transfer("w1", State.OK, created_at=START - 100.0), transfer("w2", State.OK)
+            ),
+        )
+        assert rig.value("walletwatch_transfers_in_flight", flow) == 0.0
+        assert rig.value("walletwatch_transfers_stuck", flow) == 0.0
+        assert rig.value(oldest, flow) is None
+
+    async def test_oldest_in_flight_absent_when_none(self, rig: Rig) -> None:
+        """A direction with nothing in flight has in_flight 0 and no oldest timestamp."""
+        watcher = rig.add(endpoints=("balances", "withdrawals", "deposits"))
+        await rig.poll(watcher, withdrawals(transfer("w1", State.PENDING)))
+        flow = acct(currency="BTC", direction="deposit")
+        assert rig.value("walletwatch_transfers_in_flight", flow) == 0.0
+        assert rig.value("walletwatch_transfers_stuck", flow) == 0.0
+        oldest = "walletwatch_transfer_oldest_in_flight_timestamp_seconds"
+        assert rig.value(oldest, flow) is None
+        assert rig.value(oldest, acct(currency="BTC", direction="withdrawal")) == START
+
+    @pytest.mark.parametrize(
+        ("direction", "seconds"), [("withdrawal", 3600.0), ("deposit", 21600.0)]
+    )
+    async def test_stuck_threshold_from_config(
+        self, direction: str, seconds: float, rig: Rig
+    ) -> None:
+        """transfer_stuck_threshold_seconds exports the configured threshold by direction."""
+        rig.add()
+        labels = acct(direction=direction)
+        assert rig.value("walletwatch_transfer_stuck_threshold_seconds", labels) == seconds
+
+
+class TestEvents:
+    async def test_every_event_name_is_exported_at_zero(self, rig: Rig) -> None:
+        """events_total has a zero series for every event name before anything happens."""
+        rig.add()
+        for name in EVENT_NAMES:
+            assert rig.value("walletwatch_events_total", {"event": name}) == 0.0
+
+    async def test_emitted_events_are_counted(self, rig: Rig) -> None:
+        """Each emitted event counts once under its name."""
+        watcher = rig.add(endpoints=("balances", "deposits"))
+        await rig.poll(watcher, deposits())
+        await rig.poll(
+            watcher,
+            deposits(transfer("d1", State.PENDING, direction=Direction.DEPOSIT)),
+        )
+        await rig.poll(
+            watcher,
+            deposits(
+                transfer("d1", State.OK, direction=Direction.DEPOSIT),
+                transfer("d2", State.OK, direction=Direction.DEPOSIT),
+            ),
+        )
+        await rig.poll(watcher, balances(("BTC", "1")))
+        await rig.poll(watcher, balances(("BTC", "0.4")))
+        for _ in range(3):
+            await rig.poll(watcher, Unavailable("down"))
+        expected = {
+            "deposit.detected": 2.0,
+            "deposit.confirmed": 2.0,
+            "balance.changed": 1.0,
+            "balance.low": 1.0,
+            "account.down": 1.0,
+        }
+        for name in EVENT_NAMES:
+            assert rig.value("walletwatch_events_total", {"event": name}) == expected.get(name, 0)
+
+
+class TestProviderGauges:
+    async def test_provider_gauge_is_exported_with_its_labels(self, rig: Rig) -> None:
+        """A provider Gauge named price appears as walletwatch_price with its own labels."""
+        hot = rig.add(account_config("hot", "potwallet"))
+        cold = rig.add(account_config("cold", "potwallet"))
+        for watcher, value in ((hot, "43000.5"), (cold, "42999")):
+            price = Gauge("price", (("currency", "BTC"), ("quote", "USD")), Decimal(value))
+            await rig.poll(watcher, Observation("balances", balances=(), gauges=(price,)))
+        labels = {"currency": "BTC", "quote": "USD"}
+        assert rig.value("walletwatch_price", acct("hot", "potwallet", **labels)) == 43000.5
+        assert rig.value("walletwatch_price", acct("cold", "potwallet", **labels)) == 42999.0
+
+    async def test_provider_gauge_keeps_last_value_on_failure(self, rig: Rig) -> None:
+        """A failed poll leaves a provider gauge at its last reading."""
+        watcher = rig.add(account_config("hot", "kredswallet"))
+        enabled = Gauge("api_enabled", (), Decimal(1))
+        await rig.poll(watcher, Observation("balances", balances=(), gauges=(enabled,)))
+        await rig.poll(watcher, Unavailable("down"))
+        assert rig.value("walletwatch_api_enabled", acct(provider="kredswallet")) == 1.0
+
+
+class TestSelfMetrics:
+    def test_build_info(self, rig: Rig) -> None:
+        """build_info is 1 with the running version as its label."""
+        assert rig.value("walletwatch_build_info", {"version": __version__}) == 1.0
+
+    def test_histograms_and_request_counters(self, rig: Rig) -> None:
+        """Request and scheduler telemetry come out as counters and cumulative histograms."""
+        rig.telemetry.request("bitexbit", "balances", "200", 0.2)
+        rig.telemetry.request("bitexbit", "balances", "429", 0.07)
+        rig.telemetry.request("bitexbit", "balances", "error", 31.0)
+        rig.telemetry.delay("bitexbit", 0.3)
+        rig.telemetry.delay("bitexbit", -1.0)
+        request = {"provider": "bitexbit", "endpoint": "balances"}
+        assert rig.value("walletwatch_http_requests_total", {**request, "code": "429"}) == 1.0
+        assert rig.value("walletwatch_http_requests_total", {**request, "code": "error"}) == 1.0
+        assert rig.value("walletwatch_rate_limited_total", {"provider": "bitexbit"}) == 1.0
+        duration = "walletwatch_http_request_duration_seconds"
+        assert rig.value(f"{duration}_bucket", {**request, "le": "0.1"}) == 1.0
+        assert rig.value(f"{duration}_bucket", {**request, "le": "0.25"}) == 2.0
+        assert rig.value(f"{duration}_bucket", {**request, "le": "30.0"}) == 2.0
+        assert rig.value(f"{duration}_bucket", {**request, "le": "+Inf"}) == 3.0
+        assert rig.value(f"{duration}_count", request) == 3.0
+        assert rig.value(f"{duration}_sum", request) == pytest.approx(31.27)
+        delay = "walletwatch_scheduler_delay_seconds"
+        provider = {"provider": "bitexbit"}
+        assert rig.value(f"{delay}_bucket", {**provider, "le": "0.1"}) == 1.0
+        assert rig.value(f"{delay}_bucket", {**provider, "le": "0.5"}) == 2.0
+        assert rig.value(f"{delay}_count", provider) == 2.0
+        assert rig.value(f"{delay}_sum", provider) == pytest.approx(0.3)
+
+
+class TestExposition:
+    async def populated(self, rig: Rig) -> None:
+        """Fill every metric family with at least one series."""
+        watcher = rig.add(account_config("hot", "potwallet"))
+        await rig.poll(
+            watcher,
+            Observation(
+                "balances",
+                balances=(Balance("BTC", Decimal(1), Decimal("0.5")),),
+                gauges=(Gauge("price", (("quote", "USD"),), Decimal(1)),),
+            ),
+        )
+        await rig.poll(watcher, withdrawals(transfer("w1", State.PENDING)))
+        await rig.poll(
+            watcher, withdrawals(transfer("w1", State.PENDING), transfer("w2", State.OK))
+        )
+        await rig.poll(watcher, Unavailable("down"))
+        rig.telemetry.request("potwallet", "balances", "200", 0.2)
+        rig.telemetry.delay("potwallet", 0.2)
+
+    async def test_no_created_series(self, rig: Rig) -> None:
+        """The exposition has no _created series for any counter or histogram."""
+        await self.populated(rig)
+        text = generate_latest(rig.registry).decode()
+        assert "walletwatch_transfers_total{" in text
+        assert [line for line in text.splitlines() if "_created" in line] == []
+
+    async def test_every_name_has_the_prefix(self, rig: Rig) -> None:
+        """Every metric family and sample name starts with walletwatch_."""
+        await self.populated(rig)
+        families = list(rig.registry.collect())
+        names = {f.name for f in families} | {s.name for f in families for s in f.samples}
+        assert len(names) > 20
+        assert [n for n in names if not n.startswith("walletwatch_")] == []
+
+    async def test_registers_with_auto_describe(self, rig: Rig) -> None:
+        """The collector can join a registry that checks for clashing names, as the app's does."""
+        await self.populated(rig)
+        registry = CollectorRegistry(auto_describe=True)
+        registry.register(WalletwatchCollector(lambda: rig.watchers, rig.telemetry, rig.clock))
+        assert registry.get_sample_value("walletwatch_up", acct(provider="potwallet")) == 0.0

@@ -1,0 +1,252 @@
+"""Tests of web.py: /metrics, /healthz, /readyz and the index page, served on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_openmetrics,
+)
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+from structlog.testing import capture_logs
+
+from tests.fakes import FakeClock
+from walletwatch.config import AccountConfig, ProviderSettings
+from walletwatch.errors import Unavailable
+from walletwatch.metrics import WalletwatchCollector
+from walletwatch.model import Balance, Direction, Observation
+from walletwatch.store import AsyncStore, Store
+from walletwatch.telemetry import Telemetry
+from walletwatch.tracker import AccountState
+from walletwatch.watcher import AccountWatcher
+from walletwatch.web import create_app
+
+SETTINGS = ProviderSettings(
+    rate_limit=1.0,
+    host_rate_limit=None,
+    connect_timeout=5.0,
+    read_timeout=10.0,
+    timeout=30.0,
+    max_backoff=300.0,
+    max_pages=10,
+)
+ENDPOINTS = ("balances", "withdrawals")
+WebClient = TestClient[web.Request, web.Application]
+
+
+def account_config(name: str, provider: str = "westwallet") -> AccountConfig:
+    """A minimal account."""
+    return AccountConfig(
+        name=name,
+        provider=provider,
+        base_url="https://api.example.test",
+        credentials={},
+        interval=30.0,
+        currencies=None,
+        low_balance={},
+        withdrawal_stuck_after=3600.0,
+        deposit_stuck_after=6 * 3600.0,
+        down_after=3,
+        options={},
+    )
+
+
+def answer(endpoint: str) -> Observation:
+    """A successful answer for one endpoint."""
+    if endpoint == "balances":
+        return Observation("balances", balances=(Balance("BTC", Decimal("1.25")),))
+    return Observation(endpoint, directions=frozenset({Direction.WITHDRAWAL}))
+
+
+class ScriptedProvider:
+    """A Provider whose polls answer, endpoint by endpoint, from a script."""
+
+    endpoints = ENDPOINTS
+
+    def __init__(self) -> None:
+        self.answers: dict[str, list[Observation | Exception]] = {e: [] for e in ENDPOINTS}
+        self.states: list[AccountState] = []
+
+    async def poll(self, endpoint: str, state: AccountState) -> Observation:
+        """The next scripted answer: an Observation returned or an exception raised."""
+        self.states.append(state)
+        item = self.answers[endpoint].pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+
+@dataclass
+class Site:
+    """Watchers on a real store, a registry with the collector, and the web app over them."""
+
+    store: AsyncStore
+    clock: FakeClock = field(default_factory=FakeClock)
+    telemetry: Telemetry = field(default_factory=Telemetry)
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    watchers: list[AccountWatcher] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        collector = WalletwatchCollector(lambda: self.watchers, self.telemetry, self.clock)
+        self.registry.register(collector)
+
+    def add(self, name: str, provider: str = "westwallet") -> AccountWatcher:
+        """Watch one more account."""
+        watcher = AccountWatcher(
+            account_config(name, provider),
+            SETTINGS,
+            ScriptedProvider(),
+            AccountState(),
+            store=self.store,
+            telemetry=self.telemetry,
+            clock=self.clock,
+        )
+        self.watchers.append(watcher)
+        return watcher
+
+    async def poll(
+        self, watcher: AccountWatcher, endpoint: str, result: Observation | Exception
+    ) -> None:
+        """Have the watcher poll ``endpoint`` and receive ``result``."""
+        provider = watcher.client
+        assert isinstance(provider, ScriptedProvider)
+        provider.answers[endpoint].append(result)
+        with capture_logs():
+            await watcher.poll(endpoint)
+
+
+@pytest.fixture(name="store")
+def fixture_store(tmp_path: Path) -> Iterator[AsyncStore]:
+    """A real state database on tmp_path."""
+    store = AsyncStore(Store(tmp_path / "state.db"))
+    yield store
+    store.close()
+
+
+@pytest.fixture(name="site")
+def fixture_site(store: AsyncStore) -> Site:
+    """A site with no accounts yet."""
+    return Site(store)
+
+
+@pytest.fixture(name="client")
+async def fixture_client(site: Site) -> AsyncIterator[WebClient]:
+    """A client of the app served on 127.0.0.1."""
+    app = create_app(site.registry, lambda: site.watchers)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        yield client
+
+
+class TestMetricsEndpoint:
+    async def test_text_exposition(self, site: Site, client: WebClient) -> None:
+        """/metrics serves the Prometheus text format with its content type."""
+        watcher = site.add("hot")
+        await site.poll(watcher, "balances", answer("balances"))
+        response = await client.get("/metrics")
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        families = {f.name: f for f in parse_text(await response.text())}
+        balance = families["walletwatch_balance"].samples
+        assert [(s.labels, s.value) for s in balance] == [
+            ({"provider": "westwallet", "account": "hot", "currency": "BTC"}, 1.25)
+        ]
+        assert "walletwatch_build_info" in families
+
+    @pytest.mark.parametrize(
+        "accept",
+        [
+            "application/openmetrics-text",
+            "application/openmetrics-text; version=1.0.0",
+            "text/plain;q=0.5, application/openmetrics-text; version=1.0.0",
+        ],
+    )
+    async def test_openmetrics_when_asked(self, accept: str, site: Site, client: WebClient) -> None:
+        """/metrics serves OpenMetrics, ending in # EOF, when Accept asks for it."""
+        watcher = site.add("hot")
+        await site.poll(watcher, "balances", answer("balances"))
+        response = await client.get("/metrics", headers={"Accept": accept})
+        assert response.status == 200
+        media_type = response.headers["Content-Type"].split(";")[0]
+        assert media_type == "application/openmetrics-text"
+        text = await response.text()
+        assert text.endswith("# EOF\n")
+        # prometheus_client's OpenMetrics parser carries no annotations.
+        parsed = parse_openmetrics(text)  # type: ignore[no-untyped-call]
+        families = {f.name: f for f in parsed}
+        samples = families["walletwatch_balance"].samples
+        assert [s.value for s in samples] == [1.25]
+        assert "walletwatch_events" in families
+
+    @pytest.mark.parametrize("accept", ["", "*/*", "text/plain", "application/json"])
+    async def test_text_unless_openmetrics_is_asked(self, accept: str, client: WebClient) -> None:
+        """Any Accept that does not name OpenMetrics gets the plain text format."""
+        response = await client.get("/metrics", headers={"Accept": accept})
+        assert response.status == 200
+        assert response.headers["Content-Type"].split(";")[0] == "text/plain"
+        assert "# EOF" not in await response.text()
+
+
+class TestProbes:
+    async def test_healthz(self, site: Site, client: WebClient) -> None:
+        """/healthz answers 200 even before any poll."""
+        site.add("hot")
+        response = await client.get("/healthz")
+        assert response.status == 200
+
+    async def test_readyz_waits_for_every_endpoint_of_every_watcher(
+        self, site: Site, client: WebClient
+    ) -> None:
+        """/readyz is 503 until each watcher polled each endpoint once, failed or not; then 200."""
+        hot, cold = site.add("hot"), site.add("cold")
+        assert (await client.get("/readyz")).status == 503
+        await site.poll(hot, "balances", answer("balances"))
+        await site.poll(hot, "withdrawals", answer("withdrawals"))
+        assert (await client.get("/readyz")).status == 503
+        await site.poll(cold, "balances", answer("balances"))
+        assert (await client.get("/readyz")).status == 503
+        await site.poll(cold, "withdrawals", Unavailable("down"))
+        assert (await client.get("/readyz")).status == 200
+
+    async def test_readyz_stays_ready_when_polls_fail_later(
+        self, site: Site, client: WebClient
+    ) -> None:
+        """Once ready, /readyz stays 200 through failures; health is /metrics' business."""
+        watcher = site.add("hot")
+        for endpoint in ENDPOINTS:
+            await site.poll(watcher, endpoint, answer(endpoint))
+        await site.poll(watcher, "balances", Unavailable("down"))
+        assert (await client.get("/readyz")).status == 200
+
+
+class TestIndex:
+    async def test_lists_accounts_with_escaped_names(self, site: Site, client: WebClient) -> None:
+        """The index lists every account, its name HTML-escaped."""
+        site.add("<script>alert('x')</script>")
+        site.add("ops & treasury", "kredswallet")
+        response = await client.get("/")
+        assert response.status == 200
+        assert response.headers["Content-Type"].split(";")[0] == "text/html"
+        page = await response.text()
+        assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+        assert "<script>" not in page
+        assert "<td>ops &amp; treasury</td>" in page
+        assert "<td>kredswallet</td>" in page
+
+    async def test_shows_each_accounts_state(self, site: Site, client: WebClient) -> None:
+        """An account shows as waiting before its polls, up when they succeed, DOWN on failure."""
+        waiting, up, down = site.add("a-waiting"), site.add("b-up"), site.add("c-down")
+        for endpoint in ENDPOINTS:
+            await site.poll(up, endpoint, answer(endpoint))
+            await site.poll(down, endpoint, answer(endpoint))
+        await site.poll(down, "withdrawals", Unavailable("down"))
+        page = await (await client.get("/")).text()
+        assert f"<td>{waiting.name}</td><td>waiting</td>" in page
+        assert f"<td>{up.name}</td><td>up</td><td>1.25 BTC</td>" in page
+        assert f"<td>{down.name}</td><td>DOWN</td>" in page
