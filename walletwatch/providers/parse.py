@@ -54,6 +54,16 @@ def text(value: Any, where: str) -> str:
     return result
 
 
+def status(value: Any, where: str) -> str:
+    """A provider's raw status, kept verbatim (even empty) so it can map to ``unknown``."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise BadPayload(f"{where}: expected a status, got {type(value).__name__}")
+    result = str(value)
+    if len(result) > 128:
+        raise BadPayload(f"{where}: overlong status")
+    return result
+
+
 def optional_text(value: Any, where: str) -> str | None:
     """A string, or None for null or empty."""
     return None if value is None or value == "" else text(value, where)

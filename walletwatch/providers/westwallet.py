@@ -74,7 +74,7 @@ def parse_balances(payload: Any) -> tuple[Balance, ...]:
 def parse_transaction(item: Any, direction: Direction, where: str) -> Transfer:
     """One transaction object."""
     tx = parse.mapping(item, where)
-    status = parse.text(tx.get("status"), f"{where}.status")
+    status = parse.status(tx.get("status"), f"{where}.status")
     confirmations = tx.get("blockchain_confirmations")
     return Transfer(
         id=parse.text(tx.get("id"), f"{where}.id"),
@@ -173,9 +173,12 @@ class WestWallet:
                 continue
             params = {"id": int(tracked.transfer.id)}
             try:
-                payload = await self._call("POST", "/wallet/transaction", params, endpoint)
+                payload = check_error(
+                    await self._call("POST", "/wallet/transaction", params, endpoint),
+                    "transaction",
+                )
             except Rejected:
-                continue  # not_found: keep what we know rather than guess
+                continue  # not_found (as a body or a 404): keep what we know rather than guess
             fresh = parse_transaction(payload, direction, "transaction")
             seen[fresh.id] = fresh
         return tuple(seen.values())

@@ -1,0 +1,49 @@
+"""Fixtures shared across the suite: the fake clock and a mocked HTTP boundary."""
+
+from __future__ import annotations
+
+import types
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aioresponses import aioresponses
+from yarl import URL
+
+from tests.fakes import FakeClock
+
+
+class _MockedResponse(aiohttp.ClientResponse):
+    """A ClientResponse that aioresponses 0.7.9 can build under aiohttp 3.14.
+
+    aiohttp 3.14 made ``stream_writer`` a required argument, which aioresponses does not pass
+    (https://github.com/pnuckowski/aioresponses/issues/289). A mocked response has already
+    been "sent", so only the writer's ``output_size`` is read.
+    """
+
+    def __init__(self, method: str, url: URL, **kwargs: Any) -> None:
+        kwargs.setdefault("stream_writer", types.SimpleNamespace(output_size=0))
+        super().__init__(method, url, **kwargs)
+
+
+@pytest.fixture(name="clock")
+def fixture_clock() -> FakeClock:
+    """Virtual time starting at tests.fakes.START."""
+    return FakeClock()
+
+
+@pytest.fixture(name="responses")
+def fixture_responses(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """aioresponses: every request any ClientSession makes is answered (or refused) here."""
+    # The one name aioresponses builds responses from when no response_class is given.
+    monkeypatch.setattr("aioresponses.core.ClientResponse", _MockedResponse)
+    with aioresponses() as mocked:
+        yield mocked
+
+
+@pytest.fixture(name="session")
+async def fixture_session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A real ClientSession (requests go to the ``responses`` mock)."""
+    async with aiohttp.ClientSession() as session:
+        yield session
