@@ -286,6 +286,17 @@ class TestDispatcher:
         await commit(store, make_events(1, 1))
         assert await dispatcher.drain() == 2.0
 
+    async def test_concurrent_drains_deliver_once(
+        self, store: AsyncStore, clock: FakeClock
+    ) -> None:
+        """Two drains at the same moment (the dispatcher task and a shutdown) deliver once."""
+        sink = RecordingSink("file")
+        dispatcher = Dispatcher(store, [sink], clock)
+        await dispatcher.prepare()
+        await commit(store, make_events(0, 3))
+        await asyncio.gather(dispatcher.drain(), dispatcher.drain())
+        assert sink.ids == [f"hot-{n:05d}" for n in range(3)]
+
     async def test_new_sink_starts_at_the_end(self, store: AsyncStore, clock: FakeClock) -> None:
         """A sink new to the state skips the outbox's history and gets only later events."""
         await commit(store, make_events(0, 3))
