@@ -9,6 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from walletwatch.model import Observation
+from walletwatch.tracker import AccountState
+
 START = 1_700_000_000.0
 
 
@@ -79,3 +82,20 @@ class FakePolicy:
     def stuck_after(self, direction: str) -> float:
         """Threshold by direction."""
         return self.withdrawal_stuck if direction == "withdrawal" else self.deposit_stuck
+
+
+class ScriptedProvider:
+    """A Provider whose polls answer, endpoint by endpoint, from a script."""
+
+    def __init__(self, endpoints: tuple[str, ...]) -> None:
+        self.endpoints = endpoints
+        self.answers: dict[str, list[Observation | Exception]] = {e: [] for e in endpoints}
+        self.states: list[AccountState] = []
+
+    async def poll(self, endpoint: str, state: AccountState) -> Observation:
+        """The next scripted answer: an Observation returned or an exception raised."""
+        self.states.append(state)
+        answer = self.answers[endpoint].pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer

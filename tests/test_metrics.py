@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from structlog.testing import capture_logs
 
-from tests.fakes import START, FakeClock
+from tests.fakes import START, FakeClock, ScriptedProvider
 from walletwatch import __version__
 from walletwatch.config import AccountConfig, ProviderSettings
 from walletwatch.errors import (
@@ -96,23 +96,6 @@ def withdrawals(*transfers: Transfer) -> Observation:
 def deposits(*transfers: Transfer) -> Observation:
     """A deposits answer listing the given transfers."""
     return Observation("deposits", transfers=transfers, directions=DEPOSITS)
-
-
-class ScriptedProvider:
-    """A Provider whose polls answer, endpoint by endpoint, from a script."""
-
-    def __init__(self, endpoints: tuple[str, ...]) -> None:
-        self.endpoints = endpoints
-        self.answers: dict[str, list[Observation | Exception]] = {e: [] for e in endpoints}
-        self.states: list[AccountState] = []
-
-    async def poll(self, endpoint: str, state: AccountState) -> Observation:
-        """The next scripted answer: an Observation returned or an exception raised."""
-        self.states.append(state)
-        answer = self.answers[endpoint].pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
 
 
 @dataclass

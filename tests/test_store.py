@@ -68,13 +68,6 @@ class TestRoundTrip:
             "tampered"
         )
 
-    def test_forget_drops_an_account(self, store: Store) -> None:
-        """A forgotten account has no state left."""
-        state, _ = observe(AccountState(), balances(BTC="1"), POLICY, START)
-        store.commit("acct", "westwallet", AccountState(), state, [])
-        store.forget("acct")
-        assert store.load() == {}
-
 
 class TestOutbox:
     """Events are queued in commit order, once per event_id, and read per sink."""

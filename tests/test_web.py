@@ -17,7 +17,7 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 from structlog.testing import capture_logs
 
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, ScriptedProvider
 from walletwatch.config import AccountConfig, ProviderSettings
 from walletwatch.errors import Unavailable
 from walletwatch.metrics import WalletwatchCollector
@@ -65,24 +65,6 @@ def answer(endpoint: str) -> Observation:
     return Observation(endpoint, directions=frozenset({Direction.WITHDRAWAL}))
 
 
-class ScriptedProvider:
-    """A Provider whose polls answer, endpoint by endpoint, from a script."""
-
-    endpoints = ENDPOINTS
-
-    def __init__(self) -> None:
-        self.answers: dict[str, list[Observation | Exception]] = {e: [] for e in ENDPOINTS}
-        self.states: list[AccountState] = []
-
-    async def poll(self, endpoint: str, state: AccountState) -> Observation:
-        """The next scripted answer: an Observation returned or an exception raised."""
-        self.states.append(state)
-        item = self.answers[endpoint].pop(0)
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-
 @dataclass
 class Site:
     """Watchers on a real store, a registry with the collector, and the web app over them."""
@@ -102,7 +84,7 @@ class Site:
         watcher = AccountWatcher(
             account_config(name, provider),
             SETTINGS,
-            ScriptedProvider(),
+            ScriptedProvider(ENDPOINTS),
             AccountState(),
             store=self.store,
             telemetry=self.telemetry,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
@@ -197,9 +196,6 @@ class Daemon:
         """Deliver every event in the outbox now."""
         if self._dispatcher is not None:
             await self._dispatcher.drain()
-
-    def __iter__(self) -> Iterator[AccountWatcher]:
-        return iter(self.watchers.values())
 
     async def close(self) -> None:
         """Stop polling (in-flight polls finish), deliver what is queued, close everything."""

@@ -142,7 +142,7 @@ async def _once(config: Config) -> list[AccountWatcher]:
         await daemon.poll_once()
     finally:
         await daemon.close()
-    return list(daemon)
+    return list(daemon.watchers.values())
 
 
 def _summary(w: AccountWatcher) -> dict[str, Any]:

@@ -211,16 +211,6 @@ class Store:
             [(e.event_id, account, e.to_json()) for e in events],
         )
 
-    def forget(self, account: str) -> None:
-        """Drop everything about an account (its events already queued stay queued)."""
-        with self._transaction():
-            for table, column in (
-                ("accounts", "name"),
-                ("transfers", "account"),
-                ("balances", "account"),
-            ):
-                self._db.execute(f"DELETE FROM {table} WHERE {column}=?", (account,))  # noqa: S608
-
     def pending(self, sink: str, limit: int = 500) -> list[tuple[int, Event]]:
         """Events the sink has not acknowledged yet, oldest first."""
         cursor = self._cursor(sink)

@@ -109,24 +109,16 @@ class AccountWatcher:
         key = (self.provider, self.name, endpoint)
         self._telemetry.poll_errors[(*key, err.reason)] += 1
         previous = self.health.get(endpoint)
-        if previous is None or previous.ok:
-            log.warning(
-                "poll.failed",
-                provider=self.provider,
-                account=self.name,
-                endpoint=endpoint,
-                reason=err.reason,
-                error=str(err),
-            )
-        else:
-            log.debug(
-                "poll.failed",
-                provider=self.provider,
-                account=self.name,
-                endpoint=endpoint,
-                reason=err.reason,
-                error=str(err),
-            )
+        # Warn when an endpoint starts failing; repeats of the same failure are debug noise.
+        emit = log.warning if previous is None or previous.ok else log.debug
+        emit(
+            "poll.failed",
+            provider=self.provider,
+            account=self.name,
+            endpoint=endpoint,
+            reason=err.reason,
+            error=str(err),
+        )
         self.health[endpoint] = EndpointHealth(
             ok=False,
             last_success=previous.last_success if previous else None,
