@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from tests.fakes import FakeClock, settle
 from walletwatch.scheduler import (
@@ -286,6 +287,25 @@ class TestScheduler:
         await clock.advance(STARTUP_SPREAD + 20 + 40 + 50 + 50 + 10 + 20 + 10)
         # HighRandom draws the ceiling: 20, 40, 80->50, 160->50; then ok: 10; then fail: 20.
         assert gaps(poller.times()) == [20.0, 40.0, 50.0, 50.0, 10.0, 20.0, 10.0]
+
+    async def test_a_crashing_poll_does_not_end_the_loop(
+        self, clock: FakeClock, scheduler: Scheduler
+    ) -> None:
+        """An unexpected exception costs one poll (as a failure); the endpoint keeps polling."""
+
+        class Crashing(FakePoller):
+            async def poll(self, endpoint: str) -> Outcome:
+                self.calls.append((endpoint, self.clock.monotonic()))
+                if len(self.calls) == 1:
+                    raise KeyError("bug")
+                return Outcome(ok=True)
+
+        poller = Crashing(clock, interval=10.0)
+        with capture_logs() as logs:
+            scheduler.start(poller, ["balances"])
+            await clock.advance(STARTUP_SPREAD + 20 + 10)
+        assert len(poller.times()) == 3
+        assert [e["event"] for e in logs] == ["poll.crashed"]
 
     async def test_failure_never_retries_sooner_than_min_retry(self, clock: FakeClock) -> None:
         """Even when the jitter draws zero, a failed poll is retried after MIN_RETRY."""

@@ -123,7 +123,11 @@ class Scheduler:
             now = self._clock.monotonic()
             if self._on_delay is not None:
                 self._on_delay(poller.provider, now - due)
-            outcome = await poller.poll(endpoint)
+            try:
+                outcome = await poller.poll(endpoint)
+            except Exception:  # a bug must cost one poll, never the loop that runs them
+                log.exception("poll.crashed", account=poller.name, endpoint=endpoint)
+                outcome = Outcome(ok=False)
             if outcome.ok:
                 failures, wait = 0, interval
             else:
