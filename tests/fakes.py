@@ -8,8 +8,13 @@ import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 
+from walletwatch.config import ProviderSettings
+from walletwatch.context import Nonces, ProviderContext, Shared
+from walletwatch.http import Http
 from walletwatch.model import Observation
+from walletwatch.store import AsyncStore, Store
 from walletwatch.tracker import AccountState
 
 START = 1_700_000_000.0
@@ -99,3 +104,9 @@ class ScriptedProvider:
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+
+def make_context(settings: ProviderSettings, http: Http, clock: FakeClock) -> ProviderContext:
+    """A ProviderContext for one provider's unit tests, with nonces kept in memory."""
+    store = AsyncStore(Store(Path(":memory:")))
+    return ProviderContext(settings, http, clock, Nonces(clock, store, {}), Shared())

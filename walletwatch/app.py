@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from walletwatch import __version__
 from walletwatch.config import AccountConfig, Config
+from walletwatch.context import Nonces, ProviderContext, Shared
 from walletwatch.errors import ConfigError
 from walletwatch.http import Http
 from walletwatch.metrics import WalletwatchCollector
@@ -28,7 +30,7 @@ from walletwatch.sinks import Dispatcher, FileSink, StreamSink
 from walletwatch.store import AsyncStore, Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState
-from walletwatch.types import Clock, Sink
+from walletwatch.types import Clock, ProviderFactory, Sink
 from walletwatch.watcher import AccountWatcher
 from walletwatch.web import create_app
 
@@ -38,13 +40,13 @@ SHUTDOWN_GRACE = 10.0
 """Seconds in-flight polls get to finish on SIGTERM before they are cancelled."""
 
 
-def check_supported(config: Config) -> None:
+def check_supported(config: Config, providers: Mapping[str, ProviderFactory]) -> None:
     """Every account's provider has a client in this build."""
     problems = [
         f"accounts[{i}].provider: {a.provider!r} has no client in walletwatch {__version__} "
-        f"(available: {', '.join(sorted(REGISTRY))})"
+        f"(available: {', '.join(sorted(providers))})"
         for i, a in enumerate(config.accounts)
-        if a.provider not in REGISTRY
+        if a.provider not in providers
     ]
     if problems:
         raise ConfigError(problems)
@@ -61,8 +63,10 @@ class Daemon:
         stdout: TextIO | None = None,
         rng: random.Random | None = None,
         state_path: Path | None = None,
+        providers: Mapping[str, ProviderFactory] = REGISTRY,
     ) -> None:
-        check_supported(config)
+        check_supported(config, providers)
+        self._providers = providers
         self.config = config
         self.clock = clock
         self.telemetry = Telemetry()
@@ -73,6 +77,7 @@ class Daemon:
         self._stdout = stdout
         self._state_path = state_path or config.state_path
         self._buckets: dict[str, TokenBucket] = {}
+        self._shared = Shared()
         self._store: AsyncStore | None = None
         self._session: aiohttp.ClientSession | None = None
         self._dispatcher: Dispatcher | None = None
@@ -88,6 +93,7 @@ class Daemon:
         store = AsyncStore(Store(self._state_path))
         self._store = store
         states = await store.call(store.store.load)
+        nonces = await Nonces.load(self.clock, store)
         self._session = session = aiohttp.ClientSession(
             headers={"User-Agent": f"walletwatch/{__version__}"},
             connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
@@ -102,7 +108,7 @@ class Daemon:
         await self._dispatcher.prepare()
         for account in self.config.accounts:
             self.watchers[account.name] = self._watcher(
-                account, states.get(account.name), store, session
+                account, states.get(account.name), store, session, nonces
             )
         self._dispatch_task = asyncio.create_task(self._dispatcher.run(), name="dispatcher")
         if serve:
@@ -120,6 +126,7 @@ class Daemon:
         state: AccountState | None,
         store: AsyncStore,
         session: aiohttp.ClientSession,
+        nonces: Nonces,
     ) -> AccountWatcher:
         settings = self.config.providers[account.provider]
         buckets = [self._bucket(account.credential_id, settings.rate_limit)]
@@ -139,7 +146,8 @@ class Daemon:
             ),
             max_backoff=settings.max_backoff,
         )
-        client = REGISTRY[account.provider](account, settings, http, self.clock)
+        context = ProviderContext(settings, http, self.clock, nonces, self._shared)
+        client = self._providers[account.provider](account, context)
         return AccountWatcher(
             account,
             settings,

@@ -211,6 +211,21 @@ class Store:
             [(e.event_id, account, e.to_json()) for e in events],
         )
 
+    def load_meta(self, prefix: str) -> dict[str, str]:
+        """Every small setting whose key starts with ``prefix`` (nonce leases and the like)."""
+        rows = self._db.execute(
+            "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+        )
+        return dict(rows.fetchall())
+
+    def save_meta(self, key: str, value: str) -> None:
+        """Durably store one small setting."""
+        try:
+            with self._transaction():
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot save state setting {key!r}: {err}") from err
+
     def pending(self, sink: str, limit: int = 500) -> list[tuple[int, Event]]:
         """Events the sink has not acknowledged yet, oldest first."""
         cursor = self._cursor(sink)

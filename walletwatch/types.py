@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from walletwatch.config import AccountConfig, ProviderSettings
+    from walletwatch.config import AccountConfig
+    from walletwatch.context import ProviderContext
     from walletwatch.events import Event
-    from walletwatch.http import Http
     from walletwatch.model import Observation
     from walletwatch.tracker import AccountState
 
@@ -55,9 +55,7 @@ class Provider(Protocol):
 class ProviderFactory(Protocol):
     """Builds a provider client for an account (one registry entry)."""
 
-    def __call__(
-        self, account: AccountConfig, settings: ProviderSettings, http: Http, clock: Clock
-    ) -> Provider: ...
+    def __call__(self, account: AccountConfig, context: ProviderContext) -> Provider: ...
 
 
 class Sink(Protocol):

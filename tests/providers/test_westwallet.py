@@ -18,7 +18,7 @@ import pytest
 from aioresponses import CallbackResult
 from yarl import URL
 
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, make_context
 from walletwatch.config import AccountConfig, Config, ProviderSettings, parse_config
 from walletwatch.errors import AuthFailed, BadPayload, ProviderError, RateLimited, Rejected
 from walletwatch.http import Http, parse_json
@@ -218,7 +218,7 @@ def fixture_client(
     account: AccountConfig, settings: ProviderSettings, http: Http, clock: FakeClock
 ) -> WestWallet:
     """The WestWallet client under test."""
-    return WestWallet(account, settings, http, clock)
+    return WestWallet(account, make_context(settings, http, clock))
 
 
 @pytest.fixture(name="poll")

@@ -13,13 +13,12 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from walletwatch.config import AccountConfig, ProviderSettings
+from walletwatch.config import AccountConfig
+from walletwatch.context import ProviderContext
 from walletwatch.errors import AuthFailed, BadPayload, RateLimited, Rejected
-from walletwatch.http import Http
 from walletwatch.model import Balance, Direction, Observation, State, Transfer
 from walletwatch.providers import parse
 from walletwatch.tracker import AccountState
-from walletwatch.types import Clock
 
 PAGE_SIZE = 50  # the API's maximum
 MAX_LOOKUPS = 10  # single-transaction refreshes per poll, oldest in-flight first
@@ -120,15 +119,13 @@ class WestWallet:
         "withdrawals": Direction.WITHDRAWAL,
     }
 
-    def __init__(
-        self, account: AccountConfig, settings: ProviderSettings, http: Http, clock: Clock
-    ) -> None:
+    def __init__(self, account: AccountConfig, context: ProviderContext) -> None:
         self._base = account.base_url
         self._api_key = account.credentials["api_key"]
         self._secret = account.credentials["secret_key"]
-        self._http = http
-        self._clock = clock
-        self._max_pages = settings.max_pages
+        self._http = context.http
+        self._clock = context.clock
+        self._max_pages = context.settings.max_pages
 
     def __repr__(self) -> str:
         return f"WestWallet(base_url={self._base!r})"
