@@ -43,7 +43,11 @@ class TestRoundTrip:
         for i, obs in enumerate(
             [
                 history(Direction.DEPOSIT),
-                history(Direction.DEPOSIT, tx("1"), tx("2", State.OK, created_at=None)),
+                history(
+                    Direction.DEPOSIT,
+                    tx("1"),
+                    tx("2", State.OK, created_at=None, details=(("aml_risk", "0.1"),)),
+                ),
                 history(Direction.DEPOSIT, tx("1", State.OK, confirmations=6)),
                 balances(USDT="50", BTC="0.00000001"),
             ]

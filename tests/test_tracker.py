@@ -27,6 +27,7 @@ def tx(
     currency: str = "BTC",
     created_at: float | None = START,
     confirmations: int = 0,
+    details: tuple[tuple[str, str], ...] = (),
 ) -> Transfer:
     """A transfer with sensible defaults."""
     return Transfer(
@@ -38,6 +39,7 @@ def tx(
         state=state,
         confirmations=confirmations,
         created_at=created_at,
+        details=details,
     )
 
 
@@ -163,6 +165,13 @@ class TestTransfers:
         assert names(events) == ["withdrawal.detected"]
         assert [t.transfer.id for t in state.in_flight()] == ["1"]
         assert state.totals == {}
+
+    def test_details_travel_with_the_events(self) -> None:
+        """Provider-specific details (an AML verdict, a status name) appear in the events."""
+        aml = (("aml_risk", "low"), ("status_name", "moderation"))
+        _, events = run([history(DEP), history(DEP, tx("1", details=aml))])
+        assert events[0].to_dict()["aml_risk"] == "low"
+        assert events[0].to_dict()["status_name"] == "moderation"
 
     def test_confirmations_alone_are_quiet(self) -> None:
         """A confirmation count rising without a state change updates state silently."""

@@ -25,7 +25,7 @@ from walletwatch.errors import ConfigError
 from walletwatch.http import Http
 from walletwatch.metrics import WalletwatchCollector
 from walletwatch.providers import REGISTRY
-from walletwatch.scheduler import Scheduler, TokenBucket
+from walletwatch.scheduler import RATE_MARGIN, Scheduler, TokenBucket
 from walletwatch.sinks import Dispatcher, FileSink, StreamSink
 from walletwatch.store import AsyncStore, Store
 from walletwatch.telemetry import Telemetry
@@ -162,7 +162,9 @@ class Daemon:
     def _bucket(self, key: str, rate: float) -> TokenBucket:
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = TokenBucket(rate, self.clock, name=key)
+            bucket = self._buckets[key] = TokenBucket(
+                rate * (1 - RATE_MARGIN), self.clock, name=key
+            )
         return bucket
 
     def _wake(self) -> None:

@@ -62,6 +62,8 @@ class Transfer:
     confirmations: int | None = None
     created_at: float | None = None
     updated_at: float | None = None
+    details: tuple[tuple[str, str], ...] = ()
+    """Provider-specific facts worth keeping (AML risk, a status's name...); never labels."""
 
     @property
     def key(self) -> tuple[Direction, str]:

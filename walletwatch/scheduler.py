@@ -21,6 +21,9 @@ log = structlog.get_logger("walletwatch.scheduler")
 STARTUP_SPREAD = 10.0
 """Start-up jitter spreads the first polls over at most this many seconds."""
 
+RATE_MARGIN = 0.05
+"""Buckets pace this far below a published limit, so network jitter never trips it."""
+
 MIN_RETRY = 1.0
 """Never retry a failed poll sooner than this."""
 

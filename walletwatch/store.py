@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS transfers (
     revision INTEGER NOT NULL,
     stuck INTEGER NOT NULL,
     settled TEXT NOT NULL,
+    details TEXT NOT NULL,
     PRIMARY KEY (account, direction, id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS balances (
@@ -184,7 +185,7 @@ class Store:
             ]
             db.executemany(
                 "INSERT OR REPLACE INTO transfers VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         if new.balances is not old.balances:
@@ -297,6 +298,7 @@ def _transfer_to_row(account: str, tracked: TrackedTransfer) -> tuple[Any, ...]:
         tracked.revision,
         int(tracked.stuck),
         ",".join(sorted(tracked.settled)),
+        json.dumps(t.details),
     )
 
 
@@ -314,6 +316,7 @@ def _transfer_from_row(row: Sequence[Any]) -> TrackedTransfer:
         confirmations=row[10],
         created_at=row[11],
         updated_at=row[12],
+        details=tuple((str(k), str(v)) for k, v in json.loads(row[17])),
     )
     return TrackedTransfer(
         transfer,

@@ -134,6 +134,7 @@ class _Emitter:
             status=t.status,
             state=str(t.state),
             confirmations=t.confirmations,
+            **dict(t.details),
             **fields,
         )
 
