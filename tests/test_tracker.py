@@ -173,6 +173,17 @@ class TestTransfers:
         assert events[0].to_dict()["aml_risk"] == "low"
         assert events[0].to_dict()["status_name"] == "moderation"
 
+    def test_details_never_overwrite_contract_fields(self) -> None:
+        """A provider detail named like an event field (status, event) is dropped, not fatal."""
+        clash = (("status", "fake"), ("event", "fake"), ("aml_risk", "high"))
+        _, events = run([history(DEP), history(DEP, tx("1", details=clash))])
+        body = events[0].to_dict()
+        assert (body["event"], body["status"], body["aml_risk"]) == (
+            "deposit.detected",
+            "pending",
+            "high",
+        )
+
     def test_confirmations_alone_are_quiet(self) -> None:
         """A confirmation count rising without a state change updates state silently."""
         state, events = run(

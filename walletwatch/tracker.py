@@ -100,6 +100,9 @@ FINAL_EVENT: Mapping[tuple[Direction, State], str] = {
 }
 
 
+_EVENT_CORE = frozenset({"event", "event_id", "ts", "severity", "provider", "account"})
+
+
 class _Emitter:
     """Collects the events of one tracker step for one account."""
 
@@ -122,21 +125,21 @@ class _Emitter:
         )
 
     def transfer(self, name: str, t: Transfer, *extra_id: object, **fields: Any) -> None:
-        self.emit(
-            name,
-            (t.direction, t.id, *extra_id),
-            currency=t.currency,
-            amount=t.amount,
-            fee=t.fee,
-            transfer_id=t.id,
-            txid=t.txid,
-            address=t.address,
-            status=t.status,
-            state=str(t.state),
-            confirmations=t.confirmations,
-            **dict(t.details),
+        core: dict[str, Any] = {
+            "currency": t.currency,
+            "amount": t.amount,
+            "fee": t.fee,
+            "transfer_id": t.id,
+            "txid": t.txid,
+            "address": t.address,
+            "status": t.status,
+            "state": str(t.state),
+            "confirmations": t.confirmations,
             **fields,
-        )
+        }
+        # A provider's details never overwrite the contract's fields of the same name.
+        extra = {k: v for k, v in t.details if k not in core and k not in _EVENT_CORE}
+        self.emit(name, (t.direction, t.id, *extra_id), **extra, **core)
 
 
 def observe(

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from walletwatch.providers.kredswallet import KredsWallet
+from walletwatch.providers.potwallet import PotWallet
 from walletwatch.providers.westwallet import WestWallet
 from walletwatch.types import ProviderFactory
 
 REGISTRY: Mapping[str, ProviderFactory] = {
     "westwallet": WestWallet,
+    "kredswallet": KredsWallet,
+    "potwallet": PotWallet,
 }

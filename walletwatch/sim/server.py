@@ -11,12 +11,16 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from walletwatch.sim.common import Clock, ProviderSim, RequestLog, SimContext, json_response
+from walletwatch.sim.kredswallet import KredsWalletSim
+from walletwatch.sim.kredswallet_scenario import KredsWalletScenario
+from walletwatch.sim.potwallet import PotWalletSim
+from walletwatch.sim.potwallet_scenario import PotWalletScenario
 from walletwatch.sim.scenario import DEMO_SEED, WestWalletScenario
 from walletwatch.sim.westwallet import WestWalletSim
 
 
 class Simulator:
-    """Simulated provider APIs (WestWallet under ``/westwallet``) and ``/_sim`` controls."""
+    """Simulated provider APIs, each under ``/<name>``, and the ``/_sim`` controls."""
 
     def __init__(
         self,
@@ -35,12 +39,20 @@ class Simulator:
         self.requests: RequestLog = self._ctx.requests
         self.write_calls: list[tuple[str, str]] = self._ctx.write_calls
         self.westwallet = WestWalletSim(self._ctx)
-        self.providers: tuple[ProviderSim, ...] = (self.westwallet,)
+        self.kredswallet = KredsWalletSim(self._ctx)
+        self.potwallet = PotWalletSim(self._ctx)
+        self.providers: tuple[ProviderSim, ...] = (
+            self.westwallet,
+            self.kredswallet,
+            self.potwallet,
+        )
         # One random stream per provider, so adding a provider leaves the others' demo as is.
         self._scenarios: tuple[Callable[[], None], ...] = ()
         if scenario:
             ww = WestWalletScenario(self.westwallet, random.Random(f"{seed}/westwallet"), clock)
-            self._scenarios = (ww.step,)
+            kw = KredsWalletScenario(self.kredswallet, random.Random(f"{seed}/kredswallet"), clock)
+            pw = PotWalletScenario(self.potwallet, random.Random(f"{seed}/potwallet"), clock)
+            self._scenarios = (ww.step, kw.step, pw.step)
 
     def advance(self) -> None:
         """Run one scenario step on every provider (no effect without ``scenario=True``)."""
