@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 from walletwatch.providers.kredswallet import KredsWallet
 from walletwatch.providers.potwallet import PotWallet
+from walletwatch.providers.sila import Sila
 from walletwatch.providers.westwallet import WestWallet
 from walletwatch.types import ProviderFactory
 
@@ -17,4 +18,5 @@ REGISTRY: Mapping[str, ProviderFactory] = {
     "westwallet": WestWallet,
     "kredswallet": KredsWallet,
     "potwallet": PotWallet,
+    "sila": Sila,
 }

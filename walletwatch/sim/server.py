@@ -16,6 +16,8 @@ from walletwatch.sim.kredswallet_scenario import KredsWalletScenario
 from walletwatch.sim.potwallet import PotWalletSim
 from walletwatch.sim.potwallet_scenario import PotWalletScenario
 from walletwatch.sim.scenario import DEMO_SEED, WestWalletScenario
+from walletwatch.sim.sila import SilaSim
+from walletwatch.sim.sila_scenario import SilaScenario
 from walletwatch.sim.westwallet import WestWalletSim
 
 
@@ -41,10 +43,12 @@ class Simulator:
         self.westwallet = WestWalletSim(self._ctx)
         self.kredswallet = KredsWalletSim(self._ctx)
         self.potwallet = PotWalletSim(self._ctx)
+        self.sila = SilaSim(self._ctx)
         self.providers: tuple[ProviderSim, ...] = (
             self.westwallet,
             self.kredswallet,
             self.potwallet,
+            self.sila,
         )
         # One random stream per provider, so adding a provider leaves the others' demo as is.
         self._scenarios: tuple[Callable[[], None], ...] = ()
@@ -52,7 +56,8 @@ class Simulator:
             ww = WestWalletScenario(self.westwallet, random.Random(f"{seed}/westwallet"), clock)
             kw = KredsWalletScenario(self.kredswallet, random.Random(f"{seed}/kredswallet"), clock)
             pw = PotWalletScenario(self.potwallet, random.Random(f"{seed}/potwallet"), clock)
-            self._scenarios = (ww.step, kw.step, pw.step)
+            si = SilaScenario(self.sila, random.Random(f"{seed}/sila"), clock)
+            self._scenarios = (ww.step, kw.step, pw.step, si.step)
 
     def advance(self) -> None:
         """Run one scenario step on every provider (no effect without ``scenario=True``)."""

@@ -1,0 +1,341 @@
+"""Sila: balance from POST /get_wallet, issues and redeems from POST /get_transactions.
+
+See shared/providers/NOTES.md, which corrects the /get_wallet doc: balances are in SILA
+tokens; the balance comes as ``available_balance``/``pending_balance`` (the doc) or
+``sila_available_balance``/``sila_pending_balance``/``sila_balance`` (the SDKs), so both are
+read; ``{"success": false}`` is an error whatever the HTTP status; every request carries a
+fresh ``reference``. Auth (ECDSA signatures or an access token) lives in sila_auth.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from coincurve import PrivateKey
+
+from walletwatch.config import AccountConfig
+from walletwatch.context import ProviderContext
+from walletwatch.errors import AuthFailed, BadPayload, ConfigError, Rejected
+from walletwatch.http import Response
+from walletwatch.model import Balance, Direction, Gauge, Observation, State, Transfer
+from walletwatch.providers import parse
+from walletwatch.providers.sila_auth import (
+    TOKEN_TTL,
+    AccessToken,
+    TokenCache,
+    basic_authorization,
+    ecdsa_headers,
+    load_private_key,
+)
+from walletwatch.tracker import AccountState
+
+VERSION = "0.2"
+CURRENCY = "SILA"  # 1 SILA = 0.01 USD
+PAGE_SIZE = 100  # search_filters.per_page maximum
+MAX_LOOKUPS = 10  # single-transaction refreshes per poll, oldest in-flight first
+MAX_EPOCH = 10**11  # a larger "epoch" would be milliseconds, not the seconds Sila sends
+
+STATES: Mapping[str, State] = {
+    "queued": State.PENDING,
+    "pending": State.PENDING,
+    "review": State.PENDING,
+    "success": State.OK,
+    "failed": State.FAILED,
+    "rollback": State.FAILED,
+}
+TYPES: Mapping[Direction, str] = {Direction.DEPOSIT: "issue", Direction.WITHDRAWAL: "redeem"}
+AVAILABLE_FIELDS = ("available_balance", "sila_available_balance", "sila_balance")
+PENDING_FIELDS = ("pending_balance", "sila_pending_balance")
+DETAIL_FIELDS = ("usd_status", "token_status", "processing_type", "bank_account_name")
+# A {"success": false} message with one of these words refuses the credentials.
+AUTH_WORDS = ("signature", "authenticat", "authoriz", "token", "credential", "forbidden")
+
+
+def request_body(
+    app_handle: str,
+    user_handle: str | None,
+    created: int,
+    reference: str,
+    fields: Mapping[str, Any] | None = None,
+) -> bytes:
+    """The exact JSON bytes of a request: the Sila header, then ``fields``."""
+    header: dict[str, object] = {"created": created, "app_handle": app_handle}
+    if user_handle is not None:
+        header["user_handle"] = user_handle
+    header |= {"version": VERSION, "reference": reference}
+    return json.dumps({"header": header, **(fields or {})}).encode()
+
+
+def redacted(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret in it replaced by ``***``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def check_success(
+    payload: Any, where: str, *, secrets: Iterable[str] = (), auth: bool = False
+) -> Mapping[str, Any]:
+    """The payload as an object when ``success`` is true, else the ProviderError it means.
+
+    With ``auth`` (the token request) every refusal is AuthFailed.
+    """
+    body = parse.mapping(payload, where)
+    success = body.get("success")
+    if success is True:
+        return body
+    if success is not False:
+        raise BadPayload(f"{where}: no boolean 'success' field")
+    message = body.get("message")
+    text = message if isinstance(message, str) else ""
+    error = f"{where}: success false: {redacted(text[:120], secrets)!r}"
+    if auth or any(word in text.lower() for word in AUTH_WORDS):
+        raise AuthFailed(error)
+    raise Rejected(error)
+
+
+def _first(body: Mapping[str, Any], keys: Iterable[str]) -> tuple[str, Any] | None:
+    return next(((key, body[key]) for key in keys if body.get(key) is not None), None)
+
+
+def parse_wallet(payload: Any) -> tuple[Balance, tuple[Gauge, ...]]:
+    """POST /get_wallet: the SILA balance, and whether the wallet is whitelisted."""
+    body = check_success(payload, "get_wallet")
+    available = _first(body, AVAILABLE_FIELDS)
+    if available is None:
+        raise BadPayload(f"get_wallet: none of {', '.join(AVAILABLE_FIELDS)}")
+    pending = _first(body, PENDING_FIELDS)
+    balance = Balance(
+        CURRENCY,
+        available=parse.amount(available[1], f"get_wallet.{available[0]}"),
+        pending=None if pending is None else parse.amount(pending[1], f"get_wallet.{pending[0]}"),
+    )
+    whitelisted = body.get("is_whitelisted")
+    if whitelisted is None:
+        return balance, ()
+    if not isinstance(whitelisted, bool):
+        raise BadPayload("get_wallet.is_whitelisted: expected a boolean")
+    return balance, (Gauge("wallet_whitelisted", (), Decimal(int(whitelisted))),)
+
+
+def parse_token(payload: Any, now: float, secrets: Iterable[str] = ()) -> AccessToken:
+    """POST /auth_token: ``access_token.token`` and its ``expiration`` (8 h when absent)."""
+    body = check_success(payload, "auth_token", secrets=secrets, auth=True)
+    access = parse.mapping(body.get("access_token"), "auth_token.access_token")
+    token = access.get("token")
+    if not isinstance(token, str) or not token or len(token) > 8192:
+        raise BadPayload("auth_token.access_token.token: expected a token")
+    expiration = _epoch(access.get("expiration"), "auth_token.access_token.expiration")
+    return AccessToken(token, now + TOKEN_TTL if expiration is None else expiration)
+
+
+def _epoch(value: Any, where: str) -> float | None:
+    """Unix seconds from a JSON number, or None for null."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | Decimal):
+        raise BadPayload(f"{where}: expected Unix seconds, got {type(value).__name__}")
+    if not Decimal(value).is_finite() or not 0 <= value < MAX_EPOCH:
+        raise BadPayload(f"{where}: Unix seconds out of range")
+    return float(value)
+
+
+def _time(tx: Mapping[str, Any], epoch_key: str, iso_key: str, where: str) -> float | None:
+    """A transaction time: its ``*_epoch`` seconds, else its ISO 8601 text (UTC if unzoned)."""
+    epoch = _epoch(tx.get(epoch_key), f"{where}.{epoch_key}")
+    if epoch is not None:
+        return epoch
+    text = tx.get(iso_key)
+    if text is None or text == "":
+        return None
+    if not isinstance(text, str):
+        raise BadPayload(f"{where}.{iso_key}: expected a time, got {type(text).__name__}")
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as err:
+        raise BadPayload(f"{where}.{iso_key}: not an ISO 8601 time: {text[:40]!r}") from err
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def parse_transaction(item: Any, direction: Direction, where: str) -> Transfer:
+    """One /get_transactions item of the type ``direction`` asks for."""
+    tx = parse.mapping(item, where)
+    if tx.get("transaction_type") != TYPES[direction]:
+        raise BadPayload(f"{where}.transaction_type: expected {TYPES[direction]!r}")
+    status = parse.status(tx.get("status"), f"{where}.status")
+    details = tuple(
+        (key, value)
+        for key in DETAIL_FIELDS
+        if (value := parse.optional_text(tx.get(key), f"{where}.{key}")) is not None
+    )
+    return Transfer(
+        id=parse.text(tx.get("transaction_id"), f"{where}.transaction_id"),
+        direction=direction,
+        currency=CURRENCY,
+        amount=parse.amount(tx.get("sila_amount"), f"{where}.sila_amount"),
+        status=status,
+        state=STATES.get(status, State.UNKNOWN),
+        txid=parse.optional_text(tx.get("transaction_hash"), f"{where}.transaction_hash"),
+        created_at=_time(tx, "created_epoch", "created", where),
+        updated_at=_time(tx, "last_update_epoch", "last_update", where),
+        details=details,
+    )
+
+
+def parse_transactions(payload: Any, direction: Direction) -> tuple[Transfer, ...]:
+    """POST /get_transactions: the ``transactions`` list in the order given (newest first)."""
+    body = check_success(payload, "get_transactions")
+    items = parse.items(body.get("transactions"), "get_transactions.transactions")
+    return tuple(
+        parse_transaction(item, direction, f"get_transactions.transactions[{i}]")
+        for i, item in enumerate(items)
+    )
+
+
+def _private_key(account: AccountConfig, name: str) -> PrivateKey:
+    try:
+        return load_private_key(account.credentials[name].reveal())
+    except ValueError as err:
+        problem = f"account {account.name!r}: credentials.{name}: {err}"
+        raise ConfigError([problem]) from None
+
+
+class Sila:
+    """Polls one Sila wallet (one user handle of one app) with ECDSA or token auth."""
+
+    endpoints = ("balances", "deposits", "withdrawals")
+    _directions: Mapping[str, Direction] = {
+        "deposits": Direction.DEPOSIT,
+        "withdrawals": Direction.WITHDRAWAL,
+    }
+
+    def __init__(self, account: AccountConfig, context: ProviderContext) -> None:
+        credentials = account.credentials
+        self._base = account.base_url
+        self._auth = str(account.options.get("auth", "ecdsa"))
+        self._app_handle = credentials["app_handle"].reveal()
+        self._user_handle = credentials["user_handle"].reveal()
+        self._secrets = tuple(secret.reveal() for secret in credentials.values())
+        self._http = context.http
+        self._clock = context.clock
+        self._max_pages = context.settings.max_pages
+        self._keys: tuple[PrivateKey, PrivateKey] | None = None
+        self._tokens: TokenCache | None = None
+        self._basic = ""
+        if self._auth == "token":
+            client_id = credentials["client_id"].reveal()
+            self._basic = basic_authorization(client_id, credentials["client_secret"].reveal())
+            # One cache per client id and API host: concurrent polls fetch one token.
+            key = hashlib.sha256(f"{self._base}\n{client_id}".encode()).hexdigest()[:16]
+            self._tokens = context.shared.get(f"sila-token:{key}", TokenCache)
+        else:
+            self._keys = (
+                _private_key(account, "app_private_key"),
+                _private_key(account, "user_private_key"),
+            )
+
+    def __repr__(self) -> str:
+        return f"Sila(base_url={self._base!r}, auth={self._auth!r})"
+
+    async def poll(self, endpoint: str, state: AccountState) -> Observation:
+        """Poll ``balances``, ``deposits`` or ``withdrawals``."""
+        if endpoint == "balances":
+            balance, gauges = parse_wallet(await self._call("/get_wallet", {}, endpoint))
+            return Observation(endpoint, balances=(balance,), gauges=gauges)
+        direction = self._directions[endpoint]
+        transfers = await self._history(direction, state, endpoint)
+        return Observation(endpoint, transfers=transfers, directions=frozenset({direction}))
+
+    async def _history(
+        self, direction: Direction, state: AccountState, endpoint: str
+    ) -> tuple[Transfer, ...]:
+        """Newest first, paging back until a known transfer, then refresh stale in-flight ones."""
+        kind = [TYPES[direction]]
+        seen: dict[str, Transfer] = {}
+        for page in range(1, self._max_pages + 1):
+            filters = {
+                "transaction_types": kind,
+                "page": page,
+                "per_page": PAGE_SIZE,
+                "sort_ascending": False,
+            }
+            payload = await self._call("/get_transactions", {"search_filters": filters}, endpoint)
+            batch = parse_transactions(payload, direction)
+            seen.update((t.id, t) for t in batch)
+            if len(batch) < PAGE_SIZE or any(state.known(direction, t.id) for t in batch):
+                break
+        stale = sorted(
+            (
+                tracked
+                for tracked in state.in_flight()
+                if tracked.transfer.direction is direction and tracked.transfer.id not in seen
+            ),
+            key=lambda tracked: tracked.started_at,
+        )
+        for tracked in stale[:MAX_LOOKUPS]:
+            filters = {"transaction_id": tracked.transfer.id, "transaction_types": kind}
+            try:
+                payload = await self._call(
+                    "/get_transactions", {"search_filters": filters}, endpoint
+                )
+            except Rejected:
+                continue  # unknown id: keep what we know rather than guess
+            seen.update((t.id, t) for t in parse_transactions(payload, direction))
+        return tuple(seen.values())
+
+    async def _call(self, path: str, fields: Mapping[str, Any], endpoint: str) -> Any:
+        """POST a read with a fresh header; the body once ``success`` is checked."""
+        secrets = self._secrets
+        if self._tokens is not None:
+            token = await self._tokens.get(self._fetch_token, self._clock)
+            response = await self._send(path, fields, endpoint, token, accept=(401,))
+            if response.status == 401:  # expired or revoked early: one retry, fresh token
+                token = await self._tokens.get(self._fetch_token, self._clock, refused=token.value)
+                response = await self._send(path, fields, endpoint, token)
+            secrets = (*secrets, token.value)
+        else:
+            response = await self._send(path, fields, endpoint, None)
+        return check_success(response.json(), path.lstrip("/"), secrets=secrets)
+
+    async def _send(
+        self,
+        path: str,
+        fields: Mapping[str, Any],
+        endpoint: str,
+        token: AccessToken | None,
+        accept: tuple[int, ...] = (),
+    ) -> Response:
+        body = self._body(self._user_handle, fields)
+        if token is not None:
+            headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token.value}"}
+        elif self._keys is not None:
+            headers = ecdsa_headers(*self._keys, body)
+        else:  # pragma: no cover - the constructor sets keys or tokens
+            raise AuthFailed("no Sila credentials for this auth mode")
+        return await self._http.request(
+            "POST", self._base + path, endpoint=endpoint, headers=headers, body=body, accept=accept
+        )
+
+    async def _fetch_token(self) -> AccessToken:
+        """POST /auth_token with HTTP Basic client credentials."""
+        headers = {"Content-Type": "application/json", "Authorization": self._basic}
+        response = await self._http.request(
+            "POST",
+            self._base + "/auth_token",
+            endpoint="auth_token",
+            headers=headers,
+            body=self._body(None, {}),
+        )
+        return parse_token(response.json(), self._clock.time(), self._secrets)
+
+    def _body(self, user_handle: str | None, fields: Mapping[str, Any]) -> bytes:
+        reference = str(uuid.uuid4())  # a fresh, non-null reference per request
+        created = int(self._clock.time())
+        return request_body(self._app_handle, user_handle, created, reference, fields)
