@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from walletwatch.providers.bitexbit import Bitexbit
 from walletwatch.providers.kredswallet import KredsWallet
 from walletwatch.providers.potwallet import PotWallet
 from walletwatch.providers.sila import Sila
@@ -19,4 +20,5 @@ REGISTRY: Mapping[str, ProviderFactory] = {
     "kredswallet": KredsWallet,
     "potwallet": PotWallet,
     "sila": Sila,
+    "bitexbit": Bitexbit,
 }

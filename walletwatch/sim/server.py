@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from walletwatch.sim.bitexbit import BitexbitSim
+from walletwatch.sim.bitexbit_scenario import BitexbitScenario
 from walletwatch.sim.common import Clock, ProviderSim, RequestLog, SimContext, json_response
 from walletwatch.sim.kredswallet import KredsWalletSim
 from walletwatch.sim.kredswallet_scenario import KredsWalletScenario
@@ -44,11 +46,13 @@ class Simulator:
         self.kredswallet = KredsWalletSim(self._ctx)
         self.potwallet = PotWalletSim(self._ctx)
         self.sila = SilaSim(self._ctx)
+        self.bitexbit = BitexbitSim(self._ctx)
         self.providers: tuple[ProviderSim, ...] = (
             self.westwallet,
             self.kredswallet,
             self.potwallet,
             self.sila,
+            self.bitexbit,
         )
         # One random stream per provider, so adding a provider leaves the others' demo as is.
         self._scenarios: tuple[Callable[[], None], ...] = ()
@@ -57,7 +61,8 @@ class Simulator:
             kw = KredsWalletScenario(self.kredswallet, random.Random(f"{seed}/kredswallet"), clock)
             pw = PotWalletScenario(self.potwallet, random.Random(f"{seed}/potwallet"), clock)
             si = SilaScenario(self.sila, random.Random(f"{seed}/sila"), clock)
-            self._scenarios = (ww.step, kw.step, pw.step, si.step)
+            bx = BitexbitScenario(self.bitexbit, random.Random(f"{seed}/bitexbit"), clock)
+            self._scenarios = (ww.step, kw.step, pw.step, si.step, bx.step)
 
     def advance(self) -> None:
         """Run one scenario step on every provider (no effect without ``scenario=True``)."""
