@@ -5,7 +5,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit clean
+# Debian's Prometheus tools: promtool for the rules, prometheus and prometheus-alertmanager
+# for the end-to-end tests (tests/monitoring), which run the binaries on free loopback ports
+# with their own configs and data; any system service the packages start is never used.
+PROMETHEUS_TOOLS := promtool prometheus prometheus-alertmanager
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test lint typecheck rules unit tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +22,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/walletwatch demo
 
-test: lint typecheck unit
+test: lint typecheck rules unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -25,8 +31,22 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+rules: tools
+	promtool check rules prometheus/alerts.yml
+	promtool test rules prometheus/tests/*.yml
+
+unit: $(STAMP) tools
 	$(BIN)/pytest
+
+# Installs the Debian packages only when one of the tools is missing.
+tools:
+	@for tool in $(PROMETHEUS_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		set -x; \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+			prometheus prometheus-alertmanager; \
+	fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -155,8 +155,13 @@ class WalletwatchCollector(Collector):
             "Time of the last successful poll.",
             labels=[*ACCOUNT, "endpoint"],
         )
+        # Alert rules read the interval to tell stale data from a poll that is not yet due.
+        interval = GaugeMetricFamily(
+            P + "poll_interval_seconds", "Configured poll interval.", labels=ACCOUNT
+        )
         for w in watchers:
             up.add_metric([w.provider, w.name], 1.0 if w.up else 0.0)
+            interval.add_metric([w.provider, w.name], w.config.interval)
             for endpoint, health in sorted(w.health.items()):
                 if health.last_success is not None:
                     last.add_metric([w.provider, w.name, endpoint], health.last_success)
@@ -171,7 +176,7 @@ class WalletwatchCollector(Collector):
         )
         for key4, value in sorted(t.poll_errors.items()):
             errors.add_metric(list(key4), value)
-        yield from (up, last, polls, errors)
+        yield from (up, last, interval, polls, errors)
 
     def _self_metrics(self, providers: set[str]) -> Iterator[Metric]:
         t = self._telemetry
