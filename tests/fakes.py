@@ -83,6 +83,7 @@ class FakePolicy:
     down_after: int = 3
     withdrawal_stuck: float = 3600.0
     deposit_stuck: float = 6 * 3600.0
+    retention: float = 90 * 86400.0
 
     def stuck_after(self, direction: str) -> float:
         """Threshold by direction."""

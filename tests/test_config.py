@@ -1139,3 +1139,82 @@ class TestExampleConfig:
         assert len(caught.value.problems) == len(self.ENV_VARS) + len(self.CREDENTIALS)
         for name in (*self.ENV_VARS, *self.CREDENTIALS):
             assert name in text
+
+
+class TestBudgetKeys:
+    """rate_margin (per provider) and fast_interval (per account)."""
+
+    @pytest.mark.parametrize(("given", "expected"), [(None, 0.05), (0, 0.0), (0.2, 0.2)])
+    def test_rate_margin(self, tmp_path: Path, given: float | None, expected: float) -> None:
+        """rate_margin defaults to 5% below the published limit and may be set per provider."""
+        settings = {} if given is None else {"rate_margin": given}
+        config = parse({"providers": {"bitexbit": settings}, "accounts": [account()]}, tmp_path)
+        assert config.providers["bitexbit"].rate_margin == expected
+        assert config.providers["sila"].rate_margin == 0.05
+
+    @pytest.mark.parametrize(
+        ("value", "shown"),
+        [(-0.01, "-0.01"), (0.5, "0.5"), (1, "1"), ("5%", "'5%'"), (True, "true"), (None, "null")],
+    )
+    def test_bad_rate_margin(self, tmp_path: Path, value: object, shown: str) -> None:
+        """A margin must be a fraction from 0 up to, not including, 0.5."""
+        data = {"providers": {"sila": {"rate_margin": value}}, "accounts": [account()]}
+        expected = "expected a fraction >= 0 and < 0.5 (0.05 = 5%)"
+        assert problems(data, tmp_path) == [f"providers.sila.rate_margin: {expected}, got {shown}"]
+
+    @pytest.mark.parametrize(
+        ("keys", "defaults", "expected"),
+        [
+            ({}, {}, 15.0),
+            ({"fast_interval": "5s"}, {}, 5.0),
+            ({"interval": "10s"}, {}, 10.0),  # the default shrinks to a shorter interval
+            ({"fast_interval": "30s", "interval": "30s"}, {}, 30.0),
+            ({}, {"fast_interval": "20s"}, 20.0),
+        ],
+    )
+    def test_fast_interval(
+        self,
+        tmp_path: Path,
+        keys: dict[str, object],
+        defaults: dict[str, object],
+        expected: float,
+    ) -> None:
+        """fast_interval defaults to 15s (or the interval, when shorter) and may be a default."""
+        config = parse({"defaults": defaults, "accounts": [account(**keys)]}, tmp_path)
+        assert config.accounts[0].fast_interval == expected
+
+    @pytest.mark.parametrize(
+        ("keys", "defaults", "problem"),
+        [
+            (
+                {"fast_interval": "2m"},
+                {},
+                "accounts[0].fast_interval: must not be longer than interval (1m), got 2m",
+            ),
+            (
+                {"interval": "10s"},
+                {"fast_interval": "15s"},
+                "defaults.fast_interval: must not be longer than interval (10s), got 15s",
+            ),
+            (
+                {"fast_interval": "500ms"},
+                {},
+                "accounts[0].fast_interval: must be at least 1s, got '500ms'",
+            ),
+            (
+                {"fast_interval": 5},
+                {},
+                "accounts[0].fast_interval: invalid duration '5': add a unit, e.g. '5s'",
+            ),
+        ],
+    )
+    def test_bad_fast_interval(
+        self,
+        tmp_path: Path,
+        keys: dict[str, object],
+        defaults: dict[str, object],
+        problem: str,
+    ) -> None:
+        """fast_interval is a duration of at least 1s and no longer than the interval."""
+        data = {"defaults": defaults, "accounts": [account(**keys)]}
+        assert problems(data, tmp_path) == [problem]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes import START, FakeClock, settle
+from tests.fakes import START, FakeClock
 from walletwatch.events import Event
 from walletwatch.sinks import Dispatcher, FileSink, StreamSink
 from walletwatch.store import AsyncStore, Store
@@ -37,6 +37,12 @@ def make_events(first: int, count: int, account: str = "hot") -> list[Event]:
 def file_ids(path: Path) -> list[str]:
     """event_ids of the lines of an events file, failing on any line that is not JSON."""
     return [json.loads(line)["event_id"] for line in path.read_text().splitlines()]
+
+
+async def parked(clock: FakeClock) -> None:
+    """Return once a task sleeps on the fake clock (the dispatcher may await its store first)."""
+    while not clock.sleepers:  # noqa: ASYNC110 - the store's worker thread runs in real time
+        await asyncio.sleep(0.001)
 
 
 class RecordingSink:
@@ -351,7 +357,7 @@ class TestDispatcher:
         task = asyncio.create_task(dispatcher.run())
         try:
             await asyncio.wait_for(sink.called.wait(), timeout=10)
-            await settle()
+            await asyncio.wait_for(parked(clock), timeout=10)  # after the store thread's count
             assert (sink.attempts, clock.sleepers) == (1, 1)
             sink.failing = False
             sink.called.clear()
@@ -369,3 +375,25 @@ class TestDispatcher:
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+    async def test_prunes_delivered_events_once_an_hour(
+        self, store: AsyncStore, clock: FakeClock
+    ) -> None:
+        """With a retention, delivered events older than it leave the outbox, hourly at most."""
+        sink, slow = RecordingSink("memory"), RecordingSink("slow")
+        dispatcher = Dispatcher(store, [sink, slow], clock, retention=100.0)
+        await dispatcher.prepare()
+        await commit(store, make_events(0, 3))  # ts START .. START + 2
+        slow.failing = True
+        await dispatcher.drain()  # prunes nothing: too recent, and "slow" still needs them
+        await clock.advance(3600.0)
+        await dispatcher.drain()  # an hour on: still needed by "slow"
+        assert len(await store.call(store.store.pending, "someone")) == 3
+        slow.failing = False
+        await clock.advance(60.0)
+        await dispatcher.drain()  # delivered to both now, but the last pruning was 60 s ago
+        assert len(await store.call(store.store.pending, "someone")) == 3
+        await clock.advance(3600.0)
+        await dispatcher.drain()
+        assert await store.call(store.store.pending, "someone") == []
+        assert slow.ids == sink.ids == ["hot-00000", "hot-00001", "hot-00002"]

@@ -25,8 +25,8 @@ from walletwatch.errors import ConfigError
 from walletwatch.http import Http
 from walletwatch.metrics import WalletwatchCollector
 from walletwatch.providers import REGISTRY
-from walletwatch.scheduler import RATE_MARGIN, Scheduler, TokenBucket
-from walletwatch.sinks import Dispatcher, FileSink, StreamSink
+from walletwatch.scheduler import Scheduler, Slots, TokenBucket, paced
+from walletwatch.sinks import Dispatcher, FileSink, StreamSink, WebhookSink
 from walletwatch.store import AsyncStore, Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState
@@ -77,6 +77,7 @@ class Daemon:
         self._stdout = stdout
         self._state_path = state_path or config.state_path
         self._buckets: dict[str, TokenBucket] = {}
+        self._slots = Slots(clock)  # one arbiter for every bucket: polls start by deadline
         self._shared = Shared()
         self._store: AsyncStore | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -104,7 +105,15 @@ class Daemon:
             sinks.append(StreamSink(self._stdout))
         if self.config.events_file is not None:
             sinks.append(FileSink(self.config.events_file))
-        self._dispatcher = Dispatcher(store, sinks, self.clock)
+        sinks.extend(WebhookSink(hook, session, self.clock) for hook in self.config.sinks)
+        self._dispatcher = Dispatcher(
+            store,
+            sinks,
+            self.clock,
+            telemetry=self.telemetry,
+            # Delivered events are kept as long as the longest-kept transfers.
+            retention=max(a.retention for a in self.config.accounts),
+        )
         await self._dispatcher.prepare()
         for account in self.config.accounts:
             self.watchers[account.name] = self._watcher(
@@ -129,10 +138,12 @@ class Daemon:
         nonces: Nonces,
     ) -> AccountWatcher:
         settings = self.config.providers[account.provider]
-        buckets = [self._bucket(account.credential_id, settings.rate_limit)]
+        margin = settings.rate_margin
+        buckets = [self._bucket(account.credential_id, settings.rate_limit, margin)]
         if settings.host_rate_limit is not None:
             host = urlsplit(account.base_url).netloc
-            buckets.append(self._bucket(f"{account.provider}@{host}", settings.host_rate_limit))
+            host_key = f"{account.provider}@{host}"
+            buckets.append(self._bucket(host_key, settings.host_rate_limit, margin))
         http = Http(
             session,
             provider=account.provider,
@@ -157,13 +168,19 @@ class Daemon:
             telemetry=self.telemetry,
             clock=self.clock,
             on_events=self._wake,
+            buckets=buckets,
         )
 
-    def _bucket(self, key: str, rate: float) -> TokenBucket:
+    def _bucket(self, key: str, limit: float, margin: float) -> TokenBucket:
+        """The bucket called ``key`` (a credential_id or provider@host), made on first use."""
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = TokenBucket(
-                rate * (1 - RATE_MARGIN), self.clock, name=key
+                paced(limit, margin),
+                self.clock,
+                name=key,
+                slots=self._slots,
+                stats=self.telemetry.bucket(key),
             )
         return bucket
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import signal
 import sys
 import tempfile
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
@@ -22,6 +24,7 @@ from walletwatch.app import Daemon
 from walletwatch.config import Config, Listen, load_config, parse_config
 from walletwatch.errors import ConfigError, WalletwatchError
 from walletwatch.sim import Simulator, start
+from walletwatch.store import StoreError, set_aside
 from walletwatch.types import SystemClock
 from walletwatch.watcher import AccountWatcher
 
@@ -57,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("-c", "--config", type=Path, required=True)
+    run.add_argument(
+        "--reset-state",
+        action="store_true",
+        help="move the state file aside (to STATE.reset-TIME) and start afresh with a new baseline",
+    )
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate a config file (exit 0, or 2 with problems)")
@@ -100,7 +108,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM or SIGINT."""
     config = load_config(args.config)
     logs.configure(config.log_format, sys.stdout)
-    return asyncio.run(_serve(config, sys.stdout))
+    if args.reset_state:
+        reset_state(config.state_path)
+    try:
+        return asyncio.run(_serve(config, sys.stdout))
+    except StoreError as err:
+        log.error("store.unusable", error=str(err))  # noqa: TRY400 - the message says it all
+        print(
+            f"walletwatch: {err}\n"
+            "walletwatch: the state file is left as it is. If it is damaged, restore it from "
+            "a backup, or run 'walletwatch run --reset-state' to move it aside and start "
+            "afresh (a new baseline: facts from the downtime are not announced).",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+
+
+def reset_state(path: Path) -> None:
+    """Move the state file aside, loudly, so the daemon starts with a fresh one."""
+    stamp = datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%SZ")
+    moved = set_aside(path, stamp)
+    if moved is None:
+        log.warning("state.reset", path=str(path), moved_to=None, note="no state file to reset")
+    else:
+        log.warning(
+            "state.reset",
+            path=str(path),
+            moved_to=str(moved),
+            note="starting from an empty state: every account takes a new baseline",
+        )
 
 
 async def _serve(config: Config, stdout: TextIO, before: str | None = None) -> int:
@@ -136,7 +172,9 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 async def _once(config: Config) -> list[AccountWatcher]:
-    daemon = Daemon(config, clock=SystemClock(), state_path=Path(":memory:"))
+    # A throwaway state would re-announce what the daemon already did: deliver nowhere.
+    quiet = dataclasses.replace(config, events_file=None, sinks=())
+    daemon = Daemon(quiet, clock=SystemClock(), state_path=Path(":memory:"))
     await daemon.start(serve=False)
     try:
         await daemon.poll_once()

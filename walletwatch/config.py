@@ -9,12 +9,14 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -37,6 +39,7 @@ __all__ = [
     "ProviderSchema",
     "ProviderSettings",
     "Secret",
+    "WebhookConfig",
     "format_duration",
     "load_config",
     "parse_config",
@@ -44,6 +47,16 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+DEFAULT_RETENTION = 90 * 86400.0
+"""Settled transfers with no news for this long are pruned from the state (``retention``)."""
+
+DEFAULT_FAST_INTERVAL = 15.0
+"""How often an endpoint covering withdrawals is polled while one is in flight, unless the
+account's ``interval`` is shorter."""
+
+DEFAULT_RATE_MARGIN = 0.05
+"""Buckets pace this fraction below a published limit, so network jitter never trips it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +99,7 @@ class ProviderSettings:
     timeout: float  # total per request
     max_backoff: float  # caps failure backoff and Retry-After
     max_pages: int  # history pages fetched per poll at most
+    rate_margin: float = DEFAULT_RATE_MARGIN  # buckets pace this fraction below the limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +117,8 @@ class AccountConfig:
     deposit_stuck_after: float
     down_after: int  # consecutive failed polls before account.down
     options: Mapping[str, object]  # provider-specific, defaults filled in
+    retention: float = DEFAULT_RETENTION  # settled transfers older than this are forgotten
+    fast_interval: float = DEFAULT_FAST_INTERVAL  # withdrawals endpoint, while one is in flight
 
     def stuck_after(self, direction: str) -> float:
         """The in-flight age (seconds) after which a transfer in ``direction`` is stuck."""
@@ -120,6 +136,17 @@ class AccountConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """A webhook sink: each alert event is POSTed to ``url`` as one JSON object."""
+
+    name: str  # the sink's label and cursor; stable across restarts
+    url: Secret  # a webhook URL often carries a token: never shown
+    headers: Mapping[str, Secret]
+    secret: Secret | None  # HMAC-SHA256 key of the X-Walletwatch-Signature header
+    timeout: float  # seconds per request
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -129,6 +156,7 @@ class Config:
     log_format: str | None  # "json" | "console" | None = console when stderr is a terminal
     providers: Mapping[str, ProviderSettings]  # every provider in PROVIDERS
     accounts: tuple[AccountConfig, ...]
+    sinks: tuple[WebhookConfig, ...] = ()  # alert event receivers besides stdout and events_file
 
     def account(self, name: str) -> AccountConfig:
         """The account called ``name``; KeyError when there is none."""
@@ -206,6 +234,14 @@ _SECRET_FORMS = "{env: NAME}, {file: PATH} or {credential: NAME}"  # noqa: S105 
 _FAILED = object()  # an option value that was refused
 _EMPTY: Mapping[Any, Any] = MappingProxyType({})
 _POSITIVE = schema.duration(0, strict=True)
+# Shorter would risk taking a late-listed deposit for pruned history (tracker.prune).
+_RETENTION = schema.duration(86400.0)
+_SINK_KEYS = ("type", "name", "url", "headers", "secret", "timeout")
+_SINK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_BUILTIN_SINKS = ("stdout", "events_file")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Headers the webhook sink sets itself.
+_OWN_HEADERS = ("content-type", "content-length", "host", "x-walletwatch-")
 
 Sources = Sequence[tuple[str, Mapping[Any, object]]]  # (path prefix, mapping); first one wins
 
@@ -244,6 +280,12 @@ def _provider(value: object) -> str:
 
 def _listen(value: object) -> Listen:
     return Listen(*schema.listen_address(value))
+
+
+def _sink_name(value: object) -> str:
+    if isinstance(value, str) and _SINK_NAME.fullmatch(value):
+        return value
+    raise Invalid(f"invalid sink name {describe(value)}: use letters, digits, '_', '.' and '-'")
 
 
 class _Checker:
@@ -300,7 +342,8 @@ class _Checker:
         self.check_defaults(defaults)
         providers = self.providers(self.field(top, "providers", _mapping, _EMPTY))
         accounts = self.accounts(data.get("accounts"), defaults)
-        return Config(listen, state_path, events_file, log_format, providers, accounts)
+        sinks = self.sinks(data.get("sinks"))
+        return Config(listen, state_path, events_file, log_format, providers, accounts, sinks)
 
     def path(self, value: object) -> Path:
         """A file path, relative to the config file's directory."""
@@ -342,6 +385,7 @@ class _Checker:
                 timeout=self.field(here, "timeout", _POSITIVE, 30.0),
                 max_backoff=self.field(here, "max_backoff", _POSITIVE, 300.0),
                 max_pages=self.field(here, "max_pages", schema.integer_at_least(1), 10),
+                rate_margin=self.field(here, "rate_margin", schema.margin, DEFAULT_RATE_MARGIN),
             )
         return MappingProxyType(settings)
 
@@ -364,6 +408,85 @@ class _Checker:
                 seen.add(account.name)
             accounts.append(account)
         return tuple(accounts)
+
+    def sinks(self, raw: object) -> tuple[WebhookConfig, ...]:
+        """The ``sinks`` list: webhooks, with unique names."""
+        if raw is None:
+            return ()
+        if not isinstance(raw, list):
+            self.add("sinks", f"expected a list of sinks, got {describe(raw)}")
+            return ()
+        sinks: list[WebhookConfig] = []
+        names = set(_BUILTIN_SINKS)
+        for index, item in enumerate(raw):
+            path = f"sinks[{index}]"
+            if not isinstance(item, Mapping):
+                self.add(path, f"expected a mapping, got {describe(item)}")
+                continue
+            sink = self.webhook(path, item)
+            if sink is None:
+                continue
+            if sink.name in names:
+                taken = "reserved" if sink.name in _BUILTIN_SINKS else "duplicate"
+                self.add(f"{path}.name", f"{taken} sink name {sink.name!r}")
+            names.add(sink.name)
+            sinks.append(sink)
+        return tuple(sinks)
+
+    def webhook(self, path: str, raw: Mapping[Any, object]) -> WebhookConfig | None:
+        """One ``type: webhook`` entry; None when it has problems."""
+        before = len(self.problems)
+        self.unknown_keys(path, raw, _SINK_KEYS)
+        here = [(path, raw)]
+        self.require(here, "type", schema.choice("webhook"), None)
+        url = self.require(here, "url", self.webhook_url, None)
+        default = "webhook"
+        if url is not None:  # stable across restarts, and shows nothing of the URL
+            default += "-" + hashlib.sha256(url.reveal().encode()).hexdigest()[:8]
+        name = self.field(here, "name", _sink_name, default)
+        headers = self.field(here, "headers", self.headers, _EMPTY)
+        secret = self.field(here, "secret", lambda v: Secret(self.secret(v)), None)
+        timeout = self.field(here, "timeout", _POSITIVE, 10.0)
+        if url is None or len(self.problems) > before:
+            return None
+        return WebhookConfig(name, url, headers, secret, timeout)
+
+    def webhook_url(self, value: object) -> Secret:
+        """An http(s) URL, literal or from a secret source; problems never show it."""
+        text = self.secret(value)
+        try:
+            parts = urlsplit(text)
+            _ = parts.port  # raises on a port that is not a number
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise Invalid("expected an http(s) URL such as 'https://host/hook' (value not shown)")
+        return Secret(text)
+
+    def headers(self, value: object) -> Mapping[str, Secret]:
+        """Extra request headers: name -> literal or secret source."""
+        if not isinstance(value, Mapping):
+            raise Invalid(f"expected a mapping of header names to values, got {describe(value)}")
+        headers, problems = {}, []
+        for name, text in value.items():
+            if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+                problems.append(("", f"invalid header name {describe(name)}"))
+                continue
+            if name.lower().startswith(_OWN_HEADERS):
+                problems.append((f".{name}", "set by walletwatch; cannot be configured"))
+                continue
+            try:
+                secret = self.secret(text)
+            except Invalid as err:
+                problems.extend((f".{name}{sub}", message) for sub, message in err.problems)
+                continue
+            if not (secret.isascii() and secret.isprintable()):  # no header injection
+                problems.append((f".{name}", "value must be printable ASCII on one line"))
+                continue
+            headers[name] = Secret(secret)
+        if problems:
+            raise Invalid(problems=problems)
+        return MappingProxyType(headers)
 
     def account(
         self, path: str, raw: Mapping[Any, object], defaults: Mapping[Any, object]
@@ -389,13 +512,30 @@ class _Checker:
             deposit_stuck_after=self.field(sources, "deposit_stuck_after", _POSITIVE, 6 * 3600.0),
             down_after=self.field(sources, "down_after", schema.integer_at_least(1), 3),
             options=MappingProxyType(options),
+            retention=self.field(sources, "retention", _RETENTION, DEFAULT_RETENTION),
         )
+        account = replace(account, fast_interval=self.fast_interval(sources, account.interval))
         if account.currencies is not None and account.low_balance:
             # A threshold on a filtered-out currency could never fire.
             prefix = next(prefix for prefix, source in sources if "low_balance" in source)
             for currency in sorted(account.low_balance.keys() - account.currencies):
                 self.add(f"{prefix}.low_balance.{currency}", "not in this account's currencies")
         return account
+
+    def fast_interval(self, sources: Sources, interval: float) -> float:
+        """``fast_interval``, no longer than ``interval`` (the default shrinks to fit)."""
+        fast = self.field(sources, "fast_interval", schema.duration(1.0), None)
+        if fast is None:
+            return min(DEFAULT_FAST_INTERVAL, interval)
+        if fast > interval:
+            prefix = next(prefix for prefix, source in sources if "fast_interval" in source)
+            self.add(
+                _join(prefix, "fast_interval"),
+                f"must not be longer than interval ({format_duration(interval)}), "
+                f"got {format_duration(fast)}",
+            )
+            return interval
+        return fast
 
     def account_keys(
         self, path: str, raw: Mapping[Any, object], spec: ProviderSchema | None

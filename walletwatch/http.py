@@ -24,7 +24,7 @@ from walletwatch.errors import (
     Rejected,
     Unavailable,
 )
-from walletwatch.scheduler import TokenBucket
+from walletwatch.scheduler import TokenBucket, acquire, rate_limited, relieved
 from walletwatch.telemetry import Telemetry
 from walletwatch.types import Clock
 
@@ -74,7 +74,11 @@ def parse_retry_after(value: str | None, now: float, cap: float) -> float | None
 
 
 class Http:
-    """Makes requests for one account: waits for its rate-limit slots, maps failures."""
+    """Makes requests for one account: waits for its rate-limit slots, maps failures.
+
+    ``buckets`` are the account's credential bucket first, then shared ones (the host's).
+    A request is sent once, never retried here: retrying is the scheduler's job.
+    """
 
     def __init__(
         self,
@@ -112,8 +116,9 @@ class Http:
         Statuses in ``accept`` are returned as they are, for providers whose error bodies
         say more than the status does.
         """
-        for bucket in self._buckets:
-            await bucket.acquire()
+        # A slot in every bucket at once; first come, first served per credential, so signed
+        # nonces reach the provider in the order they were taken.
+        await acquire(self._buckets)
         started = self._clock.monotonic()
         code = "error"
         try:
@@ -138,6 +143,8 @@ class Http:
             self._telemetry.request(
                 self._provider, endpoint, code, self._clock.monotonic() - started
             )
+        if response.status != 429:
+            relieved(self._buckets)
         if response.status not in accept:
             self._classify(response, endpoint)
         return response
@@ -160,9 +167,8 @@ class Http:
             retry_after = parse_retry_after(
                 response.headers.get("Retry-After"), self._clock.time(), self._max_backoff
             )
-            if retry_after is not None:
-                for bucket in self._buckets:
-                    bucket.pause(retry_after)
+            # Pauses (and after repeats slows) the whole bucket; the scheduler retries the poll.
+            rate_limited(self._buckets, retry_after)
             raise RateLimited(what, retry_after=retry_after)
         if status in (401, 403):
             raise AuthFailed(what)

@@ -58,6 +58,8 @@ class WalletwatchCollector(Collector):
         yield from self._accounts(watchers, self._clock.time())
         yield from self._health(watchers)
         yield from self._self_metrics({w.provider for w in watchers})
+        yield from self._delivery()
+        yield from self._budget()
 
     def _accounts(self, watchers: list[AccountWatcher], now: float) -> Iterator[Metric]:
         balance = GaugeMetricFamily(
@@ -219,6 +221,58 @@ class WalletwatchCollector(Collector):
         info = GaugeMetricFamily(P + "build_info", "walletwatch version.", labels=["version"])
         info.add_metric([__version__], 1.0)
         yield info
+
+    def _delivery(self) -> Iterator[Metric]:
+        """The outbox as each sink sees it: what waits, what failed, what was refused."""
+        t = self._telemetry
+        sinks = sorted(set(t.outbox_pending) | set(t.delivery_failures) | set(t.events_parked))
+        pending = GaugeMetricFamily(
+            P + "outbox_pending", "Events in the outbox not yet delivered.", labels=["sink"]
+        )
+        failures = CounterMetricFamily(
+            P + "delivery_failures", "Failed attempts to deliver events.", labels=["sink"]
+        )
+        parked = CounterMetricFamily(
+            P + "events_parked",
+            "Events a sink refused for good (HTTP 4xx), set aside and skipped.",
+            labels=["sink"],
+        )
+        for sink in sinks:
+            pending.add_metric([sink], t.outbox_pending.get(sink, 0))
+            failures.add_metric([sink], t.delivery_failures[sink])
+            parked.add_metric([sink], t.events_parked[sink])
+        yield from (pending, failures, parked)
+
+    def _budget(self) -> Iterator[Metric]:
+        """The rate-limit buckets: their pace now and at most, what they served and made wait."""
+        rate = GaugeMetricFamily(
+            P + "bucket_rate",
+            "Requests per second the bucket paces at now (lowered after repeated 429s).",
+            labels=["bucket"],
+        )
+        max_rate = GaugeMetricFamily(
+            P + "bucket_max_rate",
+            "Requests per second the bucket paces at when unthrottled (limit less margin).",
+            labels=["bucket"],
+        )
+        requests = CounterMetricFamily(
+            P + "bucket_requests", "Request slots the bucket handed out.", labels=["bucket"]
+        )
+        waited = CounterMetricFamily(
+            P + "bucket_wait_seconds",
+            "Seconds requests spent waiting for a slot of the bucket.",
+            labels=["bucket"],
+        )
+        limited = CounterMetricFamily(
+            P + "bucket_rate_limited", "HTTP 429s charged to the bucket.", labels=["bucket"]
+        )
+        for name, stats in sorted(self._telemetry.buckets.items()):
+            rate.add_metric([name], stats.rate)
+            max_rate.add_metric([name], stats.max_rate)
+            requests.add_metric([name], stats.requests)
+            waited.add_metric([name], stats.wait_seconds)
+            limited.add_metric([name], stats.rate_limited)
+        yield from (rate, max_rate, requests, waited, limited)
 
 
 def _histogram(

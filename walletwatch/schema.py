@@ -155,6 +155,13 @@ def rate(value: object) -> float:
     raise Invalid(f"expected requests per second as a number > 0, got {describe(value)}")
 
 
+def margin(value: object) -> float:
+    """A safety margin below a published rate limit: a fraction from 0 up to (not) 0.5."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 0.5:
+        return float(value)
+    raise Invalid(f"expected a fraction >= 0 and < 0.5 (0.05 = 5%), got {describe(value)}")
+
+
 def amount(value: object) -> Decimal:
     """A non-negative finite Decimal from text or a YAML number (via str, never float math)."""
     if not isinstance(value, str) and not _is_number(value):

@@ -4,78 +4,42 @@ The database runs in WAL mode with ``synchronous=FULL``: an event is in the outb
 the state that produced it is durable, and sinks read the outbox only after the commit, so a
 crash can neither lose a fact nor announce one twice. All calls are synchronous; ``AsyncStore``
 runs them on one worker thread so the event loop never waits on the disk.
+
+The schema carries a version. A file of an older version is migrated in one transaction when
+it is opened; a damaged, foreign or newer file is refused with a StoreError naming it, never
+reset behind the operator's back (``set_aside`` is what ``walletwatch run --reset-state`` uses).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
+
 from walletwatch.errors import WalletwatchError
 from walletwatch.events import Event
+from walletwatch.migrations import MIGRATIONS, SCHEMA_VERSION
 from walletwatch.model import Balance, Direction, State, Transfer
 from walletwatch.tracker import AccountState, Total, TrackedBalance, TrackedTransfer
 
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS accounts (
-    name TEXT PRIMARY KEY,
-    provider TEXT NOT NULL,
-    state TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS transfers (
-    account TEXT NOT NULL,
-    direction TEXT NOT NULL,
-    id TEXT NOT NULL,
-    currency TEXT NOT NULL,
-    amount TEXT NOT NULL,
-    fee TEXT,
-    address TEXT,
-    txid TEXT,
-    status TEXT NOT NULL,
-    state TEXT NOT NULL,
-    confirmations INTEGER,
-    created_at REAL,
-    updated_at REAL,
-    first_seen REAL NOT NULL,
-    revision INTEGER NOT NULL,
-    stuck INTEGER NOT NULL,
-    settled TEXT NOT NULL,
-    details TEXT NOT NULL,
-    PRIMARY KEY (account, direction, id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS balances (
-    account TEXT NOT NULL,
-    currency TEXT NOT NULL,
-    available TEXT NOT NULL,
-    pending TEXT,
-    low INTEGER NOT NULL,
-    changes INTEGER NOT NULL,
-    low_crossings INTEGER NOT NULL,
-    PRIMARY KEY (account, currency)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL UNIQUE,
-    account TEXT NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS cursors (sink TEXT PRIMARY KEY, seq INTEGER NOT NULL);
-"""
+log = structlog.get_logger("walletwatch.store")
 
 
 class StoreError(WalletwatchError):
     """The state database cannot be read or written."""
 
+
+__all__ = ["SCHEMA_VERSION", "AsyncStore", "Parked", "Store", "StoreError", "set_aside"]
 
 T = TypeVar("T")
 
@@ -84,39 +48,73 @@ class Store:
     """Synchronous access to the state database (use from one thread)."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as err:
+            raise StoreError(f"{path}: cannot open the state file: {err}") from err
+        try:
+            self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=5000")
+            self._check_integrity()
             with self._transaction():
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                version = self._db.execute(
-                    "SELECT value FROM meta WHERE key='schema_version'"
-                ).fetchone()
-                if version is None:
-                    self._db.execute(
-                        "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-                    )
-                elif int(version[0]) > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"{path}: state schema version {version[0]} is newer than this "
-                        f"walletwatch understands ({SCHEMA_VERSION})"
-                    )
-        except sqlite3.DatabaseError as err:
-            raise StoreError(f"{path}: cannot open state database: {err}") from err
+                old = self._migrate()
+        except (sqlite3.Error, ValueError, KeyError, TypeError) as err:
+            self._db.close()
+            raise StoreError(f"{path}: cannot use the state file: {err}") from err
+        except StoreError:
+            self._db.close()
+            raise
+        if 0 < old < SCHEMA_VERSION:
+            log.info("store.migrated", path=str(path), old_version=old, version=SCHEMA_VERSION)
+
+    def _check_integrity(self) -> None:
+        """Refuse a damaged file before anything is read from it or written to it."""
+        problems = [row[0] for row in self._db.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise StoreError(f"{self.path}: the state file is damaged: {'; '.join(problems)}")
+
+    def _migrate(self) -> int:
+        """Bring the schema to SCHEMA_VERSION and return the version the file had.
+
+        A file that is not ours, or is newer, is refused.
+        """
+        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master")}
+        if "meta" in tables:
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = int(row[0]) if row is not None else None
+        else:
+            version = 0 if not tables else None
+        if version is None:
+            raise StoreError(f"{self.path}: not a walletwatch state file")
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: state schema version {version} is newer than this "
+                f"walletwatch understands ({SCHEMA_VERSION})"
+            )
+        for migrate in MIGRATIONS[version:]:
+            migrate(self._db)
+        if version < SCHEMA_VERSION:
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        return version
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT; on any failure, COMMIT included, nothing is kept."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # A failed COMMIT (a full disk) can leave the transaction open: end it, or every
+            # later BEGIN would fail too.
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def close(self) -> None:
         """Close the database."""
@@ -126,8 +124,8 @@ class Store:
         """Every account's state as last committed."""
         try:
             return self._load()
-        except (sqlite3.DatabaseError, ValueError, KeyError) as err:
-            raise StoreError(f"state database is unreadable: {err}") from err
+        except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as err:
+            raise StoreError(f"{self.path}: the state file is unreadable: {err!r}") from err
 
     def _load(self) -> dict[str, AccountState]:
         transfers: dict[str, dict[tuple[Direction, str], TrackedTransfer]] = {}
@@ -178,6 +176,8 @@ class Store:
             (account, provider, json.dumps(_state_to_json(new))),
         )
         if new.transfers is not old.transfers:
+            pruned = [(account, str(d), i) for d, i in old.transfers if (d, i) not in new.transfers]
+            db.executemany("DELETE FROM transfers WHERE account=? AND direction=? AND id=?", pruned)
             rows = [
                 _transfer_to_row(account, t)
                 for key, t in new.transfers.items()
@@ -208,8 +208,8 @@ class Store:
                 ],
             )
         db.executemany(
-            "INSERT OR IGNORE INTO outbox (event_id, account, body) VALUES (?, ?, ?)",
-            [(e.event_id, account, e.to_json()) for e in events],
+            "INSERT OR IGNORE INTO outbox (event_id, account, body, ts) VALUES (?, ?, ?, ?)",
+            [(e.event_id, account, e.to_json(), e.ts) for e in events],
         )
 
     def load_meta(self, prefix: str) -> dict[str, str]:
@@ -235,12 +235,62 @@ class Store:
         ).fetchall()
         return [(seq, Event.from_json(body)) for seq, body in rows]
 
+    def pending_count(self, sink: str) -> int:
+        """How many events the sink has not acknowledged yet."""
+        try:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM outbox WHERE seq > ?", (self._cursor(sink),)
+            ).fetchone()
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot count the outbox: {err}") from err
+        return int(row[0])
+
     def ack(self, sink: str, seq: int) -> None:
         """The sink has delivered every event up to seq."""
+        try:
+            self._set_cursor(sink, seq)
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot move the cursor of sink {sink!r}: {err}") from err
+
+    def _set_cursor(self, sink: str, seq: int) -> None:
         self._db.execute(
             "INSERT INTO cursors VALUES (?, ?) ON CONFLICT(sink) DO UPDATE SET seq=excluded.seq",
             (sink, seq),
         )
+
+    def park(self, sink: str, seq: int, event: Event, reason: str, now: float) -> None:
+        """The sink refused the event at seq for good: keep it aside and move past it."""
+        try:
+            with self._transaction():
+                self._db.execute(
+                    "INSERT OR REPLACE INTO parked VALUES (?, ?, ?, ?, ?, ?)",
+                    (sink, seq, event.event_id, reason, now, event.to_json()),
+                )
+                self._set_cursor(sink, seq)
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot park an event of sink {sink!r}: {err}") from err
+
+    def parked(self, sink: str) -> list[Parked]:
+        """The events the sink refused, oldest first."""
+        rows = self._db.execute(
+            "SELECT seq, reason, parked_at, body FROM parked WHERE sink=? ORDER BY seq", (sink,)
+        ).fetchall()
+        return [Parked(seq, Event.from_json(body), reason, at) for seq, reason, at, body in rows]
+
+    def prune_outbox(self, before: float, sinks: Sequence[str]) -> int:
+        """Drop events older than ``before`` that every sink has passed; return how many."""
+        if not sinks:
+            return 0
+        try:
+            passed = min(self._cursor(sink) for sink in sinks)
+            with self._transaction():
+                gone = self._db.execute(
+                    "DELETE FROM outbox WHERE seq <= ? AND ts < ?", (passed, before)
+                ).rowcount
+                self._db.execute("DELETE FROM parked WHERE parked_at < ?", (before,))
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot prune the outbox: {err}") from err
+        return int(gone)
 
     def start_cursor(self, sink: str) -> None:
         """A new sink starts at the end of the outbox instead of replaying history."""
@@ -250,6 +300,37 @@ class Store:
     def _cursor(self, sink: str) -> int:
         row = self._db.execute("SELECT seq FROM cursors WHERE sink=?", (sink,)).fetchone()
         return int(row[0]) if row else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """An event a sink refused for good, kept for the operator."""
+
+    seq: int
+    event: Event
+    reason: str
+    parked_at: float
+
+
+def set_aside(path: Path, stamp: str) -> Path | None:
+    """Move a state file (and its WAL files) to ``<path>.reset-<stamp>``; None if there is none.
+
+    Nothing is deleted: the old file can still be inspected or put back.
+    """
+    target = path.with_name(f"{path.name}.reset-{stamp}")
+    if not path.exists():
+        return None
+    if target.exists():
+        raise StoreError(f"{target} exists already; not overwriting it")
+    try:
+        path.rename(target)
+        for suffix in ("-wal", "-shm"):  # a stale WAL must not be replayed into a new file
+            companion = path.with_name(path.name + suffix)
+            if companion.exists():
+                companion.rename(target.with_name(target.name + suffix))
+    except OSError as err:
+        raise StoreError(f"cannot move {path} aside: {err.strerror or err}") from err
+    return target
 
 
 class AsyncStore:
@@ -336,6 +417,7 @@ def _state_to_json(state: AccountState) -> dict[str, Any]:
         "totals": [
             [c, str(d), str(s), t.count, str(t.amount)] for (c, d, s), t in state.totals.items()
         ],
+        "pruned": {str(d): mark for d, mark in state.pruned.items()},
     }
 
 
@@ -355,4 +437,5 @@ def _state_from_json(
         failures=dict(body["failures"]),
         down=bool(body["down"]),
         downs=int(body["downs"]),
+        pruned={Direction(d): float(mark) for d, mark in body["pruned"].items()},
     )

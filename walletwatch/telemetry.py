@@ -46,6 +46,17 @@ def _le(bound: float) -> str:
 
 
 @dataclass(slots=True)
+class BucketStats:
+    """One rate-limit bucket's pace and counters (kept up to date by the bucket itself)."""
+
+    rate: float = 0.0  # requests/s it paces at now; lower than max_rate after 429s
+    max_rate: float = 0.0  # the published limit less the margin
+    requests: int = 0  # slots handed out
+    wait_seconds: float = 0.0  # summed time requests waited for their slot
+    rate_limited: int = 0  # HTTP 429s charged to the bucket
+
+
+@dataclass(slots=True)
 class Telemetry:
     """Everything walletwatch counts about its own work."""
 
@@ -57,6 +68,12 @@ class Telemetry:
     scheduler_delay: dict[str, Histogram] = field(default_factory=dict)
     events: Counter[str] = field(default_factory=Counter)
     store_errors: Counter[str] = field(default_factory=Counter)
+    # Event delivery, by sink name (set and counted by sinks.Dispatcher).
+    outbox_pending: dict[str, int] = field(default_factory=dict)
+    delivery_failures: Counter[str] = field(default_factory=Counter)
+    events_parked: Counter[str] = field(default_factory=Counter)
+    # Rate-limit buckets by name: a credential_id, or provider@host.
+    buckets: dict[str, BucketStats] = field(default_factory=dict)
 
     def request(self, provider: str, endpoint: str, code: str, seconds: float) -> None:
         """Count one HTTP exchange (code ``error`` when no response came)."""
@@ -67,6 +84,13 @@ class Telemetry:
         hist.observe(seconds)
         if code == "429":
             self.rate_limited[provider] += 1
+
+    def bucket(self, name: str) -> BucketStats:
+        """The stats of the bucket called ``name``, created on first use."""
+        stats = self.buckets.get(name)
+        if stats is None:
+            stats = self.buckets[name] = BucketStats()
+        return stats
 
     def delay(self, provider: str, seconds: float) -> None:
         """How late a poll started against its due time."""

@@ -6,7 +6,8 @@ balance keeps its identity in the new state, so the store can write only what ch
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Protocol
@@ -31,6 +32,8 @@ class Policy(Protocol):
     def low_balance(self) -> Mapping[str, Decimal]: ...
     @property
     def down_after(self) -> int: ...
+    @property
+    def retention(self) -> float: ...
     def stuck_after(self, direction: str) -> float: ...
 
 
@@ -80,6 +83,8 @@ class AccountState:
     failures: Mapping[str, int] = field(default_factory=dict)
     down: bool = False
     downs: int = 0
+    # Per direction, the newest created_at among transfers pruned from ``transfers``.
+    pruned: Mapping[Direction, float] = field(default_factory=dict)
 
     def in_flight(self) -> Iterable[TrackedTransfer]:
         """Transfers that have not settled."""
@@ -152,6 +157,7 @@ def observe(
         balances = _balances(state.balances, obs.balances, policy, out)
     transfers, totals = _transfers(state, obs, policy, out)
     transfers = _stuck(transfers, obs.directions, policy, out)
+    pruned = prune(replace(state, transfers=transfers), now - policy.retention, obs.directions)
     failures = {**state.failures, obs.endpoint: 0}
     down, downs = state.down, state.downs
     if down and not any(failures.values()):
@@ -160,7 +166,8 @@ def observe(
     new = replace(
         state,
         balances=balances,
-        transfers=transfers,
+        transfers=pruned.transfers,
+        pruned=pruned.pruned,
         totals=totals,
         baselined=state.baselined | obs.directions,
         failures=failures,
@@ -253,6 +260,8 @@ def _transfers(
         prev = state.transfers.get(t.key)
         if prev is not None and prev.transfer == t:
             continue
+        if prev is None and _forgotten(state, t):
+            continue  # pruned long ago, showing up again on a history page: not news
         if transfers is None:
             transfers = dict(state.transfers)
         silent = t.direction not in state.baselined
@@ -335,3 +344,55 @@ def is_stuck(tracked: TrackedTransfer, policy: Policy, now: float) -> bool:
     """In flight longer than the account's threshold for its direction."""
     t = tracked.transfer
     return t.state.in_flight and now - tracked.started_at > policy.stuck_after(t.direction)
+
+
+KEEP_NEWEST = 100
+"""Settled transfers a direction keeps whatever their age: a provider's first history page
+then holds a known transfer, so a client paging back until a known one stops there."""
+
+
+def prune(
+    state: AccountState, before: float, directions: Collection[Direction] = tuple(Direction)
+) -> AccountState:
+    """Forget settled transfers of ``directions`` with no sign of life since ``before``.
+
+    A direction keeps its KEEP_NEWEST newest transfers, and a transfer without a provider
+    creation time is never forgotten: ``pruned`` remembers the newest creation time
+    forgotten, and a transfer created no later than that which is not known is old history
+    showing up again, never news (see ``_forgotten``).
+    """
+    old = [
+        key
+        for key, tracked in state.transfers.items()
+        if key[0] in directions and _prunable(tracked, before)
+    ]
+    if not old:
+        return state
+    newest: set[TransferKey] = set()
+    for direction in {key[0] for key in old}:
+        mine = [(t.started_at, key) for key, t in state.transfers.items() if key[0] is direction]
+        newest.update(key for _, key in sorted(mine, reverse=True)[:KEEP_NEWEST])
+    gone = {key for key in old if key not in newest}
+    if not gone:
+        return state
+    marks = dict(state.pruned)
+    for key in gone:
+        created = state.transfers[key].transfer.created_at
+        if created is not None:  # always: _prunable asks for it
+            marks[key[0]] = max(marks.get(key[0], -math.inf), created)
+    transfers = {k: t for k, t in state.transfers.items() if k not in gone}
+    return replace(state, transfers=transfers, pruned=marks)
+
+
+def _prunable(tracked: TrackedTransfer, before: float) -> bool:
+    """Settled, with a provider creation time, and nothing new about it since ``before``."""
+    t = tracked.transfer
+    if not t.state.final or t.created_at is None:
+        return False
+    return max(t.created_at, t.updated_at or t.created_at, tracked.first_seen) < before
+
+
+def _forgotten(state: AccountState, t: Transfer) -> bool:
+    """True if ``t`` is not known but as old as a transfer prune() forgot."""
+    mark = state.pruned.get(t.direction)
+    return mark is not None and t.created_at is not None and t.created_at <= mark

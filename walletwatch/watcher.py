@@ -16,8 +16,8 @@ import structlog
 from walletwatch.config import AccountConfig, ProviderSettings
 from walletwatch.errors import BadPayload, ProviderError, RateLimited
 from walletwatch.events import Event
-from walletwatch.model import Gauge, Observation
-from walletwatch.scheduler import Outcome
+from walletwatch.model import Direction, Gauge, Observation
+from walletwatch.scheduler import Outcome, TokenBucket
 from walletwatch.store import AsyncStore, StoreError
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState, fail, observe
@@ -50,6 +50,7 @@ class AccountWatcher:
         telemetry: Telemetry,
         clock: Clock,
         on_events: Callable[[], None] = lambda: None,
+        buckets: Sequence[TokenBucket] = (),
     ) -> None:
         self.config = config
         self.client = client
@@ -65,6 +66,9 @@ class AccountWatcher:
         self.provider = config.provider
         self.interval = config.interval
         self.max_backoff = settings.max_backoff
+        self.down_after = config.down_after
+        self.buckets = tuple(buckets)  # the scheduler starts a poll when these have a slot
+        self._directions: dict[str, frozenset[Direction]] = {}  # what each endpoint covers
 
     def __repr__(self) -> str:
         return f"AccountWatcher({self.provider}:{self.name})"
@@ -84,6 +88,14 @@ class AccountWatcher:
         """True once every endpoint has been polled at least once, successfully or not."""
         return len(self.health) == len(self.endpoints)
 
+    def interval_for(self, endpoint: str) -> float:
+        """``fast_interval`` for an endpoint covering withdrawals while one is in flight."""
+        if Direction.WITHDRAWAL in self._directions.get(endpoint, ()) and any(
+            t.transfer.direction is Direction.WITHDRAWAL for t in self.state.in_flight()
+        ):
+            return self.config.fast_interval
+        return self.interval
+
     async def poll(self, endpoint: str) -> Outcome:
         """Poll one endpoint and record what came of it."""
         key = (self.provider, self.name, endpoint)
@@ -102,6 +114,7 @@ class AccountWatcher:
         if previous is not None and not previous.ok:
             log.info("poll.recovered", provider=self.provider, account=self.name, endpoint=endpoint)
         self.health[endpoint] = EndpointHealth(ok=True, last_success=now)
+        self._directions[endpoint] = obs.directions
         self._keep_gauges(obs)
         return Outcome(ok=True)
 
