@@ -10,11 +10,15 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
+import aiohttp
+
 from walletwatch.config import ProviderSettings
 from walletwatch.context import Nonces, ProviderContext, Shared
 from walletwatch.http import Http
 from walletwatch.model import Observation
+from walletwatch.scheduler import TokenBucket
 from walletwatch.store import AsyncStore, Store
+from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState
 
 START = 1_700_000_000.0
@@ -111,3 +115,18 @@ def make_context(settings: ProviderSettings, http: Http, clock: FakeClock) -> Pr
     """A ProviderContext for one provider's unit tests, with nonces kept in memory."""
     store = AsyncStore(Store(Path(":memory:")))
     return ProviderContext(settings, http, clock, Nonces(clock, store, {}), Shared())
+
+
+def make_http(
+    session: aiohttp.ClientSession, provider: str, clock: FakeClock, rate: float = 100.0
+) -> Http:
+    """An Http for one provider's unit tests: one bucket at ``rate`` on the fake clock."""
+    return Http(
+        session,
+        provider=provider,
+        buckets=[TokenBucket(rate, clock)],
+        telemetry=Telemetry(),
+        clock=clock,
+        timeout=aiohttp.ClientTimeout(total=30),
+        max_backoff=300.0,
+    )

@@ -20,7 +20,7 @@ import pytest
 from aioresponses import CallbackResult
 from yarl import URL
 
-from tests.fakes import START, FakeClock, make_context
+from tests.fakes import START, FakeClock, make_context, make_http
 from walletwatch.config import parse_config
 from walletwatch.errors import (
     AuthFailed,
@@ -49,8 +49,6 @@ from walletwatch.providers.bitexbit_auth import (
     sign_v1,
     sign_v2,
 )
-from walletwatch.scheduler import TokenBucket
-from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState, TrackedTransfer
 
 T = TypeVar("T")
@@ -219,15 +217,7 @@ def fixture_api(responses: Any, clock: FakeClock) -> Api:
 @pytest.fixture(name="http")
 def fixture_http(session: aiohttp.ClientSession, clock: FakeClock) -> Http:
     """An Http at bitexbit's 2 requests/s on the fake clock."""
-    return Http(
-        session,
-        provider="bitexbit",
-        buckets=[TokenBucket(2.0, clock)],
-        telemetry=Telemetry(),
-        clock=clock,
-        timeout=aiohttp.ClientTimeout(total=30),
-        max_backoff=300.0,
-    )
+    return make_http(session, "bitexbit", clock, rate=2.0)
 
 
 @pytest.fixture(name="make_client")

@@ -21,7 +21,7 @@ import pytest
 from aioresponses import CallbackResult
 from yarl import URL
 
-from tests.fakes import START, FakeClock, make_context, settle
+from tests.fakes import START, FakeClock, make_context, make_http, settle
 from walletwatch.config import AccountConfig, Config, ProviderSettings, parse_config
 from walletwatch.context import ProviderContext
 from walletwatch.errors import (
@@ -49,7 +49,6 @@ from walletwatch.providers.kredswallet import (
     sign,
     transfer_state,
 )
-from walletwatch.scheduler import TokenBucket
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState, TrackedTransfer
 
@@ -280,15 +279,7 @@ def fixture_settings(config: Config) -> ProviderSettings:
 @pytest.fixture(name="http")
 def fixture_http(session: aiohttp.ClientSession, clock: FakeClock) -> Http:
     """An Http with a fast bucket on the fake clock."""
-    return Http(
-        session,
-        provider="kredswallet",
-        buckets=[TokenBucket(100.0, clock)],
-        telemetry=Telemetry(),
-        clock=clock,
-        timeout=aiohttp.ClientTimeout(total=30),
-        max_backoff=300.0,
-    )
+    return make_http(session, "kredswallet", clock)
 
 
 @pytest.fixture(name="context")

@@ -17,7 +17,7 @@ import pytest
 from aioresponses import CallbackResult
 from yarl import URL
 
-from tests.fakes import FakeClock, make_context, settle
+from tests.fakes import FakeClock, make_context, make_http, settle
 from walletwatch.config import Config, parse_config
 from walletwatch.context import ProviderContext
 from walletwatch.errors import (
@@ -46,9 +46,7 @@ from walletwatch.providers.sila_auth import (
     load_private_key,
     sign,
 )
-from walletwatch.scheduler import TokenBucket
 from walletwatch.sim.sila_auth import address_of_key, recover_address
-from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState, TrackedTransfer
 
 T = TypeVar("T")
@@ -203,15 +201,7 @@ TOKEN = {
 @pytest.fixture(name="http")
 def fixture_http(session: aiohttp.ClientSession, clock: FakeClock) -> Http:
     """An Http with a fast bucket on the fake clock."""
-    return Http(
-        session,
-        provider="sila",
-        buckets=[TokenBucket(100.0, clock)],
-        telemetry=Telemetry(),
-        clock=clock,
-        timeout=aiohttp.ClientTimeout(total=30),
-        max_backoff=300.0,
-    )
+    return make_http(session, "sila", clock)
 
 
 @pytest.fixture(name="context")

@@ -18,7 +18,7 @@ import pytest
 from aioresponses import CallbackResult
 from yarl import URL
 
-from tests.fakes import FakeClock, make_context
+from tests.fakes import FakeClock, make_context, make_http
 from walletwatch.config import AccountConfig, Config, ProviderSettings, parse_config
 from walletwatch.errors import AuthFailed, BadPayload, ProviderError, RateLimited, Rejected
 from walletwatch.http import Http, parse_json
@@ -31,8 +31,6 @@ from walletwatch.providers.westwallet import (
     parse_transactions,
     sign,
 )
-from walletwatch.scheduler import TokenBucket
-from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState, TrackedTransfer
 
 T = TypeVar("T")
@@ -202,15 +200,7 @@ def fixture_settings(config: Config) -> ProviderSettings:
 @pytest.fixture(name="http")
 def fixture_http(session: aiohttp.ClientSession, clock: FakeClock) -> Http:
     """An Http with a fast bucket on the fake clock."""
-    return Http(
-        session,
-        provider="westwallet",
-        buckets=[TokenBucket(100.0, clock)],
-        telemetry=Telemetry(),
-        clock=clock,
-        timeout=aiohttp.ClientTimeout(total=30),
-        max_backoff=300.0,
-    )
+    return make_http(session, "westwallet", clock)
 
 
 @pytest.fixture(name="client")
