@@ -11,7 +11,16 @@ STAMP := $(VENV)/.installed
 PROMETHEUS_TOOLS := promtool prometheus prometheus-alertmanager
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck rules unit tools clean
+# The systemd unit's checks. systemd-analyze verify needs ExecStart's binary to exist, and the
+# unit names the path of a real install (/opt/walletwatch/venv), so it verifies a copy whose
+# ExecStart points at this checkout's venv instead; every other line is the shipped one. Any
+# output (an unknown or misspelt setting is only a warning) fails the check. No running
+# systemd is needed for either command.
+UNIT := systemd/walletwatch.service
+UNIT_EXEC := /opt/walletwatch/venv/bin/walletwatch
+EXPOSURE_THRESHOLD := 20
+
+.PHONY: demo test lint typecheck rules systemd unit tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +31,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/walletwatch demo
 
-test: lint typecheck rules unit
+test: lint typecheck rules systemd unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -35,17 +44,27 @@ rules: tools
 	promtool check rules prometheus/alerts.yml
 	promtool test rules prometheus/tests/*.yml
 
+# Exposure 2.0 at most (--threshold takes tenths).
+systemd: $(STAMP) tools
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	sed 's|$(UNIT_EXEC)|$(abspath $(BIN))/walletwatch|' $(UNIT) > "$$tmp/walletwatch.service" && \
+	out=$$(systemd-analyze verify "$$tmp/walletwatch.service" 2>&1); status=$$?; \
+	echo "systemd-analyze verify $(UNIT): $${out:-OK}"; [ $$status = 0 ] && [ -z "$$out" ]
+	@out=$$(systemd-analyze security --offline=true --threshold=$(EXPOSURE_THRESHOLD) $(UNIT) 2>&1); \
+	status=$$?; echo "$$out" | tail -n 1; exit $$status
+
 unit: $(STAMP) tools
 	$(BIN)/pytest
 
-# Installs the Debian packages only when one of the tools is missing.
+# Installs the Debian packages only when one of the tools is missing (systemd brings
+# systemd-analyze; installing it in a container does not start it).
 tools:
-	@for tool in $(PROMETHEUS_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
+	@for tool in $(PROMETHEUS_TOOLS) systemd-analyze; do command -v $$tool >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 		set -x; \
 		$(SUDO) apt-get update && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-			prometheus prometheus-alertmanager; \
+			prometheus prometheus-alertmanager systemd; \
 	fi
 
 clean:

@@ -87,14 +87,34 @@ class SimProcess:
             return rows
 
 
+# The simulator with another per-key limit, which ``walletwatch simulate`` does not offer.
+_FAST = """
+import asyncio, sys
+from walletwatch.sim import Simulator, start
+
+async def main():
+    await start(Simulator(rate_limit=float(sys.argv[2])), "127.0.0.1", int(sys.argv[1]))
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
 @contextlib.asynccontextmanager
-async def simulator() -> AsyncIterator[SimProcess]:
-    """Start the simulator process, wait until it answers, stop it afterwards."""
+async def simulator(rate_limit: float | None = None) -> AsyncIterator[SimProcess]:
+    """Start the simulator process, wait until it answers, stop it afterwards.
+
+    ``rate_limit`` replaces the per-key limit of 2 requests/s.
+    """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "walletwatch", "simulate", "--no-scenario"]
-    process = subprocess.Popen(  # noqa: ASYNC220, S603 - our own CLI, started once
-        [*command, "--listen", f"127.0.0.1:{port}", "--tick", "3600"],
+    if rate_limit is None:
+        command = [sys.executable, "-m", "walletwatch", "simulate", "--no-scenario"]
+        command += ["--listen", f"127.0.0.1:{port}", "--tick", "3600"]
+    else:
+        command = [sys.executable, "-c", _FAST, str(port), str(rate_limit)]
+    process = subprocess.Popen(  # noqa: ASYNC220, S603 - our own code, started once
+        command,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import types
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -25,6 +26,18 @@ class _MockedResponse(aiohttp.ClientResponse):
     def __init__(self, method: str, url: URL, **kwargs: Any) -> None:
         kwargs.setdefault("stream_writer", types.SimpleNamespace(output_size=0))
         super().__init__(method, url, **kwargs)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_files() -> Iterator[None]:
+    """Files the tests write are private (umask 077), as a deployed config.yaml must be.
+
+    Many test configs hold fake literal credentials, which load_config refuses in a file every
+    user may read (tests/hostile/test_config_exposure.py covers that refusal).
+    """
+    previous = os.umask(0o077)
+    yield
+    os.umask(previous)
 
 
 @pytest.fixture(name="clock")

@@ -7,6 +7,7 @@ the registry and the web server; everything else receives them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,7 +24,7 @@ from walletwatch.config import AccountConfig, Config
 from walletwatch.context import Nonces, ProviderContext, Shared
 from walletwatch.errors import ConfigError
 from walletwatch.http import Http
-from walletwatch.metrics import WalletwatchCollector
+from walletwatch.metrics import ReloadStatus, WalletwatchCollector
 from walletwatch.providers import REGISTRY
 from walletwatch.scheduler import Scheduler, Slots, TokenBucket, paced
 from walletwatch.sinks import Dispatcher, FileSink, StreamSink, WebhookSink
@@ -33,6 +34,7 @@ from walletwatch.tracker import AccountState
 from walletwatch.types import Clock, ProviderFactory, Sink
 from walletwatch.watcher import AccountWatcher
 from walletwatch.web import create_app
+from walletwatch.webauth import BasicAuth, server_context
 
 log = structlog.get_logger("walletwatch.app")
 
@@ -72,18 +74,26 @@ class Daemon:
         self.telemetry = Telemetry()
         self.watchers: dict[str, AccountWatcher] = {}
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(WalletwatchCollector(self.watchers.values, self.telemetry, clock))
+        self.reload_status = ReloadStatus(successful=True, success_time=clock.time())
+        self.registry.register(
+            WalletwatchCollector(self.watchers.values, self.telemetry, clock, self.reload_status)
+        )
         self.scheduler = Scheduler(clock, rng=rng, on_delay=self.telemetry.delay)
         self._stdout = stdout
         self._state_path = state_path or config.state_path
         self._buckets: dict[str, TokenBucket] = {}
-        self._slots = Slots(clock)  # one arbiter for every bucket: polls start by deadline
+        # Polls start by deadline among those sharing a bucket: one arbiter per provider with
+        # a host limit, else per credential. One arbiter for all made each start O(accounts).
+        self._slots: dict[str, Slots] = {}
         self._shared = Shared()
         self._store: AsyncStore | None = None
         self._session: aiohttp.ClientSession | None = None
         self._dispatcher: Dispatcher | None = None
         self._dispatch_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
+        self._nonces: Nonces | None = None
+        self._polling = False
+        self._reloading = asyncio.Lock()
         self.port: int | None = None
 
     def __repr__(self) -> str:
@@ -94,7 +104,7 @@ class Daemon:
         store = AsyncStore(Store(self._state_path))
         self._store = store
         states = await store.call(store.store.load)
-        nonces = await Nonces.load(self.clock, store)
+        nonces = self._nonces = await Nonces.load(self.clock, store)
         self._session = session = aiohttp.ClientSession(
             headers={"User-Agent": f"walletwatch/{__version__}"},
             connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
@@ -139,11 +149,12 @@ class Daemon:
     ) -> AccountWatcher:
         settings = self.config.providers[account.provider]
         margin = settings.rate_margin
-        buckets = [self._bucket(account.credential_id, settings.rate_limit, margin)]
+        arbiter = account.provider if settings.host_rate_limit else account.credential_id
+        buckets = [self._bucket(account.credential_id, settings.rate_limit, margin, arbiter)]
         if settings.host_rate_limit is not None:
             host = urlsplit(account.base_url).netloc
             host_key = f"{account.provider}@{host}"
-            buckets.append(self._bucket(host_key, settings.host_rate_limit, margin))
+            buckets.append(self._bucket(host_key, settings.host_rate_limit, margin, arbiter))
         http = Http(
             session,
             provider=account.provider,
@@ -171,15 +182,18 @@ class Daemon:
             buckets=buckets,
         )
 
-    def _bucket(self, key: str, limit: float, margin: float) -> TokenBucket:
+    def _bucket(self, key: str, limit: float, margin: float, arbiter: str) -> TokenBucket:
         """The bucket called ``key`` (a credential_id or provider@host), made on first use."""
         bucket = self._buckets.get(key)
         if bucket is None:
+            slots = self._slots.get(arbiter)
+            if slots is None:
+                slots = self._slots[arbiter] = Slots(self.clock)
             bucket = self._buckets[key] = TokenBucket(
                 paced(limit, margin),
                 self.clock,
                 name=key,
-                slots=self._slots,
+                slots=slots,
                 stats=self.telemetry.bucket(key),
             )
         return bucket
@@ -189,11 +203,14 @@ class Daemon:
             self._dispatcher.wake()
 
     async def _serve(self) -> None:
-        app = create_app(self.registry, self.watchers.values)
+        protect = self.config.web
+        auth = BasicAuth(protect.basic_auth_users) if protect and protect.basic_auth_users else None
+        tls = server_context(protect) if protect else None
+        app = create_app(self.registry, self.watchers.values, auth)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         listen = self.config.listen
-        site = web.TCPSite(self._runner, listen.host, listen.port)
+        site = web.TCPSite(self._runner, listen.host, listen.port, ssl_context=tls)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
 
@@ -202,12 +219,77 @@ class Daemon:
         """The base URL of the web server."""
         host = self.config.listen.host
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}"
+        web_config = self.config.web
+        scheme = "https" if web_config and web_config.cert_file else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     def run_scheduler(self) -> None:
         """Start polling every account on its schedule."""
+        self._polling = True
         for watcher in self.watchers.values():
             self.scheduler.start(watcher, watcher.endpoints)
+
+    def failed_reload(self) -> None:
+        """Record a reload refused before it reached the daemon (the new file is invalid)."""
+        self.reload_status.successful = False
+
+    async def reload(self, new: Config) -> tuple[str, ...]:
+        """Apply ``new``'s accounts live; return the top-level keys that need a restart.
+
+        Accounts are matched by name. A removed account's loops stop and its watcher (so its
+        series) goes; its state stays in the store, so adding it back resumes where it was. An
+        added account starts from its stored state, or takes a fresh baseline. A changed one is
+        rebuilt from its committed state. No event is announced twice: every watcher starts
+        from what the store committed with its events. Top-level settings other than the
+        accounts and defaults keep their running values until a restart.
+        """
+        if self._store is None or self._session is None or self._nonces is None:
+            raise RuntimeError("reload before start")
+        try:
+            check_supported(new, self._providers)
+        except ConfigError:
+            self.failed_reload()
+            raise
+        async with self._reloading:
+            old = self.config
+            fixed = (
+                "listen",
+                "state_path",
+                "events_file",
+                "log_format",
+                "providers",
+                "sinks",
+                "web",
+            )
+            restart = tuple(k for k in fixed if getattr(new, k) != getattr(old, k))
+            kept = {k: getattr(old, k) for k in fixed}
+            self.config = new = dataclasses.replace(new, **kept)
+            before = {a.name: a for a in old.accounts}
+            after = {a.name: a for a in new.accounts}
+            gone = [name for name, a in before.items() if after.get(name) != a]
+            for name in gone:
+                await self.scheduler.stop_poller(name)
+                del self.watchers[name]
+            store = self._store
+            states = await store.call(store.store.load)
+            started = [a for name, a in after.items() if before.get(name) != a]
+            for account in started:
+                watcher = self._watcher(
+                    account, states.get(account.name), store, self._session, self._nonces
+                )
+                self.watchers[account.name] = watcher
+                if self._polling:
+                    self.scheduler.start(watcher, watcher.endpoints)
+            self.reload_status.successful = True
+            self.reload_status.success_time = self.clock.time()
+        log.info(
+            "config.reloaded",
+            added=sorted(after.keys() - before.keys()),
+            removed=sorted(before.keys() - after.keys()),
+            changed=sorted(n for n in after.keys() & before.keys() if after[n] != before[n]),
+            restart_needed=list(restart),
+        )
+        return restart
 
     async def poll_once(self) -> None:
         """Poll every endpoint of every account once, then deliver the events."""

@@ -10,7 +10,8 @@ import logging
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -23,7 +24,10 @@ from walletwatch import __version__, logs
 from walletwatch.app import Daemon
 from walletwatch.config import Config, Listen, load_config, parse_config
 from walletwatch.errors import ConfigError, WalletwatchError
+from walletwatch.notify import notify, watchdog, watchdog_period
+from walletwatch.shard import Shard, parse_shard
 from walletwatch.sim import Simulator, start
+from walletwatch.sim.faults import parse_faults
 from walletwatch.store import StoreError, set_aside
 from walletwatch.types import SystemClock
 from walletwatch.watcher import AccountWatcher
@@ -60,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("-c", "--config", type=Path, required=True)
+    run.add_argument("--shard", type=_shard, default=None, help=SHARD_HELP)
     run.add_argument(
         "--reset-state",
         action="store_true",
@@ -69,10 +74,12 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a config file (exit 0, or 2 with problems)")
     check.add_argument("-c", "--config", type=Path, required=True)
+    check.add_argument("--shard", type=_shard, default=None, help=SHARD_HELP)
     check.set_defaults(func=cmd_check)
 
     once = sub.add_parser("once", help="poll every account once and print the result")
     once.add_argument("-c", "--config", type=Path, required=True)
+    once.add_argument("--shard", type=_shard, default=None, help=SHARD_HELP)
     once.add_argument("--json", action="store_true", help="print JSON instead of a table")
     once.set_defaults(func=cmd_once)
 
@@ -81,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=None)
     simulate.add_argument("--tick", type=float, default=5.0, help="seconds per scenario step")
     simulate.add_argument("--no-scenario", action="store_true", help="start with no accounts")
+    simulate.add_argument(
+        "--faults",
+        type=parse_faults,
+        default=None,
+        help="inject faults, e.g. error=0.1,garbage=0.1,reset=0.1,storm=0.01,latency=0.2,seed=1",
+    )
     simulate.set_defaults(func=cmd_simulate)
 
     demo = sub.add_parser("demo", help="simulator and daemon together on loopback")
@@ -88,6 +101,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--tick", type=float, default=3.0, help="seconds per scenario step")
     demo.set_defaults(func=cmd_demo)
     return parser
+
+
+SHARD_HELP = "poll only shard K of N (K/N; overrides the config's shard:)"
+
+
+def _shard(text: str) -> Shard:
+    try:
+        return parse_shard(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def _listen(text: str) -> Listen:
@@ -99,19 +122,19 @@ def _listen(text: str) -> Listen:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate the config; problems raise ConfigError (exit 2)."""
-    config = load_config(args.config)
+    config = load_config(args.config, shard=args.shard)
     print(f"{args.config}: OK, {len(config.accounts)} account(s)")
     return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM or SIGINT."""
-    config = load_config(args.config)
+    config = load_config(args.config, shard=args.shard)
     logs.configure(config.log_format, sys.stdout)
     if args.reset_state:
         reset_state(config.state_path)
     try:
-        return asyncio.run(_serve(config, sys.stdout))
+        return asyncio.run(_serve(config, sys.stdout, path=args.config))
     except StoreError as err:
         log.error("store.unusable", error=str(err))  # noqa: TRY400 - the message says it all
         print(
@@ -139,27 +162,67 @@ def reset_state(path: Path) -> None:
         )
 
 
-async def _serve(config: Config, stdout: TextIO, before: str | None = None) -> int:
-    daemon = Daemon(config, clock=SystemClock(), stdout=stdout)
+async def _serve(
+    config: Config, stdout: TextIO, before: str | None = None, path: Path | None = None
+) -> int:
+    """Run the daemon until SIGTERM/SIGINT; SIGHUP reloads ``path``; tell systemd how it goes."""
+    clock = SystemClock()
+    daemon = Daemon(config, clock=clock, stdout=stdout)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(coro: Coroutine[Any, Any, None]) -> None:
+        task = loop.create_task(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    if path is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: spawn(reload_config(daemon, path)))
     await daemon.start()
     try:
         if before:
             print(before.format(url=daemon.url), file=sys.stderr, flush=True)
         daemon.run_scheduler()
+        notify("READY=1")  # the config is loaded and the server listens
+        period = watchdog_period()
+        if period is not None:
+            spawn(watchdog(lambda: not daemon.scheduler.stalled(), period, clock))
         await stop.wait()
+        notify("STOPPING=1")
         log.info("walletwatch.stopping")
     finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await daemon.close()
     return EXIT_OK
 
 
+async def reload_config(daemon: Daemon, path: Path) -> None:
+    """SIGHUP: apply ``path`` to the running daemon, or log its problems and keep the old one."""
+    notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+    log.info("config.reloading", path=str(path))
+    try:
+        # The running shard (--shard, or the file's at start) stays until a restart.
+        restart = await daemon.reload(load_config(path, shard=daemon.config.shard))
+    except ConfigError as err:
+        daemon.failed_reload()
+        log.error(  # noqa: TRY400 - the problems are the message; no traceback
+            "config.reload_failed", path=str(path), problems=list(err.problems)
+        )
+    else:
+        if restart:
+            log.warning("config.restart_needed", keys=list(restart), note="kept the running values")
+    finally:
+        notify("READY=1")
+
+
 def cmd_once(args: argparse.Namespace) -> int:
     """Poll each account once with a throwaway state; exit 1 if any account failed."""
-    config = load_config(args.config)
+    config = load_config(args.config, shard=args.shard)
     logs.configure(config.log_format, sys.stderr, level=logging.ERROR)
     watchers = asyncio.run(_once(config))
     rows = [_summary(w) for w in watchers]
@@ -228,6 +291,8 @@ async def _simulate(args: argparse.Namespace) -> None:
     kwargs: dict[str, Any] = {"scenario": not args.no_scenario}
     if args.seed is not None:
         kwargs["seed"] = args.seed
+    if args.faults is not None:
+        kwargs["faults"] = args.faults
     sim = Simulator(**kwargs)
     runner, port = await start(sim, args.listen.host, args.listen.port, tick=args.tick)
     stop = asyncio.Event()

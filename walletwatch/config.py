@@ -10,6 +10,8 @@ import difflib
 import hashlib
 import os
 import re
+import ssl
+import stat
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
@@ -30,6 +32,7 @@ from walletwatch.schema import (
     format_duration,
     parse_duration,
 )
+from walletwatch.shard import Shard, parse_shard, select
 
 __all__ = [
     "PROVIDERS",
@@ -39,6 +42,7 @@ __all__ = [
     "ProviderSchema",
     "ProviderSettings",
     "Secret",
+    "WebConfig",
     "WebhookConfig",
     "format_duration",
     "load_config",
@@ -100,6 +104,12 @@ class ProviderSettings:
     max_backoff: float  # caps failure backoff and Retry-After
     max_pages: int  # history pages fetched per poll at most
     rate_margin: float = DEFAULT_RATE_MARGIN  # buckets pace this fraction below the limits
+    poll_timeout: float | None = None  # one poll's whole budget; None = 2 x timeout
+
+    @property
+    def poll_budget(self) -> float:
+        """Seconds one poll (every page, lookup and rate-limit wait) may take at most."""
+        return 2 * self.timeout if self.poll_timeout is None else self.poll_timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +129,7 @@ class AccountConfig:
     options: Mapping[str, object]  # provider-specific, defaults filled in
     retention: float = DEFAULT_RETENTION  # settled transfers older than this are forgotten
     fast_interval: float = DEFAULT_FAST_INTERVAL  # withdrawals endpoint, while one is in flight
+    allow_insecure_http: bool = False  # plain http:// to a host other than loopback
 
     def stuck_after(self, direction: str) -> float:
         """The in-flight age (seconds) after which a transfer in ``direction`` is stuck."""
@@ -133,6 +144,15 @@ class AccountConfig:
         """A stable, secret-free id of the account's API key, naming its rate-limit bucket."""
         identity = self.credentials[PROVIDERS[self.provider].identity].reveal()
         return f"{self.provider}:{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
+
+
+@dataclass(frozen=True, slots=True)
+class WebConfig:
+    """/metrics protection, in the form of Prometheus exporter-toolkit's web config file."""
+
+    cert_file: Path | None  # tls_server_config.cert_file: HTTPS when set
+    key_file: Path | None
+    basic_auth_users: Mapping[str, str]  # user -> bcrypt hash; empty: no authentication
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +177,8 @@ class Config:
     providers: Mapping[str, ProviderSettings]  # every provider in PROVIDERS
     accounts: tuple[AccountConfig, ...]
     sinks: tuple[WebhookConfig, ...] = ()  # alert event receivers besides stdout and events_file
+    shard: Shard | None = None  # this instance polls only its shard's accounts (see shard.py)
+    web: WebConfig | None = None  # TLS and basic auth of the HTTP server
 
     def account(self, name: str) -> AccountConfig:
         """The account called ``name``; KeyError when there is none."""
@@ -186,8 +208,13 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate the YAML config at ``path``; ConfigError lists every problem."""
+def load_config(
+    path: Path, *, environ: Mapping[str, str] | None = None, shard: Shard | None = None
+) -> Config:
+    """Read and validate the YAML config at ``path``; ConfigError lists every problem.
+
+    ``shard`` (``--shard``) overrides the file's ``shard:``.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
@@ -207,19 +234,85 @@ def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Conf
         raise ConfigError([f"{path}: the file is empty"])
     if not isinstance(data, Mapping):
         raise ConfigError([f"{path}: expected a mapping at the top level, got {describe(data)}"])
+    _refuse_exposed_secrets(path, data)
     environ = os.environ if environ is None else environ
-    return parse_config(data, base_dir=path.absolute().parent, environ=environ)
+    return parse_config(data, base_dir=path.absolute().parent, environ=environ, shard=shard)
 
 
-def parse_config(data: object, *, base_dir: Path, environ: Mapping[str, str]) -> Config:
-    """Validate loaded YAML ``data``; relative paths resolve against ``base_dir``."""
+def _refuse_exposed_secrets(path: Path, data: Mapping[Any, object]) -> None:
+    """Refuse a config file every user may read that holds credentials written in it."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # read a moment ago; the parse reports anything else
+    if not mode & stat.S_IROTH:
+        return
+    literal = _literal_secrets(data)
+    if literal:
+        more = len(literal) - 3
+        shown = ", ".join(literal[:3]) + (f" and {more} more" if more > 0 else "")
+        problem = (
+            f"{path}: readable by every user (mode {stat.S_IMODE(mode):04o}) but holds "
+            f"literal secrets ({shown}): run 'chmod 600 {path}', or take them from "
+            f"{_SECRET_FORMS}"
+        )
+        raise ConfigError([problem])
+
+
+_NOT_SECRET = ("app_handle", "user_handle")  # Sila's handles name the app and wallet: public
+
+
+def _literal_secrets(data: Mapping[Any, object]) -> list[str]:
+    """Paths of the credential values (and webhook URLs, headers, secrets) written literally."""
+    found: list[str] = []
+    places: list[tuple[str, object]] = [("defaults", data.get("defaults"))]
+    accounts = data.get("accounts")
+    if isinstance(accounts, list):
+        places.extend((f"accounts[{i}]", item) for i, item in enumerate(accounts))
+    for prefix, entry in places:
+        credentials = entry.get("credentials") if isinstance(entry, Mapping) else None
+        if isinstance(credentials, Mapping):
+            found.extend(
+                f"{prefix}.credentials.{name}"
+                for name, value in credentials.items()
+                if isinstance(value, str) and name not in _NOT_SECRET
+            )
+    sinks = data.get("sinks")
+    for i, sink in enumerate(sinks if isinstance(sinks, list) else ()):
+        if not isinstance(sink, Mapping):
+            continue
+        values = [("url", sink.get("url")), ("secret", sink.get("secret"))]
+        headers = sink.get("headers")
+        if isinstance(headers, Mapping):
+            values.extend((f"headers.{name}", value) for name, value in headers.items())
+        # A webhook URL may carry its token; any literal URL counts, to be safe.
+        found.extend(f"sinks[{i}].{key}" for key, value in values if isinstance(value, str))
+    return found
+
+
+def parse_config(
+    data: object, *, base_dir: Path, environ: Mapping[str, str], shard: Shard | None = None
+) -> Config:
+    """Validate loaded YAML ``data``; relative paths resolve against ``base_dir``.
+
+    With a shard (``shard``, else the ``shard:`` key), ``accounts`` holds only the accounts
+    of that shard, once every account has been validated.
+    """
     if not isinstance(data, Mapping):
         raise ConfigError([f"top level: expected a mapping, got {describe(data)}"])
     checker = _Checker(base_dir, environ)
     config = checker.config(data)
     if checker.problems:
         raise ConfigError(checker.problems)
-    return config
+    shard = shard or config.shard
+    if shard is None:
+        return config
+    accounts = select(config.accounts, shard)
+    if not accounts:
+        raise ConfigError(
+            [f"shard: {shard} owns none of the {len(config.accounts)} account(s); use fewer shards"]
+        )
+    return replace(config, shard=shard, accounts=accounts)
 
 
 # The YAML keys are the field names of the objects they build.
@@ -236,6 +329,9 @@ _EMPTY: Mapping[Any, Any] = MappingProxyType({})
 _POSITIVE = schema.duration(0, strict=True)
 # Shorter would risk taking a late-listed deposit for pruned history (tracker.prune).
 _RETENTION = schema.duration(86400.0)
+_WEB_KEYS = ("tls_server_config", "basic_auth_users")
+_TLS_KEYS = ("cert_file", "key_file")
+_BCRYPT = re.compile(r"\$2[aby]?\$\d\d\$[./A-Za-z0-9]{53}")
 _SINK_KEYS = ("type", "name", "url", "headers", "secret", "timeout")
 _SINK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _BUILTIN_SINKS = ("stdout", "events_file")
@@ -343,7 +439,58 @@ class _Checker:
         providers = self.providers(self.field(top, "providers", _mapping, _EMPTY))
         accounts = self.accounts(data.get("accounts"), defaults)
         sinks = self.sinks(data.get("sinks"))
-        return Config(listen, state_path, events_file, log_format, providers, accounts, sinks)
+        shard = self.field(top, "shard", schema.nullable(parse_shard), None)
+        web = self.field(top, "web", schema.nullable(self.web), None)
+        return Config(
+            listen, state_path, events_file, log_format, providers, accounts, sinks, shard, web
+        )
+
+    def web(self, value: object) -> WebConfig:
+        """The ``web`` block: exporter-toolkit's tls_server_config and basic_auth_users."""
+        raw = _mapping(value)
+        problems: list[tuple[str, str]] = [
+            (f".{key}", _unknown(key, _WEB_KEYS)) for key in raw if key not in _WEB_KEYS
+        ]
+        tls = raw.get("tls_server_config")
+        cert = key = None
+        if tls is not None:
+            if not isinstance(tls, Mapping):
+                tls = {}
+                problems.append((".tls_server_config", "expected a mapping"))
+            problems += [
+                (f".tls_server_config.{k}", _unknown(k, _TLS_KEYS))
+                for k in tls
+                if k not in _TLS_KEYS
+            ]
+            paths = {}
+            for name in _TLS_KEYS:
+                if name not in tls:
+                    problems.append((".tls_server_config", f"missing required key {name!r}"))
+                    continue
+                try:
+                    paths[name] = self.path(tls[name])
+                except Invalid as err:
+                    problems.append((f".tls_server_config.{name}", str(err)))
+            cert, key = paths.get("cert_file"), paths.get("key_file")
+            if cert is not None and key is not None:
+                try:  # refuse an unusable pair now, with the other problems, not at startup
+                    ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+                except (OSError, ssl.SSLError) as err:
+                    problems.append(
+                        (".tls_server_config", f"cannot load cert_file/key_file: {err}")
+                    )
+        users = raw.get("basic_auth_users") or {}
+        if not isinstance(users, Mapping):
+            problems.append((".basic_auth_users", "expected a mapping of user: bcrypt hash"))
+            users = {}
+        for user, hashed in users.items():
+            if not isinstance(user, str) or not user or ":" in user:
+                problems.append((f".basic_auth_users.{user}", "invalid user name"))
+            if not isinstance(hashed, str) or not _BCRYPT.fullmatch(hashed):
+                problems.append((f".basic_auth_users.{user}", "expected a bcrypt hash ($2b$...)"))
+        if problems:
+            raise Invalid(problems=problems)
+        return WebConfig(cert, key, MappingProxyType(dict(users)))
 
     def path(self, value: object) -> Path:
         """A file path, relative to the config file's directory."""
@@ -386,6 +533,7 @@ class _Checker:
                 max_backoff=self.field(here, "max_backoff", _POSITIVE, 300.0),
                 max_pages=self.field(here, "max_pages", schema.integer_at_least(1), 10),
                 rate_margin=self.field(here, "rate_margin", schema.margin, DEFAULT_RATE_MARGIN),
+                poll_timeout=self.field(here, "poll_timeout", _POSITIVE, None),
             )
         return MappingProxyType(settings)
 
@@ -514,7 +662,19 @@ class _Checker:
             options=MappingProxyType(options),
             retention=self.field(sources, "retention", _RETENTION, DEFAULT_RETENTION),
         )
-        account = replace(account, fast_interval=self.fast_interval(sources, account.interval))
+        account = replace(
+            account,
+            fast_interval=self.fast_interval(sources, account.interval),
+            allow_insecure_http=self.field(sources, "allow_insecure_http", schema.flag, False),
+        )
+        if schema.insecure_url(account.base_url) and not account.allow_insecure_http:
+            # Credentials and signatures would cross the network in clear text.
+            prefix = next((prefix for prefix, source in sources if "base_url" in source), path)
+            self.add(
+                _join(prefix, "base_url"),
+                "plain http:// is refused for a host other than loopback: use https:// or set "
+                "allow_insecure_http: true on the account",
+            )
         if account.currencies is not None and account.low_balance:
             # A threshold on a filtered-out currency could never fire.
             prefix = next(prefix for prefix, source in sources if "low_balance" in source)

@@ -3,12 +3,17 @@
 A custom Collector (client_python's pattern for exporters) so nothing is double-booked and
 no ``_created`` series appear. Decimal becomes float here, at the metric boundary, and only
 here.
+
+The collector runs in a worker thread (web.py), beside the event loop. That is safe because
+an AccountState is replaced, never changed in place, and every live dict is read through one
+C-level step (``sorted(d.items())``, ``list(d.values())``) that no other thread can split.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -39,6 +44,28 @@ PROVIDER_GAUGES = {
 }
 
 
+@dataclass(slots=True)
+class ReloadStatus:
+    """How the last configuration (re)load went, for the two config_last_reload series."""
+
+    successful: bool
+    success_time: float  # Unix time of the last successful (re)load
+
+
+def reload_metrics(status: ReloadStatus) -> Iterator[Metric]:
+    """Prometheus' own names for whether the last config reload worked, and when one last did."""
+    ok = GaugeMetricFamily(
+        P + "config_last_reload_successful", "1 if the last configuration reload succeeded."
+    )
+    ok.add_metric([], 1.0 if status.successful else 0.0)
+    when = GaugeMetricFamily(
+        P + "config_last_reload_success_timestamp_seconds",
+        "Time of the last successful configuration (re)load.",
+    )
+    when.add_metric([], status.success_time)
+    yield from (ok, when)
+
+
 class WalletwatchCollector(Collector):
     """Exports the state of every watched account and walletwatch's own telemetry."""
 
@@ -47,10 +74,12 @@ class WalletwatchCollector(Collector):
         watchers: Callable[[], Iterable[AccountWatcher]],
         telemetry: Telemetry,
         clock: Clock,
+        reload: ReloadStatus | None = None,
     ) -> None:
         self._watchers = watchers
         self._telemetry = telemetry
         self._clock = clock
+        self._reload = reload
 
     def collect(self) -> Iterator[Metric]:
         """Build every metric family from the current state."""
@@ -60,6 +89,8 @@ class WalletwatchCollector(Collector):
         yield from self._self_metrics({w.provider for w in watchers})
         yield from self._delivery()
         yield from self._budget()
+        if self._reload is not None:
+            yield from reload_metrics(self._reload)
 
     def _accounts(self, watchers: list[AccountWatcher], now: float) -> Iterator[Metric]:
         balance = GaugeMetricFamily(
@@ -134,7 +165,7 @@ class WalletwatchCollector(Collector):
                         oldest.add_metric(key, min(starts))
             for direction in Direction:
                 threshold.add_metric([*labels, str(direction)], config.stuck_after(direction))
-            for gauge in w.gauges.values():
+            for gauge in list(w.gauges.values()):  # one C-level copy: thread-safe
                 family = extra.get(gauge.name)
                 if family is None:
                     family = extra[gauge.name] = GaugeMetricFamily(
@@ -206,7 +237,7 @@ class WalletwatchCollector(Collector):
             P + "scheduler_delay_seconds",
             "How late a poll started against its due time.",
             ["provider"],
-            (((p,), h) for p, h in t.scheduler_delay.items()),
+            (((p,), h) for p, h in list(t.scheduler_delay.items())),
         )
         events = CounterMetricFamily(P + "events", "Alert events emitted.", labels=["event"])
         for name in EVENT_NAMES:

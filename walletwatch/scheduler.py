@@ -58,6 +58,9 @@ STARTUP_SPREAD = 10.0
 MIN_RETRY = 1.0
 """Never retry a failed poll sooner than this."""
 
+STALL_SLACK = 300.0
+"""Beyond the longest sleep a loop may take, how long without progress counts as stalled."""
+
 REPEAT_WINDOW = 60.0
 """A 429 this soon after the previous one on a bucket means its rate is too high, not a blip."""
 
@@ -462,6 +465,10 @@ class Scheduler:
         self._on_delay = on_delay
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._by_poller: dict[str, set[asyncio.Task[None]]] = {}
+        self._quiet: dict[str, float] = {}  # poller -> the longest sleep of its loops
+        self.progress = clock.monotonic()
+        """When a poll loop last took a step (the watchdog's heartbeat)."""
 
     def start(self, poller: Poller, endpoints: Iterable[str]) -> None:
         """Begin polling the poller's endpoints (one call per poller: they share a circuit).
@@ -482,6 +489,23 @@ class Scheduler:
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            self._by_poller.setdefault(poller.name, set()).add(task)
+        self._quiet[poller.name] = max(poller.interval, poller.max_backoff)
+
+    async def stop_poller(self, name: str) -> None:
+        """Cancel the loops of the poller called ``name`` (its committed state is kept)."""
+        tasks = self._by_poller.pop(name, set())
+        self._quiet.pop(name, None)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def stalled(self) -> bool:
+        """True when no poll loop has taken a step for longer than any of them may sleep."""
+        if not self._quiet:  # nothing to poll (yet): nothing can be stuck
+            return False
+        quiet = 2 * max(self._quiet.values()) + STALL_SLACK
+        return self._clock.monotonic() - self.progress > quiet
 
     async def stop(self, grace: float = 10.0) -> None:
         """Start no new polls, let running ones finish within ``grace``, cancel the rest."""
@@ -498,6 +522,7 @@ class Scheduler:
         deadline = due + poller.interval_for(endpoint)
         failures = 0  # this endpoint's, besides the account's in the circuit
         while not self._stop.is_set():
+            self.progress = self._clock.monotonic()
             probe = circuit.open
             if probe:
                 if not await self._through(circuit):
@@ -539,6 +564,7 @@ class Scheduler:
                 deadline = due + interval
                 if circuit.open:
                     circuit.retry_at = due
+            self.progress = finished
             circuit.settle(probed=probe)
             await self._sleep(due - self._clock.monotonic())
 

@@ -201,6 +201,27 @@ def base_url(value: object) -> str:
     raise Invalid(f"expected an http(s) URL such as 'https://host/api', got {describe(value)}")
 
 
+def insecure_url(url: str) -> bool:
+    """True for a plain http:// URL whose host is not loopback (127.0.0.0/8, ::1, localhost)."""
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return False
+    host = (parts.hostname or "").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
+def flag(value: object) -> bool:
+    """A YAML boolean."""
+    if isinstance(value, bool):
+        return value
+    raise Invalid(f"expected true or false, got {describe(value)}")
+
+
 _LISTEN = re.compile(r"\[(?P<v6>[^\]]+)\]:(?P<p6>[0-9]+)|(?P<host>[^:\[\]/\s]+):(?P<port>[0-9]+)")
 
 

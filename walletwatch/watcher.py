@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import structlog
 
 from walletwatch.config import AccountConfig, ProviderSettings
-from walletwatch.errors import BadPayload, ProviderError, RateLimited
+from walletwatch.errors import BadPayload, ProviderError, RateLimited, Unavailable
 from walletwatch.events import Event
 from walletwatch.model import Direction, Gauge, Observation
 from walletwatch.scheduler import Outcome, TokenBucket
@@ -66,6 +66,7 @@ class AccountWatcher:
         self.provider = config.provider
         self.interval = config.interval
         self.max_backoff = settings.max_backoff
+        self.poll_budget = settings.poll_budget  # a poll that takes longer fails as timeout
         self.down_after = config.down_after
         self.buckets = tuple(buckets)  # the scheduler starts a poll when these have a slot
         self._directions: dict[str, frozenset[Direction]] = {}  # what each endpoint covers
@@ -101,9 +102,15 @@ class AccountWatcher:
         key = (self.provider, self.name, endpoint)
         self._telemetry.polls[key] += 1
         try:
-            obs = await self.client.poll(endpoint, self.state)
+            async with asyncio.timeout(self.poll_budget):
+                obs = await self.client.poll(endpoint, self.state)
         except ProviderError as err:
             return await self._failed(endpoint, err)
+        except TimeoutError:  # the whole poll's budget, not one request's timeout
+            budget = Unavailable(
+                f"{endpoint}: poll took over {self.poll_budget:g}s", reason="timeout"
+            )
+            return await self._failed(endpoint, budget)
         except Exception as err:  # a parser bug must not kill the daemon
             log.exception("poll.crashed", provider=self.provider, account=self.name)
             return await self._failed(endpoint, BadPayload(f"unexpected {type(err).__name__}"))

@@ -33,7 +33,12 @@ BROKEN_KEY = "golden-broken-key"
 # Fixed provider timestamps, so the oldest-in-flight gauges and stuck counts are stable.
 CREATED = 1_700_000_000.0
 # Values that follow the wall clock; their series and labels still count.
-CLOCK = frozenset({"walletwatch_last_success_timestamp_seconds"})
+CLOCK = frozenset(
+    {
+        "walletwatch_last_success_timestamp_seconds",
+        "walletwatch_config_last_reload_success_timestamp_seconds",
+    }
+)
 # Values that measure durations (latency histograms, time spent waiting).
 DURATION_SUFFIXES = ("_seconds_bucket", "_seconds_sum", "_seconds_total")
 SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?P<labels>\{.*\})? (?P<value>\S+)$")

@@ -461,11 +461,10 @@ class KredsWallet:
             return read_response(response, None, where, (api_key, secret))
         async with self._lock:
             nonce = await self._nonces.next(self._credential)
+            headers = auth_headers(api_key, secret, nonce)
             response = await self._http.request(
-                "GET",
-                url,
-                endpoint=endpoint,
-                headers=auth_headers(api_key, secret, nonce),
-                accept=ERROR_STATUSES,
+                "GET", url, endpoint=endpoint, headers=headers, accept=ERROR_STATUSES
             )
-        return read_response(response, nonce, where, (api_key, secret))
+        # The signature too: a server may repeat the request's headers in its error.
+        hide = (api_key, secret, headers["X-WWT-SIGNATURE"])
+        return read_response(response, nonce, where, hide)

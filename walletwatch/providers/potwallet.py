@@ -260,7 +260,12 @@ class PotWallet:
         response = await self._http.request(
             "GET", url, endpoint=endpoint, headers=headers, accept=READ_BODY_OF
         )
-        secrets = (public_key, private_key, signing_key(private_key, self._hash_key).decode())
+        secrets = (
+            public_key,
+            private_key,
+            signing_key(private_key, self._hash_key).decode(),
+            headers["Access-Hash"],  # a server may repeat the request's headers in its refusal
+        )
         if response.status in READ_BODY_OF:
             with contextlib.suppress(BadPayload):  # not the envelope: the status says it all
                 check_success(response.json(), endpoint, secrets)

@@ -95,7 +95,7 @@ def check_success(
         raise BadPayload(f"{where}: no boolean 'success' field")
     message = body.get("message")
     text = message if isinstance(message, str) else ""
-    error = f"{where}: success false: {redacted(text[:120], secrets)!r}"
+    error = f"{where}: success false: {redacted(text, secrets)[:120]!r}"  # mask, then cut
     if auth or any(word in text.lower() for word in AUTH_WORDS):
         raise AuthFailed(error)
     raise Rejected(error)
@@ -292,16 +292,17 @@ class Sila:
 
     async def _call(self, path: str, fields: Mapping[str, Any], endpoint: str) -> Any:
         """POST a read with a fresh header; the body once ``success`` is checked."""
-        secrets = self._secrets
         if self._tokens is not None:
             token = await self._tokens.get(self._fetch_token, self._clock)
-            response = await self._send(path, fields, endpoint, token, accept=(401,))
+            response, sent = await self._send(path, fields, endpoint, token, accept=(401,))
             if response.status == 401:  # expired or revoked early: one retry, fresh token
                 token = await self._tokens.get(self._fetch_token, self._clock, refused=token.value)
-                response = await self._send(path, fields, endpoint, token)
-            secrets = (*secrets, token.value)
+                response, sent = await self._send(path, fields, endpoint, token)
+            sent = (*sent, token.value)
         else:
-            response = await self._send(path, fields, endpoint, None)
+            response, sent = await self._send(path, fields, endpoint, None)
+        # What was sent is masked too: a server may repeat the request's headers in its refusal.
+        secrets = (*self._secrets, *sent)
         return check_success(response.json(), path.lstrip("/"), secrets=secrets)
 
     async def _send(
@@ -311,7 +312,8 @@ class Sila:
         endpoint: str,
         token: AccessToken | None,
         accept: tuple[int, ...] = (),
-    ) -> Response:
+    ) -> tuple[Response, tuple[str, ...]]:
+        """POST ``fields``: the response and the auth header values that were sent."""
         body = self._body(self._user_handle, fields)
         if token is not None:
             headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token.value}"}
@@ -319,9 +321,10 @@ class Sila:
             headers = ecdsa_headers(*self._keys, body)
         else:  # pragma: no cover - the constructor sets keys or tokens
             raise AuthFailed("no Sila credentials for this auth mode")
-        return await self._http.request(
+        response = await self._http.request(
             "POST", self._base + path, endpoint=endpoint, headers=headers, body=body, accept=accept
         )
+        return response, tuple(v for k, v in headers.items() if k != "Content-Type")
 
     async def _fetch_token(self) -> AccessToken:
         """POST /auth_token with HTTP Basic client credentials."""
@@ -333,7 +336,8 @@ class Sila:
             headers=headers,
             body=self._body(None, {}),
         )
-        return parse_token(response.json(), self._clock.time(), self._secrets)
+        secrets = (*self._secrets, self._basic, self._basic.removeprefix("Basic "))
+        return parse_token(response.json(), self._clock.time(), secrets)
 
     def _body(self, user_handle: str | None, fields: Mapping[str, Any]) -> bytes:
         reference = str(uuid.uuid4())  # a fresh, non-null reference per request

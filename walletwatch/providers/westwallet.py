@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from walletwatch.config import AccountConfig
@@ -44,14 +44,21 @@ def auth_headers(api_key: str, secret: str, timestamp: int, body: str) -> dict[s
     }
 
 
-def check_error(payload: Any, where: str) -> Mapping[str, Any]:
-    """The payload as an object, or the ProviderError its ``error`` field names."""
+def check_error(payload: Any, where: str, secrets: Collection[str] = ()) -> Mapping[str, Any]:
+    """The payload as an object, or the ProviderError its ``error`` field names.
+
+    ``secrets`` (the key, secret and signature sent) are masked in the message, for a server
+    that repeats the request in its error.
+    """
     body = parse.mapping(payload, where)
     error = body.get("error")
     if error == "ok":
         return body
     if not isinstance(error, str):
         raise BadPayload(f"{where}: no 'error' field")
+    for secret in secrets:
+        if secret:
+            error = error.replace(secret, "***")
     message = f"{where}: error {error[:60]!r}"
     if error in AUTH_ERRORS:
         raise AuthFailed(message)
@@ -184,9 +191,8 @@ class WestWallet:
         self, method: str, path: str, params: Mapping[str, Any] | None, endpoint: str
     ) -> Any:
         body = "" if params is None else json.dumps(params, separators=(",", ":"))
-        headers = auth_headers(
-            self._api_key.reveal(), self._secret.reveal(), int(self._clock.time()), body
-        )
+        api_key, secret = self._api_key.reveal(), self._secret.reveal()
+        headers = auth_headers(api_key, secret, int(self._clock.time()), body)
         response = await self._http.request(
             method,
             self._base + path,
@@ -194,4 +200,7 @@ class WestWallet:
             headers=headers,
             body=body.encode() if body else None,
         )
-        return response.json()
+        payload = response.json()
+        # A refusal raises here, with what was sent masked; parse_* then see an "ok" answer.
+        check_error(payload, endpoint, (api_key, secret, headers["X-ACCESS-SIGN"]))
+        return payload

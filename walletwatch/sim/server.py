@@ -13,6 +13,7 @@ from aiohttp import web
 from walletwatch.sim.bitexbit import BitexbitSim
 from walletwatch.sim.bitexbit_scenario import BitexbitScenario
 from walletwatch.sim.common import Clock, ProviderSim, RequestLog, SimContext, json_response
+from walletwatch.sim.faults import Faults, fault_middleware
 from walletwatch.sim.kredswallet import KredsWalletSim
 from walletwatch.sim.kredswallet_scenario import KredsWalletScenario
 from walletwatch.sim.potwallet import PotWalletSim
@@ -34,8 +35,10 @@ class Simulator:
         rate_limit: float = 2.0,
         retry_after_date: bool = False,
         scenario: bool = False,
+        faults: Faults | None = None,
     ) -> None:
         self.clock = clock
+        self.faults = faults  # injected into every provider API request when set
         self.steps = 0
         self._ctx = SimContext(
             clock=clock, rate_limit=rate_limit, retry_after_date=retry_after_date
@@ -72,7 +75,8 @@ class Simulator:
 
     def app(self) -> web.Application:
         """An aiohttp app serving every provider under ``/<name>`` and the ``/_sim`` controls."""
-        app = web.Application()
+        middlewares = [] if self.faults is None else [fault_middleware(self.faults, self.clock)]
+        app = web.Application(middlewares=middlewares)
         app.router.add_get("/_sim/requests", self._requests)
         app.router.add_post("/_sim/advance", self._advance)
         for provider in self.providers:

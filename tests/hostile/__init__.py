@@ -1,0 +1,1 @@
+"""Hostile-input tests: malformed answers, transport abuse, secrets, read-only clients."""
