@@ -34,6 +34,7 @@ from walletwatch.scheduler import (
     Outcome,
     Scheduler,
     Slots,
+    StopSignal,
     TokenBucket,
     Waiter,
     acquire,
@@ -1188,3 +1189,29 @@ class TestFailureDelay:
     def test_huge_failure_counts_do_not_overflow(self) -> None:
         """A long outage keeps the delay at the cap instead of overflowing the exponent."""
         assert failure_delay(100_000, 60.0, 600.0, HighRandom(0)) == 600.0
+
+
+class TestStopSignal:
+    """The scheduler's stop flag wakes every waiter and forgets cancelled ones at once."""
+
+    async def test_set_wakes_every_waiter(self) -> None:
+        """Waiters return once the signal is set; later waits return at once."""
+        signal = StopSignal()
+        waiters = [asyncio.ensure_future(signal.wait()) for _ in range(100)]
+        await settle()
+        assert not any(w.done() for w in waiters)
+        signal.set()
+        await asyncio.gather(*waiters)
+        await asyncio.wait_for(signal.wait(), timeout=1)
+        assert signal.is_set()
+
+    async def test_cancelled_waiters_are_dropped(self) -> None:
+        """A cancelled wait leaves nothing behind (no scan of a long queue, no leak)."""
+        signal = StopSignal()
+        waiters = [asyncio.ensure_future(signal.wait()) for _ in range(1000)]
+        await settle()
+        assert len(signal._waiters) == 1000
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        assert signal._waiters == set()

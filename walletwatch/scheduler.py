@@ -463,7 +463,7 @@ class Scheduler:
         self._clock = clock
         self._rng = rng or random.Random()
         self._on_delay = on_delay
-        self._stop = asyncio.Event()
+        self._stop = StopSignal()
         self._tasks: set[asyncio.Task[None]] = set()
         self._by_poller: dict[str, set[asyncio.Task[None]]] = {}
         self._quiet: dict[str, float] = {}  # poller -> the longest sleep of its loops
@@ -607,7 +607,50 @@ class Scheduler:
         await sleep_until_set(self._clock, seconds, self._stop)
 
 
-async def sleep_until_set(clock: Clock, seconds: float, *events: asyncio.Event) -> None:
+class Signal(Protocol):
+    """Something a sleep can be cut short by: an asyncio.Event or a StopSignal."""
+
+    def is_set(self) -> bool: ...
+    async def wait(self) -> Any: ...
+
+
+class StopSignal:
+    """A one-way flag like asyncio.Event, for many thousands of waiters.
+
+    asyncio.Event keeps its waiters in a deque, so each cancelled wait (every sleep that ends
+    normally) costs a scan of all the others: quadratic with one loop per account endpoint.
+    Here waiters live in a set, so adding and dropping one is O(1).
+    """
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    def is_set(self) -> bool:
+        """True once set."""
+        return self._set
+
+    def set(self) -> None:
+        """Set the flag and wake every waiter."""
+        self._set = True
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    async def wait(self) -> None:
+        """Return once the flag is set."""
+        if self._set:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        try:
+            await waiter
+        finally:
+            self._waiters.discard(waiter)
+
+
+async def sleep_until_set(clock: Clock, seconds: float, *events: Signal) -> None:
     """Sleep ``seconds`` on the clock (forever if infinite), or less if an event is set."""
     if seconds <= 0 or any(event.is_set() for event in events):
         return
