@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from walletwatch.app import Daemon
 from walletwatch.config import Config, parse_config
+from walletwatch.errors import ConfigError
 from walletwatch.sim import Simulator, start
 from walletwatch.types import SystemClock
 
@@ -253,3 +254,36 @@ class TestEndToEnd:
         for _ in range(3):
             await daemon.poll_once()
         assert sim.write_calls == []
+
+
+class TestStartFailure:
+    """A daemon that cannot start leaves nothing open behind it."""
+
+    async def test_refused_credentials_close_what_was_opened(self, tmp_path: Path) -> None:
+        """A client refusing its key fails start() with a config error; store and session close."""
+        config = parse_config(
+            {
+                "listen": "127.0.0.1:0",
+                "state_path": "state.db",
+                "accounts": [
+                    {
+                        "name": "wallet",
+                        "provider": "sila",
+                        "credentials": {
+                            "app_handle": "app",
+                            "user_handle": "user",
+                            "app_private_key": "not-a-key",
+                            "user_private_key": "not-a-key",
+                        },
+                    }
+                ],
+            },
+            base_dir=tmp_path,
+            environ={},
+        )
+        daemon = Daemon(config, clock=SystemClock())
+        with pytest.raises(ConfigError, match="app_private_key"):
+            await daemon.start()
+        assert daemon._session is not None
+        assert daemon._session.closed
+        assert daemon.watchers == {}

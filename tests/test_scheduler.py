@@ -30,6 +30,7 @@ from walletwatch.scheduler import (
     INCREASE,
     MIN_RETRY,
     REPEAT_WINDOW,
+    STARTUP_RATE,
     STARTUP_SPREAD,
     Outcome,
     Scheduler,
@@ -584,6 +585,20 @@ class TestScheduler:
         assert set(firsts) == set(endpoints)
         assert all(0.0 <= t <= STARTUP_SPREAD for t in firsts.values())
         assert len(set(firsts.values())) == 20
+
+    async def test_startup_spread_grows_with_the_fleet(self, clock: FakeClock) -> None:
+        """Past STARTUP_SPREAD x STARTUP_RATE loops, later first polls spread wider."""
+        scheduler = Scheduler(clock, rng=HighRandom())
+        pollers = [FakePoller(clock, interval=60.0, name=f"a{i}") for i in range(3000)]
+        start = clock.monotonic()
+        for poller in pollers:
+            scheduler.start(poller, ["balances", "deposits"])
+        await clock.advance(60.0)
+        await scheduler.stop()
+        # With the top of the jitter range, an account's first endpoint starts a spread in.
+        first_of = [p.times("balances")[0] - start for p in pollers]
+        assert first_of[0] == STARTUP_SPREAD  # a small fleet keeps the short spread
+        assert first_of[-1] == pytest.approx(6000 / STARTUP_RATE)  # the 6,000th loop: 12 s
 
     async def test_endpoints_of_one_account_take_turns(
         self, clock: FakeClock, scheduler: Scheduler

@@ -95,12 +95,25 @@ class Daemon:
         self._polling = False
         self._reloading = asyncio.Lock()
         self.port: int | None = None
+        self._started = False  # start() completed: close() then announces the stop
 
     def __repr__(self) -> str:
         return f"Daemon(accounts={len(self.config.accounts)})"
 
     async def start(self, *, serve: bool = True) -> None:
-        """Open the store, build every watcher, start delivering events and serving HTTP."""
+        """Open the store, build every watcher, start delivering events and serving HTTP.
+
+        If any part fails (a client refusing its credentials, a port in use), whatever was
+        already opened is closed again before the error propagates.
+        """
+        try:
+            await self._start(serve=serve)
+        except BaseException:
+            await self.close()
+            raise
+        self._started = True
+
+    async def _start(self, *, serve: bool) -> None:
         store = AsyncStore(Store(self._state_path))
         self._store = store
         states = await store.call(store.store.load)
@@ -319,4 +332,5 @@ class Daemon:
             await self._session.close()
         if self._store is not None:
             self._store.close()
-        log.info("walletwatch.stopped")
+        if self._started:
+            log.info("walletwatch.stopped")

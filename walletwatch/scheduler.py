@@ -53,7 +53,11 @@ from walletwatch.types import Clock
 log = structlog.get_logger("walletwatch.scheduler")
 
 STARTUP_SPREAD = 10.0
-"""Start-up jitter spreads the first polls over at most this many seconds."""
+"""Start-up jitter spreads the first polls over at least this many seconds (within interval)."""
+
+STARTUP_RATE = 500.0
+"""A large fleet's first polls are spread so that no more than about this many start a second:
+35,000 first polls in ten seconds would wait for connections past their timeouts."""
 
 MIN_RETRY = 1.0
 """Never retry a failed poll sooner than this."""
@@ -467,6 +471,7 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._by_poller: dict[str, set[asyncio.Task[None]]] = {}
         self._quiet: dict[str, float] = {}  # poller -> the longest sleep of its loops
+        self._scheduled = 0  # poll loops started so far: the start-up spread grows with them
         self.progress = clock.monotonic()
         """When a poll loop last took a step (the watchdog's heartbeat)."""
 
@@ -478,7 +483,8 @@ class Scheduler:
         """
         names = list(endpoints)
         circuit = Circuit(poller.down_after)
-        spread = min(poller.interval, STARTUP_SPREAD)
+        self._scheduled += len(names)
+        spread = min(poller.interval, max(STARTUP_SPREAD, self._scheduled / STARTUP_RATE))
         offset = self._rng.uniform(0.0, spread)
         for index, endpoint in enumerate(names):
             first = offset - spread * index / len(names)
