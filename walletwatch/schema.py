@@ -371,7 +371,7 @@ def _options(**options: Option) -> Mapping[str, Option]:
     return MappingProxyType(options)
 
 
-# Defaults from /work/shared/providers/NOTES.md: the published limits where a provider has them
+# Defaults from the provider notes (NOTES.md): the published limits where a provider has them
 # (bitexbit), otherwise a conservative 2/s (1/s for PotWallet).
 PROVIDERS: Mapping[str, ProviderSchema] = _schemas(
     ProviderSchema(

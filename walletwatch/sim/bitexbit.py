@@ -1,6 +1,6 @@
 """Simulated bitexbit: the API Gateway's reads and the v2 balance, under three signing schemes.
 
-Behaviour follows /work/shared/providers/NOTES.md where it overrides the gateway doc.
+Behaviour follows the provider notes (NOTES.md) where it overrides the gateway doc.
 Signatures are verified here from the documented algorithms, independently of the client:
 ``X-Sign`` (gateway; ``X-Timeout`` must not be in the past by the sim clock), and
 ``X-Signature`` under v2 (path + nonce + body) or v1 (key + sorted urlencoded params), whose

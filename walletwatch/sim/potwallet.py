@@ -1,6 +1,6 @@
 """Simulated PotWallet API: signed GET reads, per-key rate limit, writes refused and recorded.
 
-Behaviour follows /work/shared/providers/NOTES.md where it overrides the published doc. The
+Behaviour follows the provider notes (NOTES.md) where it overrides the published doc. The
 Access-Hash is verified here from the documented algorithm, independently of the client, with
 either HMAC key the two published clients use (the raw private key, or its hex sha1).
 

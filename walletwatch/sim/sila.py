@@ -1,6 +1,6 @@
 """Simulated Sila API: ECDSA or access-token auth, /get_wallet, /get_transactions, writes refused.
 
-Follows /work/shared/providers/NOTES.md. Callers are checked in sila_auth.py the way the
+Follows the provider notes (NOTES.md). Callers are checked in sila_auth.py the way the
 server does it, independently of the client: the signer's address is recovered from each
 signature and compared with the address registered for the app or the user.
 """

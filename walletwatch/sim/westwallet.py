@@ -1,6 +1,6 @@
 """Simulated WestWallet API: signed reads, per-key rate limit, writes refused and recorded.
 
-Behaviour follows /work/shared/providers/NOTES.md where it overrides the published doc. The
+Behaviour follows the provider notes (NOTES.md) where it overrides the published doc. The
 signature is verified here from the documented algorithm, independently of the client.
 """
 
