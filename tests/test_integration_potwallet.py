@@ -11,12 +11,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from walletwatch.app import Daemon
 from walletwatch.config import Config, parse_config
 from walletwatch.providers.potwallet import PotWallet
+from walletwatch.sim import provider_app, serve
 from walletwatch.sim.common import SimContext
 from walletwatch.sim.potwallet import PotWalletSim
 from walletwatch.types import SystemClock
@@ -47,14 +47,8 @@ def fixture_sim(ctx: SimContext) -> PotWalletSim:
 @pytest.fixture(name="sim_url")
 async def fixture_sim_url(sim: PotWalletSim) -> AsyncIterator[str]:
     """The simulator served on a loopback port: API at /potwallet, controls at /_sim."""
-    app = web.Application()
-    app.add_subapp("/_sim/potwallet", sim.control_app())
-    app.add_subapp("/potwallet", sim.api_app())
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    runner, port = await serve(provider_app(sim))
+    yield f"http://127.0.0.1:{port}"
     await runner.cleanup()
 
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from walletwatch.app import Daemon
 from walletwatch.config import Config, parse_config
 from walletwatch.providers.sila import Sila
+from walletwatch.sim import provider_app, serve
 from walletwatch.sim.common import SimContext
 from walletwatch.sim.sila import SilaSim
 from walletwatch.sim.sila_auth import address_of_key
@@ -75,14 +75,8 @@ def fixture_sim(ctx: SimContext, family: str) -> SilaSim:
 @pytest.fixture(name="sim_url")
 async def fixture_sim_url(sim: SilaSim) -> AsyncIterator[str]:
     """The simulator's API at /sila and controls at /_sim/sila, on a loopback port."""
-    app = web.Application()
-    app.add_subapp("/_sim/sila", sim.control_app())
-    app.add_subapp("/sila", sim.api_app())
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    runner, port = await serve(provider_app(sim))
+    yield f"http://127.0.0.1:{port}"
     await runner.cleanup()
 
 

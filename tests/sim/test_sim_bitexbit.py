@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from walletwatch.sim import provider_app
 from walletwatch.sim.bitexbit import (
     LADDER,
     BitexbitSim,
@@ -72,10 +73,7 @@ def fixture_sim(ctx: SimContext) -> BitexbitSim:
 
 @pytest.fixture(name="client")
 async def fixture_client(sim: BitexbitSim) -> AsyncIterator[Client]:
-    app = web.Application()
-    app.add_subapp("/_sim/bitexbit", sim.control_app())
-    app.add_subapp("/bitexbit", sim.api_app())
-    async with TestClient(TestServer(app)) as client:
+    async with TestClient(TestServer(provider_app(sim))) as client:
         yield client
 
 

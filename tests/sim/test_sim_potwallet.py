@@ -16,6 +16,7 @@ from aiohttp.typedefs import Handler
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from walletwatch.sim import mount
 from walletwatch.sim.common import SimContext
 from walletwatch.sim.potwallet import PotWalletSim, sign, verify
 from walletwatch.sim.potwallet_scenario import (
@@ -79,8 +80,7 @@ async def fixture_client(sim: PotWalletSim, clock: FakeClock) -> AsyncIterator[C
         return await handler(request)
 
     app = web.Application(middlewares=[tick])
-    app.add_subapp("/_sim/potwallet", sim.control_app())
-    app.add_subapp("/potwallet", sim.api_app())
+    mount(app, sim)
     async with TestClient(TestServer(app)) as client:
         yield client
 

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from coincurve import PrivateKey
 from Crypto.Hash import keccak
 
+from walletwatch.sim import provider_app
 from walletwatch.sim.common import SimContext
 from walletwatch.sim.sila import SilaSim
 from walletwatch.sim.sila_auth import TOKEN_TTL, address_of_key, recover_address
@@ -105,10 +106,7 @@ def fixture_sim(ctx: SimContext) -> SilaSim:
 
 @pytest.fixture(name="client")
 async def fixture_client(sim: SilaSim) -> AsyncIterator[Client]:
-    app = web.Application()
-    app.add_subapp("/_sim/sila", sim.control_app())
-    app.add_subapp("/sila", sim.api_app())
-    async with TestClient(TestServer(app)) as client:
+    async with TestClient(TestServer(provider_app(sim))) as client:
         yield client
 
 
@@ -495,9 +493,7 @@ class TestScenario:
         """The demo keys sign for the demo app and user; the demo client gets a token."""
         sim = SilaSim(SimContext(clock=clock, rate_limit=1000.0, retry_after_date=False))
         SilaScenario(sim, random.Random(1), clock)
-        app = web.Application()
-        app.add_subapp("/sila", sim.api_app())
-        async with TestClient(TestServer(app)) as client:
+        async with TestClient(TestServer(provider_app(sim))) as client:
             header = {
                 "created": int(clock.now),
                 "app_handle": DEMO_SILA_APP,

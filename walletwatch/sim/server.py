@@ -80,8 +80,7 @@ class Simulator:
         app.router.add_get("/_sim/requests", self._requests)
         app.router.add_post("/_sim/advance", self._advance)
         for provider in self.providers:
-            app.add_subapp(f"/_sim/{provider.name}", provider.control_app())
-            app.add_subapp(f"/{provider.name}", provider.api_app())
+            mount(app, provider)
         return app
 
     async def _requests(self, _request: web.Request) -> web.Response:
@@ -97,6 +96,34 @@ class Simulator:
         return json_response({"steps": self.steps})
 
 
+def mount(app: web.Application, provider: ProviderSim) -> None:
+    """Serve one provider simulation: its API under ``/<name>``, controls under ``/_sim/<name>``."""
+    app.add_subapp(f"/_sim/{provider.name}", provider.control_app())
+    app.add_subapp(f"/{provider.name}", provider.api_app())
+
+
+def provider_app(provider: ProviderSim) -> web.Application:
+    """An app serving one provider simulation alone, as its own tests use it."""
+    app = web.Application()
+    mount(app, provider)
+    return app
+
+
+async def serve(
+    app: web.Application, host: str = "127.0.0.1", port: int = 0
+) -> tuple[web.AppRunner, int]:
+    """Serve an app on host:port (0 = ephemeral); return the runner and the bound port."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, runner.addresses[0][1]
+
+
 async def start(
     sim: Simulator, host: str = "127.0.0.1", port: int = 0, *, tick: float | None = None
 ) -> tuple[web.AppRunner, int]:
@@ -110,15 +137,7 @@ async def start(
     app = sim.app()
     if tick is not None:
         app.cleanup_ctx.append(_ticker(sim, tick))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner, runner.addresses[0][1]
+    return await serve(app, host, port)
 
 
 def _ticker(
