@@ -25,9 +25,11 @@ import functools
 import gc
 import json
 import logging
+import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,18 +83,23 @@ def make_config(sim: SimProcess, workdir: Path, accounts: int, interval: float) 
     return parse_config(data, base_dir=workdir, environ={})
 
 
-def history(n: int, now: float) -> Observation:
-    """n settled deposits of the last hour (kept: younger than any retention)."""
+def history(n: int, now: float, account: int) -> Observation:
+    """n settled deposits of the last hour (kept: younger than any retention), the account's own.
+
+    Every transfer has its own id, txid and amount, and its strings are made at run time the
+    way a JSON parser makes them (one object per value): what a daemon holds after real polls
+    or a restart, not one page shared by every account.
+    """
     transfers = tuple(
         Transfer(
-            id=f"seed-{i}",
+            id=str(account * 1000 + i),
             direction=Direction.DEPOSIT,
-            currency="USDT",
-            amount=Decimal("12.34"),
-            status="completed",
+            currency="".join(["US", "DT"]),
+            amount=Decimal(f"{account % 97}.{i:02d}"),
+            status="".join(["comp", "leted"]),
             state=State.OK,
-            txid=f"{i:064x}",
-            address="TXYZ" + "0" * 30,
+            txid=f"{account:032x}{i:032x}",
+            address=f"TXYZ{account:030d}",
             created_at=now - 3600 + i,
         )
         for i in range(n)
@@ -103,6 +110,42 @@ def history(n: int, now: float) -> Observation:
 def cpu_seconds() -> float:
     """User + system CPU of this process, every thread."""
     return time.process_time()
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of this process by thread name (threads of one name prefix summed)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    result: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = names.get(int(task.name), "other").split("_")[0]
+        result[name] = result.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return result
+
+
+class GcPauses:
+    """The cyclic garbage collector's pauses, by generation, while installed."""
+
+    def __init__(self) -> None:
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._started = 0.0
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].append(time.perf_counter() - self._started)
 
 
 def rss_bytes() -> int:
@@ -135,6 +178,8 @@ class Result:
     floor_requests: int = 0
     floor_cpu: float = 0.0
     responses: dict[int, int] = field(default_factory=dict)
+    threads: dict[str, float] = field(default_factory=dict)  # CPU by thread, measured window
+    gc: dict[int, list[float]] = field(default_factory=dict)  # pauses by generation, polling
 
 
 def timed_commits(daemon: Daemon, sink: list[float]) -> None:
@@ -161,13 +206,15 @@ def http_requests(daemon: Daemon) -> int:
 async def seed(daemon: Daemon, transfers: int) -> None:
     """Give every account ``transfers`` settled deposits, through the tracker and the store."""
     now = time.time()
-    page = history(transfers, now)
 
-    def step(state: AccountState, config: AccountConfig) -> tuple[AccountState, list[Event]]:
+    def step(
+        state: AccountState, page: Observation, config: AccountConfig
+    ) -> tuple[AccountState, list[Event]]:
         return observe(state, page, config, now)
 
-    for watcher in daemon.watchers.values():
-        await watcher._apply(functools.partial(step, config=watcher.config))
+    for i, watcher in enumerate(daemon.watchers.values()):
+        page = history(transfers, now, i)
+        await watcher._apply(functools.partial(step, page=page, config=watcher.config))
 
 
 async def scrape(url: str) -> tuple[float, int]:
@@ -271,8 +318,12 @@ async def run(args: argparse.Namespace) -> Result:
             result.all_polled = time.perf_counter() - began
 
             cpu0, requests0, wall0 = cpu_seconds(), http_requests(daemon), time.perf_counter()
-            await asyncio.sleep(args.seconds)
+            threads0 = thread_cpu()
+            with GcPauses() as pauses:
+                await asyncio.sleep(args.seconds)
             result.cpu = cpu_seconds() - cpu0
+            result.threads = {k: v - threads0.get(k, 0.0) for k, v in thread_cpu().items()}
+            result.gc = pauses.pauses
             result.requests = http_requests(daemon) - requests0
             result.seconds = time.perf_counter() - wall0
 
@@ -314,6 +365,13 @@ def report(r: Result) -> None:
         f"({r.floor_requests} requests)"
     )
     print(f"ratio daemon/floor: {daemon / floor:.2f} (target <= 1.5)")
+    busy = sorted(r.threads.items(), key=lambda item: -item[1])
+    print("daemon CPU by thread: " + ", ".join(f"{k} {v:.1f}s" for k, v in busy if v >= 0.05))
+    full = r.gc.get(2, [])
+    print(
+        f"garbage collector while polling: {sum(map(len, r.gc.values()))} collections, "
+        f"{len(full)} full, longest full {max(full, default=0) * 1e3:.0f} ms"
+    )
     print(
         f"RSS: {r.rss_seeded / 2**20:.0f} MiB with {r.transfers} transfers per account; "
         f"{r.rss_seeded / n / 1000:.1f} KB per account in all, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -46,6 +46,13 @@ class FakeClock:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self.mono + max(seconds, 0.0), next(self._seq), future))
         await future
+
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> asyncio.Future[None]:
+        """Run ``callback`` once virtual time has moved ``seconds`` on, unless cancelled."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self.mono + max(seconds, 0.0), next(self._seq), future))
+        future.add_done_callback(lambda done: None if done.cancelled() else callback())
+        return future
 
     def _set(self, mono: float) -> None:
         self.wall += mono - self.mono
@@ -114,7 +121,7 @@ class ScriptedProvider:
 def make_context(settings: ProviderSettings, http: Http, clock: FakeClock) -> ProviderContext:
     """A ProviderContext for one provider's unit tests, with nonces kept in memory."""
     store = AsyncStore(Store(Path(":memory:")))
-    return ProviderContext(settings, http, clock, Nonces(clock, store, {}), Shared())
+    return ProviderContext(settings, http, clock, Nonces(clock, store, 0), Shared())
 
 
 def make_http(

@@ -82,6 +82,31 @@ class TestNonces:
         await nonces.next("k")
         assert await store.call(store.store.load_meta, Nonces.PREFIX) != lease
 
+    async def test_one_lease_covers_every_key(self, clock: FakeClock, store: AsyncStore) -> None:
+        """A thousand keys polled within a minute cost one lease write, not one each."""
+        writes: list[str] = []
+        save = store.store.save_meta
+
+        def counted(key: str, value: str) -> None:
+            writes.append(key)
+            save(key, value)
+
+        store.store.save_meta = counted  # type: ignore[method-assign]
+        nonces = await Nonces.load(clock, store)
+        for i in range(1000):
+            clock.wall += 0.05
+            await nonces.next(f"key-{i}")
+        assert writes == [Nonces.LEASE]
+
+    async def test_resumes_above_per_key_leases_of_older_versions(
+        self, clock: FakeClock, store: AsyncStore
+    ) -> None:
+        """A state file with one lease row per key (older versions) still bounds every key."""
+        old = int(clock.time() * 1000) + 3_600_000
+        await store.call(store.store.save_meta, Nonces.PREFIX + "other", str(old))
+        nonces = await Nonces.load(clock, store)
+        assert await nonces.next("k") == old + 1
+
 
 class TestShared:
     """Objects per key are made once."""

@@ -999,6 +999,24 @@ class TestCircuit:
         assert [e for e, _ in recovered] == ["e0", "e1", "e2"]
         assert [t for _, t in recovered] == pytest.approx([140 / 3 + 80] * 3)
 
+    async def test_endpoints_of_a_down_account_probe_in_turn(
+        self, clock: FakeClock, scheduler: Scheduler
+    ) -> None:
+        """While the account is down, every endpoint gets its probe in turn: none is starved,
+        whichever endpoint happens to wake first."""
+
+        class Failing(FakePoller):
+            async def poll(self, endpoint: str) -> Outcome:
+                self.calls.append((endpoint, self.clock.monotonic()))
+                return Outcome(ok=False)
+
+        poller = Failing(clock, interval=1.0, max_backoff=2.0, down_after=1)
+        scheduler.start(poller, ["e0", "e1", "e2"])
+        await clock.advance(60.0)
+        probes = [e for e, _ in poller.calls[1:]]  # after the first failure opened it
+        assert len(probes) >= 12
+        assert all(len(set(probes[i : i + 3])) == 3 for i in range(0, len(probes) - 2, 3))
+
     async def test_account_goes_down_once_and_recovers_once(self, clock: FakeClock) -> None:
         """A long outage emits one account.down, backs off, and one account.recovered after."""
         provider = FlakyProvider(("balances", "deposits", "withdrawals"))

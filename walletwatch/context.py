@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -19,43 +19,47 @@ from walletwatch.types import Clock
 T = TypeVar("T")
 
 NONCE_LEASE_MS = 60_000
-"""Nonces are leased a minute ahead: one state write a minute per key, not one per request."""
+"""Nonces are leased a minute ahead: one state write a minute for every key together."""
 
 
 class Nonces:
     """Strictly increasing millisecond nonces per credential, never reused after a restart.
 
-    A nonce is the wall clock in milliseconds, or one more than the last one when two
-    requests fall in the same millisecond (or the clock stepped back). Before a nonce beyond
-    the persisted lease is handed out, a new lease is committed, so a restart (even after a
-    crash) starts above every nonce ever issued.
+    A nonce is the wall clock in milliseconds, or one more than the key's last one when two
+    requests fall in the same millisecond (or the clock stepped back). One lease covers every
+    key: before a nonce beyond it is handed out, a lease a minute further is committed, so a
+    restart (even after a crash) starts every key above every nonce ever issued. A lease per
+    key would cost a commit per key a minute, and every key is clock-based anyway.
     """
 
     PREFIX = "nonce:"
+    LEASE = PREFIX + "*"
 
-    def __init__(self, clock: Clock, store: AsyncStore, leases: Mapping[str, int]) -> None:
+    def __init__(self, clock: Clock, store: AsyncStore, lease: int) -> None:
         self._clock = clock
         self._store = store
-        self._last = dict(leases)
-        self._leased = dict(leases)
+        self._floor = lease  # every nonce of an earlier run is at most this
+        self._leased = lease
+        self._last: dict[str, int] = {}
         self._lock = asyncio.Lock()
 
     @classmethod
     async def load(cls, clock: Clock, store: AsyncStore) -> Nonces:
-        """Nonces resuming above every lease in the state."""
+        """Nonces resuming above every lease in the state (per-key ones of older versions too)."""
         rows = await store.call(store.store.load_meta, cls.PREFIX)
-        return cls(clock, store, {k.removeprefix(cls.PREFIX): int(v) for k, v in rows.items()})
+        return cls(clock, store, max((int(v) for v in rows.values()), default=0))
 
     async def next(self, key: str) -> int:
-        """The next nonce for the credential ``key``."""
-        async with self._lock:
-            nonce = max(int(self._clock.time() * 1000), self._last.get(key, 0) + 1)
-            if nonce > self._leased.get(key, 0):
-                lease = nonce + NONCE_LEASE_MS
-                await self._store.call(self._store.store.save_meta, self.PREFIX + key, str(lease))
-                self._leased[key] = lease
-            self._last[key] = nonce
-            return nonce
+        """The next nonce for the credential ``key``, once a committed lease covers it."""
+        nonce = max(int(self._clock.time() * 1000), self._last.get(key, self._floor) + 1)
+        self._last[key] = nonce  # taken before any await: no concurrent caller gets it too
+        if nonce > self._leased:
+            async with self._lock:
+                if nonce > self._leased:  # not covered by a lease committed while we waited
+                    lease = nonce + NONCE_LEASE_MS
+                    await self._store.call(self._store.store.save_meta, self.LEASE, str(lease))
+                    self._leased = lease
+        return nonce
 
 
 class Shared:

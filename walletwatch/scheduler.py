@@ -37,10 +37,12 @@ sleep on the injected clock and ask a ``Poller`` to do the work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import random
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -48,7 +50,7 @@ from typing import Any, Protocol
 import structlog
 
 from walletwatch.telemetry import BucketStats
-from walletwatch.types import Clock
+from walletwatch.types import Clock, Timer
 
 log = structlog.get_logger("walletwatch.scheduler")
 
@@ -281,7 +283,7 @@ class Slots:
         self._polls: list[Waiter] = []
         self._futures: dict[Waiter, asyncio.Future[float]] = {}
         self._seq = itertools.count()
-        self._timer: asyncio.Task[None] | None = None
+        self._timer: Timer | None = None
         self._timer_at = math.inf
 
     def __repr__(self) -> str:
@@ -370,10 +372,9 @@ class Slots:
             self._timer = None
         if math.isfinite(at):
             self._timer_at = at
-            self._timer = asyncio.ensure_future(self._tick(at - now))
+            self._timer = self._clock.call_later(at - now, self._tick)
 
-    async def _tick(self, delay: float) -> None:
-        await self._clock.sleep(delay)
+    def _tick(self) -> None:
         self._timer = None
         self._dispatch()
 
@@ -440,6 +441,7 @@ class Circuit:
     retry_at: float = -math.inf  # while open, no endpoint polls before this
     probing: bool = False  # while open, one endpoint at a time tries
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    waiting: deque[str] = field(default_factory=deque)  # endpoints in line to probe, in turn
 
     @property
     def open(self) -> bool:
@@ -450,6 +452,10 @@ class Circuit:
         """A poll is over (``probed``: it was the probe); wake the endpoints waiting."""
         if probed:
             self.probing = False
+        self.notify()
+
+    def notify(self) -> None:
+        """Wake the endpoints waiting on the circuit to look again."""
         self.changed.set()
         self.changed = asyncio.Event()
 
@@ -469,6 +475,7 @@ class Scheduler:
         self._on_delay = on_delay
         self._stop = StopSignal()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._idle: set[asyncio.Task[Any]] = set()  # loops between polls: stop() cancels them
         self._by_poller: dict[str, set[asyncio.Task[None]]] = {}
         self._quiet: dict[str, float] = {}  # poller -> the longest sleep of its loops
         self._scheduled = 0  # poll loops started so far: the start-up spread grows with them
@@ -516,6 +523,8 @@ class Scheduler:
     async def stop(self, grace: float = 10.0) -> None:
         """Start no new polls, let running ones finish within ``grace``, cancel the rest."""
         self._stop.set()
+        for task in self._idle:  # sleeping or waiting to start a poll: nothing to finish
+            task.cancel()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=grace)
             for task in pending:
@@ -531,7 +540,7 @@ class Scheduler:
             self.progress = self._clock.monotonic()
             probe = circuit.open
             if probe:
-                if not await self._through(circuit):
+                if not await self._through(circuit, endpoint):
                     return
                 probe = circuit.open  # False when another endpoint's probe closed it
                 # Waiting for the account's probe is not lateness of the budget.
@@ -539,8 +548,9 @@ class Scheduler:
                 deadline = max(deadline, due + poller.interval_for(endpoint))
             ticket = Ticket(due, deadline, tuple(poller.buckets))
             try:
-                if ticket.buckets and not await self._unless_stopped(admit(ticket)):
-                    return
+                if ticket.buckets:
+                    with self._idle_loop():
+                        await admit(ticket)
                 began = self._clock.monotonic()
                 outcome = await self._poll(poller, endpoint, ticket)
             finally:
@@ -584,33 +594,49 @@ class Scheduler:
         finally:
             _POLL.reset(token)
 
-    async def _through(self, circuit: Circuit) -> bool:
-        """Wait while the account's circuit is open until this endpoint may probe or poll."""
-        while circuit.open and not self._stop.is_set():
-            now = self._clock.monotonic()
-            if not circuit.probing and now >= circuit.retry_at:
-                circuit.probing = True
-                return True
-            wait = math.inf if circuit.probing else circuit.retry_at - now
-            await sleep_until_set(self._clock, wait, circuit.changed, self._stop)
-        return not self._stop.is_set()
+    async def _through(self, circuit: Circuit, endpoint: str) -> bool:
+        """Wait while the account's circuit is open until this endpoint may probe or poll.
 
-    async def _unless_stopped(self, waiting: Coroutine[Any, Any, None]) -> bool:
-        """Await ``waiting`` unless the scheduler stops first; True if it completed."""
-        task = asyncio.ensure_future(waiting)
-        stopper = asyncio.ensure_future(self._stop.wait())
+        Endpoints probe in turn, first come first served, so every endpoint of a down account
+        is tried (and reported) rather than whichever wakes first each time.
+        """
+        circuit.waiting.append(endpoint)
         try:
-            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            while circuit.open and not self._stop.is_set():
+                now = self._clock.monotonic()
+                first = circuit.waiting[0] == endpoint
+                if first and not circuit.probing and now >= circuit.retry_at:
+                    circuit.probing = True
+                    return True
+                wait = math.inf if circuit.probing or not first else circuit.retry_at - now
+                await sleep_until_set(self._clock, wait, circuit.changed, self._stop)
+            return not self._stop.is_set()
         finally:
-            stopper.cancel()
-            if self._stop.is_set() or not task.done():
-                task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        return not self._stop.is_set()
+            circuit.waiting.remove(endpoint)
+            circuit.notify()  # the next in line may be first now
+
+    @contextlib.contextmanager
+    def _idle_loop(self) -> Iterator[None]:
+        """While in this block the loop runs no poll, and stop() cancels whatever it awaits.
+
+        Cancelling the waiting loop itself spares every sleep a helper task and a stop
+        waiter, which thousands of loops would pay for on every poll.
+        """
+        if self._stop.is_set():
+            raise asyncio.CancelledError
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101 - loops are tasks
+        self._idle.add(task)
+        try:
+            yield
+        finally:
+            self._idle.discard(task)
 
     async def _sleep(self, seconds: float) -> None:
-        """Sleep on the clock, waking early when the scheduler stops."""
-        await sleep_until_set(self._clock, seconds, self._stop)
+        """Sleep on the clock; when the scheduler stops, the sleep (and the loop) ends."""
+        if seconds > 0:
+            with self._idle_loop():
+                await self._clock.sleep(seconds)
 
 
 class Signal(Protocol):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -15,12 +15,19 @@ if TYPE_CHECKING:
     from walletwatch.tracker import AccountState
 
 
+class Timer(Protocol):
+    """A callback the clock will run later, unless cancelled first."""
+
+    def cancel(self) -> object: ...
+
+
 class Clock(Protocol):
-    """Wall time for timestamps, monotonic time for scheduling, and sleeping."""
+    """Wall time for timestamps, monotonic time for scheduling, sleeping and timers."""
 
     def time(self) -> float: ...
     def monotonic(self) -> float: ...
     async def sleep(self, seconds: float) -> None: ...
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> Timer: ...
 
 
 class SystemClock:
@@ -37,6 +44,10 @@ class SystemClock:
     async def sleep(self, seconds: float) -> None:
         """Sleep on the event loop."""
         await asyncio.sleep(seconds)
+
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> Timer:
+        """Run ``callback`` on the event loop in ``seconds`` (no task: a timer handle)."""
+        return asyncio.get_running_loop().call_later(max(seconds, 0.0), callback)
 
 
 class Provider(Protocol):

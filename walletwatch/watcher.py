@@ -153,9 +153,15 @@ class AccountWatcher:
     async def _apply(
         self, step: Callable[[AccountState], tuple[AccountState, Sequence[Event]]]
     ) -> bool:
-        """Run a tracker step and commit its result; False if the commit failed."""
+        """Run a tracker step and commit its result; False if the commit failed.
+
+        Most polls change nothing (the same page as last time): with no events and a state
+        equal to the committed one there is nothing to write, and no commit is made.
+        """
         async with self._lock:
             new, events = step(self.state)
+            if not events and new == self.state:
+                return True
             try:
                 await self._store.call(
                     self._store.store.commit, self.name, self.provider, self.state, new, events
