@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from tests.test_tracker import DEP, WD, history, names, run, tx
 from walletwatch.config import DEFAULT_RETENTION, parse_config
 from walletwatch.errors import ConfigError
 from walletwatch.model import Direction, State, Transfer
-from walletwatch.tracker import KEEP_NEWEST, AccountState, observe, prune
+from walletwatch.tracker import KEEP_NEWEST, AccountState, Settled, observe, prune
 
 DAY = 86400.0
 POLICY = FakePolicy(retention=90 * DAY)
@@ -37,7 +39,7 @@ class TestPrune:
         """Beyond the newest KEEP_NEWEST, settled transfers with no news are forgotten."""
         old = [tx(str(n), State.OK, created_at=OLD + n) for n in range(KEEP_NEWEST + 20)]
         state = prune(baseline(*old), LATER - 90 * DAY)
-        kept = sorted(int(i) for _, i in state.transfers)
+        kept = sorted(int(i) for _, i in state.transfer_keys())
         assert kept == list(range(20, KEEP_NEWEST + 20))
         assert state.pruned == {DEP: OLD + 19}
 
@@ -54,7 +56,7 @@ class TestPrune:
         """In-flight, timeless and recent transfers are kept whatever the count."""
         filler = [tx(str(n), State.OK, created_at=OLD) for n in range(KEEP_NEWEST + 5)]
         state = prune(baseline(transfer, *filler), LATER - 90 * DAY)
-        assert (DEP, "x") in state.transfers, why
+        assert state.known(DEP, "x"), why
 
     def test_first_sight_counts_as_news(self) -> None:
         """A transfer first seen recently is kept, however old its creation time."""
@@ -72,7 +74,68 @@ class TestPrune:
         old = [tx(str(n), State.OK, created_at=OLD, direction=WD) for n in range(KEEP_NEWEST + 5)]
         state = baseline(*old, direction=WD)
         assert prune(state, LATER, [DEP]) is state
-        assert len(prune(state, LATER, [WD]).transfers) == KEEP_NEWEST
+        assert len(list(prune(state, LATER, [WD]).transfer_keys())) == KEEP_NEWEST
+
+
+class NoScan(Mapping[str, Settled]):
+    """A direction's settled transfers that may be looked up, never walked."""
+
+    def __init__(self, entries: Mapping[str, Settled]) -> None:
+        self.entries = entries
+
+    def __getitem__(self, key: str) -> Settled:
+        return self.entries[key]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[str]:
+        raise AssertionError("walked every settled transfer")
+
+
+class TestPruneTiming:
+    """Pruning costs nothing until something can be forgotten, and then happens on time."""
+
+    def test_forgotten_on_the_first_poll_past_the_retention(self) -> None:
+        """The same page returns the same state, unwalked, until the retention has passed."""
+        old = [tx(str(n), State.OK, created_at=OLD + n) for n in range(KEEP_NEWEST + 20)]
+        page = history(DEP, *old)
+        state = baseline(*old)  # first seen at START: news until START + retention
+        due = START + POLICY.retention
+        unwalked = replace(state, settled={DEP: NoScan(state.settled[DEP])})
+        for now in (START + 60, START + DAY, due - 1, due):
+            new, events = observe(unwalked, page, POLICY, now)
+            assert (new is unwalked, events) == (True, [])
+        pruned, events = observe(state, page, POLICY, due + 1)
+        assert events == []
+        kept = sorted(int(i) for _, i in pruned.transfer_keys())
+        assert kept == list(range(20, KEEP_NEWEST + 20))
+        assert pruned.pruned == {DEP: OLD + 19}
+        again, _ = observe(pruned, page, POLICY, due + 10 * DAY)
+        assert again is pruned
+
+    def test_a_new_transfer_pushes_the_oldest_out(self) -> None:
+        """With KEEP_NEWEST old transfers kept, a new one makes the oldest go at once."""
+        old = [tx(str(n), State.OK, created_at=OLD + n) for n in range(KEEP_NEWEST)]
+        state, events = observe(baseline(*old), history(DEP, *old), POLICY, LATER)
+        assert (len(list(state.transfer_keys())), events) == (KEEP_NEWEST, [])
+        fresh = tx("new", State.OK, created_at=LATER)
+        state, events = observe(state, history(DEP, fresh, *old), POLICY, LATER + 60)
+        assert names(events) == ["deposit.detected", "deposit.confirmed"]
+        assert (state.known(DEP, "0"), state.known(DEP, "new")) == (False, True)
+        assert state.pruned == {DEP: OLD}
+
+    def test_a_transfer_that_settles_can_go_at_once(self) -> None:
+        """An old transfer kept while in flight is forgotten as soon as it settles."""
+        old = [tx(str(n), State.OK, created_at=OLD + n) for n in range(KEEP_NEWEST)]
+        late = tx("late", created_at=OLD - 1)
+        state, events = observe(baseline(late, *old), history(DEP, late, *old), POLICY, LATER)
+        assert state.known(DEP, "late")
+        settled = tx("late", State.OK, created_at=OLD - 1)
+        state, events = observe(state, history(DEP, settled, *old), POLICY, LATER + 60)
+        assert names(events) == ["deposit.confirmed"]
+        assert not state.known(DEP, "late")
+        assert state.pruned == {DEP: OLD - 1}
 
 
 class TestNeverNewsAgain:
@@ -84,10 +147,10 @@ class TestNeverNewsAgain:
         state = baseline(*old)
         state, events = observe(state, history(DEP, *old), POLICY, LATER)
         assert events == []
-        assert len(state.transfers) == KEEP_NEWEST
+        assert len(list(state.transfer_keys())) == KEEP_NEWEST
         again, events = observe(state, history(DEP, *old), POLICY, LATER + 60)
         assert events == []
-        assert again.transfers == state.transfers
+        assert again is state
 
     def test_new_transfers_are_still_news(self) -> None:
         """A transfer created after the prune mark is detected as usual."""

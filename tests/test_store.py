@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import sqlite3
 from collections.abc import Iterator, MutableMapping
@@ -21,7 +22,7 @@ from tests.fakes import START, FakeClock, FakePolicy, ScriptedProvider
 from tests.test_tracker import ACTION, balances, history, replay, tx
 from tests.test_web import SETTINGS, account_config
 from walletwatch.events import Event
-from walletwatch.model import Direction, State
+from walletwatch.model import Direction, Observation, State
 from walletwatch.store import SCHEMA_VERSION, AsyncStore, Parked, Store, StoreError, set_aside
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState, fail, observe
@@ -90,6 +91,59 @@ class TestRoundTrip:
         assert store.load()["acct"].transfers[(Direction.DEPOSIT, "1")].transfer.status == (
             "tampered"
         )
+
+
+class TestCompact:
+    """Settled transfers load compact, and compaction never writes a row without its data."""
+
+    def run(
+        self, store: Store, state: AccountState, *steps: Observation, at: float = START
+    ) -> AccountState:
+        """Observe and commit each step a second apart, keeping what a watcher keeps."""
+        for i, obs in enumerate(steps):
+            new, events = observe(state, obs, POLICY, at + i)
+            state = step(store, state, new, events).saved()
+        return state
+
+    def test_a_settled_row_is_written_whole_then_left_alone(self, store: Store) -> None:
+        """The row of a transfer that settles is complete; later steps never rewrite it."""
+        page = history(Direction.DEPOSIT, tx("1", State.OK, details=(("aml_risk", "low"),)))
+        state = self.run(
+            store,
+            AccountState(),
+            history(Direction.DEPOSIT),
+            history(Direction.DEPOSIT, tx("1", details=(("aml_risk", "low"),))),
+            page,
+        )
+        rows = store._db.execute("SELECT status, state, amount, details FROM transfers")
+        assert rows.fetchall() == [("ok", "ok", "1.5", '[["aml_risk", "low"]]')]
+        store._db.execute("UPDATE transfers SET amount='tampered'")
+        self.run(store, state, page, balances(USDT="5"), page, balances(USDT="6"), at=START + 9)
+        rows = store._db.execute("SELECT status, amount FROM transfers")
+        assert rows.fetchall() == [("ok", "tampered")]
+
+    def test_loaded_settled_transfers_are_compact(self, store: Store) -> None:
+        """A loaded state keeps only transfers in flight whole; the same page changes nothing."""
+        page = history(Direction.DEPOSIT, tx("1"), tx("2", State.OK))
+        self.run(store, AccountState(), page)
+        loaded = store.load()["acct"]
+        assert list(loaded.transfers) == [(Direction.DEPOSIT, "1")]
+        assert loaded.state_of(Direction.DEPOSIT, "2") is State.OK
+        entry = loaded.settled[Direction.DEPOSIT]["2"]
+        gc.collect()
+        assert not gc.is_tracked(entry)  # the cyclic GC never walks settled transfers
+        new, events = observe(loaded, page, POLICY, START + 60)
+        assert (new is loaded, events) == (True, [])
+
+    def test_a_state_is_committed_against_its_parent(self, store: Store) -> None:
+        """A state two steps from the one given as old is refused whole, not half written."""
+        state, _ = observe(AccountState(), history(Direction.DEPOSIT), POLICY, START)
+        child, _ = observe(state, history(Direction.DEPOSIT, tx("1", State.OK)), POLICY, START + 1)
+        grandchild, events = observe(child.saved(), balances(USDT="5"), POLICY, START + 2)
+        with pytest.raises(StoreError, match="no record of settled transfer deposit '1'"):
+            store.commit("acct", "westwallet", state, grandchild, events)
+        assert store.load() == {}
+        assert store.pending("sink") == []
 
 
 class TestOutbox:
@@ -267,7 +321,7 @@ class TestMigration:
             logs[0].items()
         )
         loaded = store.load()["acct"]
-        assert loaded.transfers[(Direction.DEPOSIT, "7")].transfer.state is State.OK
+        assert loaded.state_of(Direction.DEPOSIT, "7") is State.OK
         assert loaded.balances["USDT"].low
         assert loaded.pruned == {}
         assert store.load_meta("nonce:") == {"nonce:k": "42"}
@@ -419,7 +473,7 @@ class TestHousekeeping:
         later = START + 91 * 86400
         new, events = observe(state, history(Direction.DEPOSIT, *old[:3]), POLICY, later)
         state = step(store, state, new, events)
-        assert len(state.transfers) == 100
+        assert len(list(state.transfer_keys())) == 100
         count = store._db.execute("SELECT COUNT(*) FROM transfers").fetchone()[0]
         assert count == 100
         store.close()

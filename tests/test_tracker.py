@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from decimal import Decimal
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.fakes import START, FakePolicy
 from walletwatch.events import Event
 from walletwatch.model import Balance, Direction, Observation, State, Transfer
-from walletwatch.tracker import AccountState, Total, fail, observe
+from walletwatch.tracker import (
+    AccountState,
+    Total,
+    TrackedTransfer,
+    TransferKey,
+    fail,
+    observe,
+)
 
 DEP, WD = Direction.DEPOSIT, Direction.WITHDRAWAL
 POLICY = FakePolicy(low_balance={"USDT": Decimal(1000)})
@@ -200,7 +208,60 @@ class TestTransfers:
         )
         assert events == []
         assert set(state.balances) == {"ETH"}
-        assert state.transfers == {}
+        assert list(state.transfer_keys()) == []
+
+
+class TestUnchanged:
+    """A poll that brings nothing new leaves the state as it was: the very same object."""
+
+    def steps(self) -> list[Observation]:
+        """A baseline of deposits (settled and pending), withdrawals and balances."""
+        return [
+            history(DEP, tx("1", State.OK), tx("2"), tx("3", State.FAILED, status="rejected")),
+            history(WD, tx("9", State.OK, direction=WD)),
+            balances(USDT="5000", BTC="1"),
+        ]
+
+    def test_same_answers_give_the_same_state(self) -> None:
+        """Equal answers (new objects, as every poll parses) return ``state`` itself, silently."""
+        state, _ = run(self.steps())
+        for i, obs in enumerate(self.steps()):
+            new, events = observe(state, obs, POLICY, START + 60 + i)
+            assert new is state
+            assert events == []
+
+    def test_first_poll_of_an_endpoint_is_a_change(self) -> None:
+        """An endpoint polled for the first time is recorded (its failure count starts at 0)."""
+        state, _ = run(self.steps()[:1])
+        new, events = observe(state, Observation("gauges"), POLICY, START + 5)
+        assert (new is state, new.failures["gauges"], events) == (False, 0, [])
+
+    def test_a_quiet_change_of_a_settled_transfer_is_kept(self) -> None:
+        """More confirmations of a settled deposit: a new state, no event, the record kept."""
+        state, _ = run(self.steps())
+        new, events = observe(
+            state, history(DEP, tx("1", State.OK, confirmations=7)), POLICY, START + 60
+        )
+        assert events == []
+        assert new != state
+        assert new.unsaved[(DEP, "1")].transfer.confirmations == 7
+        assert new.saved() == new
+        assert new.saved().unsaved == {}
+
+    def test_settled_transfers_are_compact(self) -> None:
+        """Only transfers in flight are kept whole; settled ones are known all the same."""
+        state, _ = run(self.steps())
+        assert list(state.transfers) == [(DEP, "2")]
+        assert sorted(state.transfer_keys()) == [(DEP, "1"), (DEP, "2"), (DEP, "3"), (WD, "9")]
+        assert state.known(DEP, "3")
+        assert state.known(WD, "9")
+        assert not state.known(WD, "1")
+        assert [state.state_of(DEP, i) for i in ("1", "2", "3", "4")] == [
+            State.OK,
+            State.PENDING,
+            State.FAILED,
+            None,
+        ]
 
 
 class TestStuck:
@@ -380,8 +441,9 @@ class TestProperties:
         observations = replay(actions)
         state, _ = run(observations)
         for obs in observations[-2:]:
-            _, again = observe(state, obs, POLICY, START + 10**6)
+            new, again = observe(state, obs, POLICY, START + 10**6)
             assert [e for e in again if not e.event.endswith(".stuck")] == []
+            assert (new is state) == (again == [])
 
     @settings(max_examples=200, deadline=None)
     @given(st.lists(ACTION, max_size=30))
@@ -414,3 +476,73 @@ class TestProperties:
             1 for e in events if e.event.split(".")[1] in {"confirmed", "completed", "failed"}
         )
         assert finals == sum(t.count for t in state.totals.values())
+
+
+# Differential test: the tracker decides from compact settled entries exactly as it does from
+# whole TrackedTransfers (what it kept for every transfer before, and still accepts).
+QUIET_ACTION = st.tuples(
+    st.sampled_from([DEP, WD]),
+    st.integers(min_value=1, max_value=6),
+    STATES,
+    st.sampled_from(["a", "b"]),
+    st.integers(min_value=0, max_value=2),  # confirmations: a quiet change
+    st.sampled_from(["1", "1.0", "2"]),  # amounts: "1" and "1.0" are equal, differently written
+    st.sampled_from([None, START - 100]),  # created_at: none, or long ago (stuck at once)
+)
+STUCK_SOON = FakePolicy(withdrawal_stuck=3, deposit_stuck=5)
+
+
+def whole(state: AccountState, records: dict[TransferKey, TrackedTransfer]) -> AccountState:
+    """``state`` with every compact settled transfer whole again, from its record."""
+    transfers = dict(state.transfers)
+    for key in state.transfer_keys():
+        if key not in transfers:
+            transfers[key] = records[key]
+    return replace(state, transfers=transfers, settled={})
+
+
+class TestCompactIsFaithful:
+    """Compact settled entries yield the same events and state as whole records."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(QUIET_ACTION, max_size=40))
+    @example([(WD, 1, State.OK, "a", 0, "1", None), (WD, 1, State.OK, "b", 0, "1", None)])
+    @example([(DEP, 1, State.OK, "a", 0, "1", None), (DEP, 1, State.OK, "a", 2, "2", None)])
+    @example([(WD, 1, s, "a", 0, "1", START - 100) for s in (State.PENDING, State.OK)] * 2)
+    @example([(DEP, 1, s, "a", 0, "1", None) for s in (State.OK, State.UNKNOWN, State.FAILED)])
+    def test_same_events_as_whole_records(
+        self, actions: list[tuple[Direction, int, State, str, int, str, float | None]]
+    ) -> None:
+        """Any history, run compact and run with every transfer whole: the same events."""
+        current: dict[tuple[Direction, str], Transfer] = {}
+        observations = [history(DEP), history(WD)]
+        for direction, n, state, status, confirmations, amount, created in actions:
+            current[(direction, str(n))] = tx(
+                str(n),
+                state,
+                direction=direction,
+                status=f"{state}-{status}",
+                confirmations=confirmations,
+                amount=amount,
+                created_at=created,
+            )
+            observations.append(
+                history(direction, *(t for (d, _), t in current.items() if d is direction))
+            )
+        compact, reference = AccountState(), AccountState()
+        compact_records: dict[TransferKey, TrackedTransfer] = {}
+        reference_records: dict[TransferKey, TrackedTransfer] = {}
+        compact_events: list[Event] = []
+        reference_events: list[Event] = []
+        for i, obs in enumerate(observations):
+            compact, events = observe(compact, obs, STUCK_SOON, START + i)
+            compact_records.update(compact.unsaved)
+            compact = compact.saved()
+            compact_events.extend(events)
+            reference, events = observe(reference, obs, STUCK_SOON, START + i)
+            reference_records.update(reference.unsaved)
+            reference = whole(reference, reference_records)
+            reference_events.extend(events)
+            assert all(t.transfer.state.in_flight for t in compact.transfers.values())
+        assert compact_events == reference_events
+        assert whole(compact, compact_records) == reference

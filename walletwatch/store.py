@@ -30,7 +30,16 @@ from walletwatch.errors import WalletwatchError
 from walletwatch.events import Event
 from walletwatch.migrations import MIGRATIONS, SCHEMA_VERSION
 from walletwatch.model import Balance, Direction, State, Transfer
-from walletwatch.tracker import AccountState, Total, TrackedBalance, TrackedTransfer
+from walletwatch.tracker import (
+    AccountState,
+    Settled,
+    Total,
+    TrackedBalance,
+    TrackedTransfer,
+    compact,
+    prune_floors,
+    settled_set,
+)
 
 log = structlog.get_logger("walletwatch.store")
 
@@ -128,10 +137,17 @@ class Store:
             raise StoreError(f"{self.path}: the state file is unreadable: {err!r}") from err
 
     def _load(self) -> dict[str, AccountState]:
-        transfers: dict[str, dict[tuple[Direction, str], TrackedTransfer]] = {}
+        whole: dict[str, dict[tuple[Direction, str], TrackedTransfer]] = {}
+        settled: dict[str, dict[Direction, dict[str, Settled]]] = {}
+        shared: dict[object, Any] = {}
         for row in self._db.execute("SELECT * FROM transfers"):
-            tracked = _transfer_from_row(row)
-            transfers.setdefault(row[0], {})[tracked.transfer.key] = tracked
+            tracked = _transfer_from_row(row, shared)
+            t = tracked.transfer
+            if t.state.final:
+                entry = compact(tracked)
+                settled.setdefault(row[0], {}).setdefault(t.direction, {})[t.id] = entry
+            else:
+                whole.setdefault(row[0], {})[t.key] = tracked
         balances: dict[str, dict[str, TrackedBalance]] = {}
         for row in self._db.execute("SELECT * FROM balances"):
             balances.setdefault(row[0], {})[row[1]] = TrackedBalance(
@@ -142,9 +158,10 @@ class Store:
             )
         states = {}
         for name, _provider, body in self._db.execute("SELECT * FROM accounts"):
-            states[name] = _state_from_json(
-                json.loads(body), transfers.get(name, {}), balances.get(name, {})
+            state = _state_from_json(
+                json.loads(body), whole.get(name, {}), settled.get(name, {}), balances.get(name, {})
             )
+            states[name] = prune_floors(state)
         return states
 
     def commit(
@@ -175,18 +192,17 @@ class Store:
             "INSERT OR REPLACE INTO accounts VALUES (?, ?, ?)",
             (account, provider, json.dumps(_state_to_json(new))),
         )
-        if new.transfers is not old.transfers:
-            pruned = [(account, str(d), i) for d, i in old.transfers if (d, i) not in new.transfers]
-            db.executemany("DELETE FROM transfers WHERE account=? AND direction=? AND id=?", pruned)
-            rows = [
-                _transfer_to_row(account, t)
-                for key, t in new.transfers.items()
-                if old.transfers.get(key) is not t
+        if new.transfers is not old.transfers or new.settled is not old.settled:
+            forgotten = [
+                (account, str(d), i) for d, i in old.transfer_keys() if not new.known(d, i)
             ]
+            db.executemany(
+                "DELETE FROM transfers WHERE account=? AND direction=? AND id=?", forgotten
+            )
             db.executemany(
                 "INSERT OR REPLACE INTO transfers VALUES "
                 "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
+                [_transfer_to_row(account, t) for t in _changed(old, new)],
             )
         if new.balances is not old.balances:
             gone = [(account, c) for c in old.balances if c not in new.balances]
@@ -351,6 +367,32 @@ class AsyncStore:
         self.store.close()
 
 
+def _changed(old: AccountState, new: AccountState) -> Iterator[TrackedTransfer]:
+    """The whole record of every transfer new or changed between ``old`` and ``new``.
+
+    A compact settled entry has no row data: its record comes from ``new.unsaved``, which
+    holds one for every entry the step that made ``new`` wrote. An entry without one means
+    ``new`` was not made from ``old`` by one tracker step; nothing incomplete is written.
+    """
+    for key, tracked in new.transfers.items():
+        if old.transfers.get(key) is not tracked:
+            yield tracked
+    for direction, settled in new.settled.items():
+        before = old.settled.get(direction, {})
+        if settled is before:
+            continue
+        for transfer_id, entry in settled.items():
+            if before.get(transfer_id) is entry:
+                continue
+            record = new.unsaved.get((direction, transfer_id))
+            if record is None:
+                raise StoreError(
+                    f"no record of settled transfer {direction} {transfer_id!r} to write: "
+                    "a state must be committed against the state it was made from"
+                )
+            yield record
+
+
 def _dec(text: str | None) -> Decimal | None:
     return None if text is None else Decimal(text)
 
@@ -383,16 +425,21 @@ def _transfer_to_row(account: str, tracked: TrackedTransfer) -> tuple[Any, ...]:
     )
 
 
-def _transfer_from_row(row: Sequence[Any]) -> TrackedTransfer:
+def _transfer_from_row(row: Sequence[Any], shared: dict[object, Any]) -> TrackedTransfer:
+    """A transfers row as a whole record.
+
+    SQLite gives a new string or float object per row: repeated values (currency, status,
+    first sight) become one shared object through ``shared``.
+    """
     transfer = Transfer(
         id=row[2],
         direction=Direction(row[1]),
-        currency=row[3],
+        currency=shared.setdefault(row[3], row[3]),
         amount=Decimal(row[4]),
         fee=_dec(row[5]),
         address=row[6],
         txid=row[7],
-        status=row[8],
+        status=shared.setdefault(row[8], row[8]),
         state=State(row[9]),
         confirmations=row[10],
         created_at=row[11],
@@ -401,10 +448,10 @@ def _transfer_from_row(row: Sequence[Any]) -> TrackedTransfer:
     )
     return TrackedTransfer(
         transfer,
-        first_seen=row[13],
+        first_seen=shared.setdefault(row[13], row[13]),
         revision=row[14],
         stuck=bool(row[15]),
-        settled=frozenset(State(s) for s in row[16].split(",") if s),
+        settled=settled_set(State(s) for s in row[16].split(",") if s),
     )
 
 
@@ -424,10 +471,12 @@ def _state_to_json(state: AccountState) -> dict[str, Any]:
 def _state_from_json(
     body: Mapping[str, Any],
     transfers: Mapping[tuple[Direction, str], TrackedTransfer],
+    settled: Mapping[Direction, Mapping[str, Settled]],
     balances: Mapping[str, TrackedBalance],
 ) -> AccountState:
     return AccountState(
         transfers=transfers,
+        settled=settled,
         balances=balances,
         baselined=frozenset(Direction(d) for d in body["baselined"]),
         totals={

@@ -1,16 +1,25 @@
 """The pure heart of walletwatch: (previous state, observation, now) -> (new state, events).
 
 Nothing here does I/O or reads a clock. States are immutable; an unchanged transfer or
-balance keeps its identity in the new state, so the store can write only what changed.
+balance keeps its identity in the new state, so the store can write only what changed, and
+an observation that changes nothing gives back the very same state.
+
+Settled transfers are most of what an account remembers, so they are kept compact (see
+``Settled``): a plain tuple of atomic values each, which CPython's cyclic GC stops tracking,
+in one dict per direction keyed by id. Transfers in flight stay whole (``TrackedTransfer``):
+providers, metrics and the stuck rule read them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Mapping
+import sys
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any, Protocol
+from operator import itemgetter
+from types import MappingProxyType
+from typing import Any, Final, Protocol
 
 from walletwatch.events import Event, event_id
 from walletwatch.model import Balance, Direction, Observation, State, Transfer
@@ -54,6 +63,89 @@ class TrackedTransfer:
         return created if created is not None else self.first_seen
 
 
+Settled = tuple[int, str, str, int, int, float, float | None, float | None]
+"""A settled transfer, compact: (fingerprint, state, status, revision, flags, first_seen,
+created_at, updated_at).
+
+It holds what the tracker decides with later: whether a newly observed Transfer differs from
+the one seen (``fingerprint`` of the fields no rule reads; state, status and the times are
+compared exactly), the state and status it would move from, its revision, ``flags`` (the
+states it settled in as bits, and whether it was stuck) and the times pruning reads. State
+and status are plain interned strings shared by every transfer; no Transfer, Decimal or set
+is kept. The store keeps the full row (see ``AccountState.unsaved``).
+"""
+_FP: Final = 0
+_STATE: Final = 1
+_STATUS: Final = 2
+_REVISION: Final = 3
+_FLAGS: Final = 4
+_FIRST_SEEN: Final = 5
+_CREATED: Final = 6
+_UPDATED: Final = 7
+
+_BIT: Mapping[str, int] = {s: 1 << i for i, s in enumerate(State)}
+_STUCK = 1 << len(State)
+_SETS = tuple(frozenset(s for s in State if m & _BIT[s]) for m in range(_STUCK))
+"""Every possible ``settled`` set, indexed by its bits: shared, never one per transfer."""
+_PLAIN: Mapping[State, str] = {s: s.value for s in State}
+_STATES: Mapping[str, State] = {s.value: s for s in State}
+_FP_MASK = (1 << 60) - 1  # 60 bits: an int of two 30-bit digits, 32 bytes instead of 48
+
+
+def fingerprint(t: Transfer) -> int:
+    """A 60-bit hash of the transfer's fields that no tracker rule reads.
+
+    Python's hash, randomized per process for strings: never persisted (a loaded state
+    computes it afresh from the row). Amounts go in as their text, which hashes several
+    times faster than a Decimal; "1.50" and "1.5" then differ, which costs one silent row
+    update if a provider ever changes how it writes an amount, and nothing else. Two
+    different transfers collide with odds of 2**-60 (ints hash by value: confirmations -1
+    and -2 collide always). A collision can only hide a change to these quiet fields
+    (currency, amount, fee, address, txid, confirmations, details), never to the state,
+    status or times, which ``_unchanged`` compares exactly: no event depends on it, and the
+    stored row keeps the old values until the transfer next changes.
+    """
+    fee = None if t.fee is None else str(t.fee)
+    fields = (t.currency, str(t.amount), fee, t.address, t.txid, t.confirmations, t.details)
+    return hash(fields) & _FP_MASK
+
+
+def settled_set(states: Iterable[State]) -> frozenset[State]:
+    """The shared frozenset holding ``states``."""
+    return _SETS[sum(_BIT[s] for s in set(states))]
+
+
+def _intern(text: str) -> str:
+    return sys.intern(text) if type(text) is str else text
+
+
+def compact(tracked: TrackedTransfer) -> Settled:
+    """The compact entry of a settled transfer."""
+    t = tracked.transfer
+    flags = sum(_BIT[s] for s in tracked.settled) | (_STUCK if tracked.stuck else 0)
+    return (
+        fingerprint(t),
+        _PLAIN[t.state],
+        _intern(t.status),
+        tracked.revision,
+        flags,
+        tracked.first_seen,
+        t.created_at,
+        t.updated_at,
+    )
+
+
+def _unchanged(entry: Settled, t: Transfer) -> bool:
+    """True if ``t`` is the transfer ``entry`` was made from (``prev.transfer == t``)."""
+    return (
+        entry[_STATE] == t.state
+        and entry[_STATUS] == t.status
+        and entry[_CREATED] == t.created_at
+        and entry[_UPDATED] == t.updated_at
+        and entry[_FP] == fingerprint(t)
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TrackedBalance:
     """The last balance of one currency, whether it is low, and counters for event ids."""
@@ -72,10 +164,16 @@ class Total:
     amount: Decimal = Decimal(0)
 
 
+_NO_ROWS: Mapping[TransferKey, TrackedTransfer] = MappingProxyType({})
+_UNKNOWN_FLOORS = (-math.inf,) * len(Direction)
+_DIRECTION_INDEX: Mapping[Direction, int] = {d: i for i, d in enumerate(Direction)}
+
+
 @dataclass(frozen=True, slots=True)
 class AccountState:
     """Everything walletwatch remembers about one account."""
 
+    # Transfers kept whole: those in flight (and any a caller builds a state with).
     transfers: Mapping[TransferKey, TrackedTransfer] = field(default_factory=dict)
     balances: Mapping[str, TrackedBalance] = field(default_factory=dict)
     baselined: frozenset[Direction] = frozenset()
@@ -85,6 +183,16 @@ class AccountState:
     downs: int = 0
     # Per direction, the newest created_at among transfers pruned from ``transfers``.
     pruned: Mapping[Direction, float] = field(default_factory=dict)
+    # Settled transfers, compact, per direction and id; a key is here or in ``transfers``.
+    settled: Mapping[Direction, Mapping[str, Settled]] = field(default_factory=dict)
+    unsaved: Mapping[TransferKey, TrackedTransfer] = field(
+        default_factory=lambda: _NO_ROWS, compare=False, repr=False
+    )
+    """The whole records of the compact entries the step that made this state wrote: the
+    store writes their rows from these. The shell drops them once committed (``saved``)."""
+    prune_floor: tuple[float, ...] = field(default=_UNKNOWN_FLOORS, compare=False, repr=False)
+    """Per direction (in Direction's order), prune() forgets nothing while its ``before``
+    is at most this; -inf when unknown. A cache: it never changes what the state means."""
 
     def in_flight(self) -> Iterable[TrackedTransfer]:
         """Transfers that have not settled."""
@@ -92,7 +200,29 @@ class AccountState:
 
     def known(self, direction: Direction, transfer_id: str) -> bool:
         """True if the transfer has been seen before."""
-        return (direction, transfer_id) in self.transfers
+        if (direction, transfer_id) in self.transfers:
+            return True
+        settled = self.settled.get(direction)
+        return settled is not None and transfer_id in settled
+
+    def transfer_keys(self) -> Iterator[TransferKey]:
+        """The key of every transfer tracked, in flight or settled."""
+        yield from self.transfers
+        for direction, settled in self.settled.items():
+            for transfer_id in settled:
+                yield (direction, transfer_id)
+
+    def state_of(self, direction: Direction, transfer_id: str) -> State | None:
+        """A tracked transfer's normalized state; None if it is not tracked."""
+        tracked = self.transfers.get((direction, transfer_id))
+        if tracked is not None:
+            return tracked.transfer.state
+        entry = self.settled.get(direction, {}).get(transfer_id)
+        return None if entry is None else _STATES[entry[_STATE]]
+
+    def saved(self) -> AccountState:
+        """This state without the records kept for the store: what to keep once committed."""
+        return self if not self.unsaved else replace(self, unsaved=_NO_ROWS)
 
 
 FINAL_EVENT: Mapping[tuple[Direction, State], str] = {
@@ -147,32 +277,119 @@ class _Emitter:
         self.emit(name, (t.direction, t.id, *extra_id), **extra, **core)
 
 
+class _Ledger:
+    """The transfers of one step: the state's mappings, copied on the first write only."""
+
+    def __init__(self, state: AccountState) -> None:
+        self.full = state.transfers
+        self.settled = state.settled
+        self.unsaved: dict[TransferKey, TrackedTransfer] = {}
+        self.touched: set[Direction] = set()
+        self._full: dict[TransferKey, TrackedTransfer] | None = None
+        self._outer: dict[Direction, Mapping[str, Settled]] | None = None
+        self._inner: dict[Direction, dict[str, Settled]] = {}
+
+    def get(self, direction: Direction, transfer_id: str) -> TrackedTransfer | Settled | None:
+        """The entry of a transfer, whole or compact; None if unknown."""
+        settled = self.settled.get(direction)  # a key is in one mapping only
+        entry = None if settled is None else settled.get(transfer_id)
+        return entry if entry is not None else self.full.get((direction, transfer_id))
+
+    def put(self, tracked: TrackedTransfer) -> None:
+        """Record a new or changed transfer: whole while in flight, else compact."""
+        t = tracked.transfer
+        key = (t.direction, t.id)
+        self.touched.add(t.direction)
+        if t.state.in_flight:
+            self._whole()[key] = tracked
+            settled = self.settled.get(t.direction)
+            if settled is not None and t.id in settled:
+                del self._compact(t.direction)[t.id]
+        else:
+            if key in self.full:
+                del self._whole()[key]
+            self._compact(t.direction)[t.id] = compact(tracked)
+            self.unsaved[key] = tracked
+
+    def _whole(self) -> dict[TransferKey, TrackedTransfer]:
+        if self._full is None:
+            self.full = self._full = dict(self.full)
+        return self._full
+
+    def _compact(self, direction: Direction) -> dict[str, Settled]:
+        if self._outer is None:
+            self.settled = self._outer = dict(self.settled)
+        inner = self._inner.get(direction)
+        if inner is None:
+            inner = self._inner[direction] = dict(self._outer.get(direction, {}))
+            self._outer[direction] = inner
+        return inner
+
+    def floors(self, floors: tuple[float, ...]) -> tuple[float, ...]:
+        """``floors`` forgotten for the directions this step changed."""
+        return tuple(
+            -math.inf if d in self.touched else floor
+            for d, floor in zip(Direction, floors, strict=True)
+        )
+
+    def finish(self) -> None:
+        """Drop the directions this step left without a settled transfer."""
+        for direction, inner in self._inner.items():
+            if not inner and self._outer is not None:
+                del self._outer[direction]
+
+
 def observe(
     state: AccountState, obs: Observation, policy: Policy, now: float
 ) -> tuple[AccountState, list[Event]]:
-    """Fold one successful poll of one endpoint into the state."""
+    """Fold one successful poll of one endpoint into the state.
+
+    An observation that changes nothing gives back ``state`` itself.
+    """
     out = _Emitter(policy, now)
     balances = state.balances
     if obs.balances is not None:
         balances = _balances(state.balances, obs.balances, policy, out)
-    transfers, totals = _transfers(state, obs, policy, out)
-    transfers = _stuck(transfers, obs.directions, policy, out)
-    pruned = prune(replace(state, transfers=transfers), now - policy.retention, obs.directions)
-    failures = {**state.failures, obs.endpoint: 0}
-    down, downs = state.down, state.downs
+    ledger = _Ledger(state)
+    totals = _transfers(ledger, state, obs, policy, out)
+    _stuck(ledger, obs.directions, policy, out)
+    failures = state.failures
+    if failures.get(obs.endpoint) != 0:
+        failures = {**failures, obs.endpoint: 0}
+    down = state.down
     if down and not any(failures.values()):
         down = False
-        out.emit("account.recovered", (downs,), endpoint=obs.endpoint)
+        out.emit("account.recovered", (state.downs,), endpoint=obs.endpoint)
+    baselined = state.baselined
+    if not obs.directions <= baselined:
+        baselined = baselined | obs.directions
+    before = now - policy.retention
+    if (
+        not ledger.touched
+        and balances is state.balances
+        and totals is state.totals
+        and failures is state.failures
+        and baselined is state.baselined
+        and down == state.down
+    ):
+        return prune(state, before, obs.directions), out.events
+    ledger.finish()
     new = replace(
         state,
+        transfers=ledger.full,
+        settled=ledger.settled,
+        unsaved=ledger.unsaved or _NO_ROWS,
+        prune_floor=ledger.floors(state.prune_floor),
         balances=balances,
-        transfers=pruned.transfers,
-        pruned=pruned.pruned,
+        baselined=baselined,
         totals=totals,
-        baselined=state.baselined | obs.directions,
         failures=failures,
         down=down,
     )
+    plan = _plan(new, before, obs.directions)
+    if plan is not None:
+        gone, floors = plan
+        new = _forget(new, gone, floors) if gone else replace(new, prune_floor=floors)
     return new, out.events
 
 
@@ -192,7 +409,8 @@ def fail(
             reason=reason,
             failures=failures[endpoint],
         )
-    return replace(state, failures=failures, down=down, downs=downs), out.events
+    new = replace(state, failures=failures, down=down, downs=downs, unsaved=_NO_ROWS)
+    return new, out.events
 
 
 def _wanted(currency: str, policy: Policy) -> bool:
@@ -204,9 +422,13 @@ def _balances(
     observed: Iterable[Balance],
     policy: Policy,
     out: _Emitter,
-) -> dict[str, TrackedBalance]:
-    """The new balances; a currency missing from a complete answer is dropped."""
+) -> Mapping[str, TrackedBalance]:
+    """The new balances; a currency missing from a complete answer is dropped.
+
+    ``previous`` itself when nothing changed.
+    """
     result: dict[str, TrackedBalance] = {}
+    changed = False
     for bal in observed:
         if not _wanted(bal.currency, policy):
             continue
@@ -244,61 +466,78 @@ def _balances(
                 threshold=threshold,
             )
             tracked = replace(tracked, low=False)
+        changed = changed or tracked is not prev
         result[bal.currency] = tracked
+    if not changed and len(result) == len(previous):
+        return previous
     return result
 
 
 def _transfers(
-    state: AccountState, obs: Observation, policy: Policy, out: _Emitter
-) -> tuple[Mapping[TransferKey, TrackedTransfer], Mapping[TotalKey, Total]]:
-    """Merge observed transfers, emitting what is new after the baseline."""
-    transfers: dict[TransferKey, TrackedTransfer] | None = None
-    totals = dict(state.totals)
+    ledger: _Ledger, state: AccountState, obs: Observation, policy: Policy, out: _Emitter
+) -> Mapping[TotalKey, Total]:
+    """Merge observed transfers into ``ledger``, emitting what is new after the baseline.
+
+    Returns the totals: ``state.totals`` itself when nothing settled.
+    """
+    totals: dict[TotalKey, Total] | None = None
+    currencies = policy.currencies
     for t in obs.transfers:
-        if t.direction not in obs.directions or not _wanted(t.currency, policy):
+        direction = t.direction
+        if direction not in obs.directions or (
+            currencies is not None and t.currency not in currencies
+        ):
             continue
-        prev = state.transfers.get(t.key)
-        if prev is not None and prev.transfer == t:
-            continue
-        if prev is None and _forgotten(state, t):
-            continue  # pruned long ago, showing up again on a history page: not news
-        if transfers is None:
-            transfers = dict(state.transfers)
-        silent = t.direction not in state.baselined
-        settled = frozenset({t.state}) if t.state.final else frozenset()
+        prev = ledger.get(direction, t.id)
+        if isinstance(prev, tuple):  # settled, compact: the common case, kept cheap
+            if _unchanged(prev, t):
+                continue
+            old_state, old_status = prev[_STATE], prev[_STATUS]
+            first_seen, revision = prev[_FIRST_SEEN], prev[_REVISION]
+            stuck, settled = bool(prev[_FLAGS] & _STUCK), prev[_FLAGS] & ~_STUCK
+        elif prev is not None:
+            if prev.transfer == t:
+                continue
+            old_state, old_status = prev.transfer.state, prev.transfer.status
+            first_seen, revision, stuck = prev.first_seen, prev.revision, prev.stuck
+            settled = sum(_BIT[s] for s in prev.settled)
+        silent = direction not in state.baselined
+        final = t.state.final
+        bit = _BIT[t.state] if final else 0
         if prev is None:
-            transfers[t.key] = TrackedTransfer(transfer=t, first_seen=out.now, settled=settled)
+            if _forgotten(state, t):
+                continue  # pruned long ago, showing up again on a history page: not news
+            ledger.put(TrackedTransfer(transfer=t, first_seen=out.now, settled=_SETS[bit]))
             if silent:
                 continue
-            out.transfer(f"{t.direction}.detected", t, "detected")
-            if t.state.final:
+            out.transfer(f"{direction}.detected", t, "detected")
+            if final:
+                totals = dict(state.totals) if totals is None else totals
                 _settle(t, None, totals, out)
             continue
-        old = prev.transfer
-        moved = old.state != t.state or old.status != t.status
-        transfers[t.key] = replace(
-            prev, transfer=t, revision=prev.revision + moved, settled=prev.settled | settled
-        )
+        moved = old_state != t.state or old_status != t.status
+        ledger.put(TrackedTransfer(t, first_seen, revision + moved, stuck, _SETS[settled | bit]))
         if not moved or silent:
             continue
-        if t.state.final and t.state != old.state:
-            if t.state not in prev.settled:  # a settlement is one fact, even if it flaps
-                _settle(t, old.state, totals, out)
-        elif t.direction is Direction.WITHDRAWAL:
+        if final and t.state != old_state:
+            if not settled & bit:  # a settlement is one fact, even if it flaps
+                totals = dict(state.totals) if totals is None else totals
+                _settle(t, old_state, totals, out)
+        elif direction is Direction.WITHDRAWAL:
             out.transfer(
                 "withdrawal.status_changed",
                 t,
                 "status",
-                prev.revision + 1,
+                revision + 1,
                 t.status,
-                previous_state=str(old.state),
-                previous_status=old.status,
+                previous_state=str(old_state),
+                previous_status=old_status,
             )
-    return (transfers if transfers is not None else state.transfers), totals
+    return totals if totals is not None else state.totals
 
 
 def _settle(
-    t: Transfer, previous: State | None, totals: dict[TotalKey, Total], out: _Emitter
+    t: Transfer, previous: str | None, totals: dict[TotalKey, Total], out: _Emitter
 ) -> None:
     """Emit a transfer's final event and count it."""
     name = FINAL_EVENT[(t.direction, t.state)]
@@ -312,32 +551,31 @@ def _settle(
 
 
 def _stuck(
-    transfers: Mapping[TransferKey, TrackedTransfer],
-    directions: frozenset[Direction],
-    policy: Policy,
-    out: _Emitter,
-) -> Mapping[TransferKey, TrackedTransfer]:
-    """Mark and announce, once each, in-flight transfers older than their threshold."""
-    result: dict[TransferKey, TrackedTransfer] | None = None
-    for key, tracked in transfers.items():
+    ledger: _Ledger, directions: frozenset[Direction], policy: Policy, out: _Emitter
+) -> None:
+    """Mark and announce, once each, in-flight transfers older than their threshold.
+
+    Several at once are announced in key order, whatever order the state holds them in (a
+    transfer back in flight after settling is whole again, at the end).
+    """
+    stuck = [
+        tracked
+        for tracked in ledger.full.values()
+        if not tracked.stuck
+        and tracked.transfer.direction in directions
+        and is_stuck(tracked, policy, out.now)
+    ]
+    stuck.sort(key=lambda tracked: tracked.transfer.key)
+    for tracked in stuck:
         t = tracked.transfer
-        if tracked.stuck or t.direction not in directions or not t.state.in_flight:
-            continue
-        threshold = policy.stuck_after(t.direction)
-        age = out.now - tracked.started_at
-        if age <= threshold:
-            continue
-        if result is None:
-            result = dict(transfers)
-        result[key] = replace(tracked, stuck=True)
+        ledger.put(replace(tracked, stuck=True))
         out.transfer(
             f"{t.direction}.stuck",
             t,
             "stuck",
-            threshold=int(threshold),
-            age_seconds=int(age),
+            threshold=int(policy.stuck_after(t.direction)),
+            age_seconds=int(out.now - tracked.started_at),
         )
-    return result if result is not None else transfers
 
 
 def is_stuck(tracked: TrackedTransfer, policy: Policy, now: float) -> bool:
@@ -359,37 +597,108 @@ def prune(
     A direction keeps its KEEP_NEWEST newest transfers, and a transfer without a provider
     creation time is never forgotten: ``pruned`` remembers the newest creation time
     forgotten, and a transfer created no later than that which is not known is old history
-    showing up again, never news (see ``_forgotten``).
+    showing up again, never news (see ``_forgotten``). Returns ``state`` itself when nothing
+    is forgotten, in O(1) while ``before`` is under the state's prune floors.
     """
-    old = [
-        key
-        for key, tracked in state.transfers.items()
-        if key[0] in directions and _prunable(tracked, before)
-    ]
-    if not old:
+    plan = _plan(state, before, directions)
+    if plan is None or not plan[0]:
         return state
-    newest: set[TransferKey] = set()
-    for direction in {key[0] for key in old}:
-        mine = [(t.started_at, key) for key, t in state.transfers.items() if key[0] is direction]
-        newest.update(key for _, key in sorted(mine, reverse=True)[:KEEP_NEWEST])
-    gone = {key for key in old if key not in newest}
-    if not gone:
-        return state
+    return _forget(state, *plan)
+
+
+def prune_floors(state: AccountState) -> AccountState:
+    """``state`` with its prune floors computed (for a state built outside the tracker)."""
+    floors = tuple(_scan(state, d, -math.inf)[1] for d in Direction)
+    return replace(state, prune_floor=floors)
+
+
+def _plan(
+    state: AccountState, before: float, directions: Collection[Direction]
+) -> tuple[dict[TransferKey, float], tuple[float, ...]] | None:
+    """What prune() forgets (key -> created_at) and the new floors; None if nothing can be."""
+    floors = state.prune_floor
+    due = [d for d in directions if before > floors[_DIRECTION_INDEX[d]]]
+    if not due:
+        return None
+    gone: dict[TransferKey, float] = {}
+    new = list(floors)
+    for direction in due:
+        forgotten, new[_DIRECTION_INDEX[direction]] = _scan(state, direction, before)
+        gone.update(forgotten)
+    return gone, tuple(new)
+
+
+def _scan(
+    state: AccountState, direction: Direction, before: float
+) -> tuple[dict[TransferKey, float], float]:
+    """One direction's transfers to forget, and the floor of what it keeps.
+
+    Beyond the KEEP_NEWEST newest, a settled transfer with a creation time goes once its
+    last sign of life is before ``before``; the floor is the earliest last sign of life of
+    those that stay. A transfer that changes, or a new one, forgets the floor (``_Ledger``).
+    """
+    settled = state.settled.get(direction, {})
+    mine = [(key[1], t) for key, t in state.transfers.items() if key[0] == direction]
+    if len(settled) + len(mine) <= KEEP_NEWEST:
+        return {}, math.inf
+    ranked: list[tuple[float, str, float | None, float | None]] = []
+    for transfer_id, tracked in mine:
+        t = tracked.transfer
+        life = _life(t.state.final, t.created_at, t.updated_at, tracked.first_seen)
+        ranked.append((tracked.started_at, transfer_id, life, t.created_at))
+    for transfer_id, entry in settled.items():
+        created, first_seen = entry[_CREATED], entry[_FIRST_SEEN]
+        life = _life(True, created, entry[_UPDATED], first_seen)
+        started = created if created is not None else first_seen
+        ranked.append((started, transfer_id, life, created))
+    ranked.sort(key=itemgetter(0, 1), reverse=True)
+    gone: dict[TransferKey, float] = {}
+    floor = math.inf
+    for _, transfer_id, life, created in ranked[KEEP_NEWEST:]:
+        if life is None or created is None:
+            continue
+        if life < before:
+            gone[(direction, transfer_id)] = created
+        else:
+            floor = min(floor, life)
+    return gone, floor
+
+
+def _life(final: bool, created: float | None, updated: float | None, seen: float) -> float | None:
+    """A settled transfer's last sign of life; None if it is never forgotten."""
+    if not final or created is None:
+        return None
+    return max(created, updated or created, seen)
+
+
+def _forget(
+    state: AccountState, gone: Mapping[TransferKey, float], floors: tuple[float, ...]
+) -> AccountState:
+    """``state`` without the ``gone`` transfers, with its prune marks moved on."""
     marks = dict(state.pruned)
-    for key in gone:
-        created = state.transfers[key].transfer.created_at
-        if created is not None:  # always: _prunable asks for it
-            marks[key[0]] = max(marks.get(key[0], -math.inf), created)
-    transfers = {k: t for k, t in state.transfers.items() if k not in gone}
-    return replace(state, transfers=transfers, pruned=marks)
-
-
-def _prunable(tracked: TrackedTransfer, before: float) -> bool:
-    """Settled, with a provider creation time, and nothing new about it since ``before``."""
-    t = tracked.transfer
-    if not t.state.final or t.created_at is None:
-        return False
-    return max(t.created_at, t.updated_at or t.created_at, tracked.first_seen) < before
+    for (direction, _), created in gone.items():
+        marks[direction] = max(marks.get(direction, -math.inf), created)
+    transfers = state.transfers
+    if any(key in transfers for key in gone):
+        transfers = {k: t for k, t in transfers.items() if k not in gone}
+    settled = dict(state.settled)
+    for direction in {d for d, _ in gone}:
+        inner = {i: e for i, e in settled.get(direction, {}).items() if (direction, i) not in gone}
+        if inner:
+            settled[direction] = inner
+        else:
+            settled.pop(direction, None)
+    unsaved = state.unsaved
+    if any(key in unsaved for key in gone):
+        unsaved = {k: t for k, t in unsaved.items() if k not in gone}
+    return replace(
+        state,
+        transfers=transfers,
+        settled=settled,
+        pruned=marks,
+        unsaved=unsaved,
+        prune_floor=floors,
+    )
 
 
 def _forgotten(state: AccountState, t: Transfer) -> bool:

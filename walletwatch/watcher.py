@@ -172,7 +172,7 @@ class AccountWatcher:
                     "store.commit_failed", provider=self.provider, account=self.name, error=str(err)
                 )
                 return False
-            self.state = new
+            self.state = new.saved()  # committed: the rows it carried are written
         for event in events:
             self._telemetry.events[event.event] += 1
         if events:
