@@ -10,10 +10,11 @@ and the store with ``--transfers`` settled deposits per account before polling s
 
 Prints: time from start to every account polled once; requests per second served; daemon
 CPU seconds per 1,000 requests and the same for a bare aiohttp loop making the same signed
-WestWallet requests in the same run (the floor) and their ratio (target <= 1.5); RSS per
-account (target <= 20 KB); /metrics scrape time p50/p99 (target p50 <= 250 ms) and the
-longest event-loop stall during a scrape (target <= 50 ms); SQLite commit cost per poll.
-Not a test: nothing is asserted.
+WestWallet requests in the same run, paced at the rate the daemon made them (the floor), and
+their ratio (target <= 1.5), with the bare loop flat out for reference; CPU by thread and
+the garbage collector's pauses; RSS per account (target <= 20 KB); /metrics scrape time
+p50/p99 (target p50 <= 250 ms) and the longest event-loop stall during a scrape (target
+<= 50 ms); SQLite commit cost per poll. Not a test: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -177,6 +178,9 @@ class Result:
     commits: list[float] = field(default_factory=list)
     floor_requests: int = 0
     floor_cpu: float = 0.0
+    floor_seconds: float = 0.0
+    flat_requests: int = 0  # the bare loop flat out, for reference
+    flat_cpu: float = 0.0
     responses: dict[int, int] = field(default_factory=dict)
     threads: dict[str, float] = field(default_factory=dict)  # CPU by thread, measured window
     gc: dict[int, list[float]] = field(default_factory=dict)  # pauses by generation, polling
@@ -238,9 +242,15 @@ async def ticker(stalls: list[float], stop: asyncio.Event) -> None:
 
 
 async def floor(
-    sim: SimProcess, accounts: int, seconds: float, concurrency: int = 100
+    sim: SimProcess, accounts: int, seconds: float, rate: float | None, workers: int = 100
 ) -> tuple[int, float]:
-    """A bare aiohttp loop making the daemon's WestWallet requests: (requests, CPU seconds)."""
+    """A bare aiohttp loop making the daemon's WestWallet requests: (requests, CPU seconds).
+
+    With ``rate``, the requests go out evenly paced at that many a second, as the daemon's
+    do: the same requests in the same spread, so every one pays for its own trip through the
+    event loop. Without it, ``workers`` requests are always in flight, flat out, and the
+    loop shares each wake-up among many of them: a floor no poller at a steady rate has.
+    """
     keys = [key for _, provider, key in plan(accounts) if provider == "westwallet"]
     base = sim.base_url("westwallet")
     body = json.dumps(
@@ -248,15 +258,20 @@ async def floor(
         separators=(",", ":"),
     )
     count = 0
-    deadline = asyncio.get_running_loop().time() + seconds
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    deadline = start + seconds
 
     async def worker(session: aiohttp.ClientSession, first: int) -> None:
         nonlocal count
         i = first
-        loop = asyncio.get_running_loop()
-        while loop.time() < deadline:
+        while True:
+            if rate is not None:
+                await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
+            if loop.time() >= deadline:
+                return
             key = keys[i % len(keys)]
-            i += concurrency
+            i += workers
             stamp = int(time.time())
             if i % 3 == 0:
                 headers = westwallet.auth_headers(key, f"secret-{key}", stamp, "")
@@ -272,9 +287,9 @@ async def floor(
 
     connector = aiohttp.TCPConnector(limit=100, ttl_dns_cache=300)
     async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
-        start = cpu_seconds()
-        await asyncio.gather(*(worker(session, k) for k in range(concurrency)))
-        return count, cpu_seconds() - start
+        before = cpu_seconds()
+        await asyncio.gather(*(worker(session, k) for k in range(workers)))
+        return count, cpu_seconds() - before
 
 
 async def every_polled(daemon: Daemon) -> None:
@@ -341,8 +356,12 @@ async def run(args: argparse.Namespace) -> Result:
             stop.set()
             await tick
             await daemon.close()
+        result.floor_seconds = args.floor_seconds
         result.floor_requests, result.floor_cpu = await floor(
-            sim, args.accounts, args.floor_seconds
+            sim, args.accounts, args.floor_seconds, rate=result.requests / result.seconds
+        )
+        result.flat_requests, result.flat_cpu = await floor(
+            sim, args.accounts, args.floor_seconds, rate=None
         )
         for row in await sim.responses():
             result.responses[row["status"]] = result.responses.get(row["status"], 0) + row["count"]
@@ -359,12 +378,16 @@ def report(r: Result) -> None:
     print(f"requests served: {r.requests} in {r.seconds:.1f}s = {rate:.0f}/s")
     daemon = r.cpu / max(r.requests, 1) * 1000
     floor = r.floor_cpu / r.floor_requests * 1000
-    print(f"daemon CPU per 1000 requests: {daemon:.3f}s ({r.cpu:.1f}s CPU)")
+    flat = r.flat_cpu / r.flat_requests * 1000
     print(
-        f"floor (bare aiohttp, signed WestWallet requests) CPU per 1000 requests: {floor:.3f}s "
-        f"({r.floor_requests} requests)"
+        f"floor (bare aiohttp, the same signed WestWallet requests paced at the daemon's "
+        f"{rate:.0f}/s) CPU per 1000 requests: {floor:.3f}s ({r.floor_requests} requests)"
     )
     print(f"ratio daemon/floor: {daemon / floor:.2f} (target <= 1.5)")
+    print(
+        f"for reference, the bare loop flat out ({r.flat_requests / r.floor_seconds:.0f}/s, "
+        f"100 in flight): {flat:.3f}s per 1000 requests; daemon/that {daemon / flat:.2f}"
+    )
     busy = sorted(r.threads.items(), key=lambda item: -item[1])
     print("daemon CPU by thread: " + ", ".join(f"{k} {v:.1f}s" for k, v in busy if v >= 0.05))
     full = r.gc.get(2, [])

@@ -81,6 +81,10 @@ class LaggyClock(FakeClock):
         """Sleep ``lag`` seconds longer than asked."""
         await super().sleep(seconds + self.lag)
 
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> asyncio.Future[None]:
+        """Run ``callback`` ``lag`` seconds later than asked."""
+        return super().call_later(seconds + self.lag, callback)
+
 
 @dataclass
 class FakePoller:
@@ -782,6 +786,37 @@ class TestScheduler:
         assert clock.sleepers == 0
         await clock.advance(2 * 3600.0)
         assert len(poller.calls) == 3
+
+    async def test_stop_poller_ends_one_account_only(self, clock: FakeClock) -> None:
+        """stop_poller() ends one account's polls, a running one included; others go on."""
+        scheduler = Scheduler(clock, rng=HighRandom(0))
+        gone = FakePoller(clock, interval=10.0, name="gone")
+        kept = FakePoller(clock, interval=10.0, name="kept")
+        scheduler.start(gone, ["balances", "deposits"])
+        scheduler.start(kept, ["balances"])
+        await clock.advance(STARTUP_SPREAD + 10.0)
+        polled = len(gone.calls)
+        assert polled >= 2
+        assert scheduler.polling("gone")
+        await scheduler.stop_poller("gone")
+        assert not scheduler.polling("gone")
+        assert scheduler.polling("kept")
+        before = len(kept.calls)
+        await clock.advance(60.0)
+        assert len(gone.calls) == polled
+        assert len(kept.calls) >= before + 5
+        await scheduler.stop()
+
+    async def test_sleeping_endpoints_hold_no_task(self, clock: FakeClock) -> None:
+        """Between polls an endpoint is a timer, not a suspended task (the collector's load)."""
+        scheduler = Scheduler(clock, rng=HighRandom(0))
+        poller = FakePoller(clock, interval=60.0)
+        scheduler.start(poller, ["balances", "deposits", "withdrawals"])
+        await clock.advance(STARTUP_SPREAD)
+        assert len(poller.calls) == 3
+        assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("poll:")]
+        assert clock.sleepers == 3
+        await scheduler.stop()
 
     async def test_stop_during_startup_jitter_polls_nothing(self, clock: FakeClock) -> None:
         """A loop still waiting out its start-up jitter ends without polling once stopped."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -241,6 +242,19 @@ class Daemon:
         self._polling = True
         for watcher in self.watchers.values():
             self.scheduler.start(watcher, watcher.endpoints)
+        self._freeze()
+
+    def _freeze(self) -> None:
+        """Keep what the daemon built to run out of the cyclic collector's full passes.
+
+        The config, the watchers with their loaded state, the clients and the modules live
+        as long as the daemon does, yet a full collection would scan them all, every time:
+        hundreds of milliseconds of stalled event loop at 10,000 accounts. Frozen, they are
+        still freed by reference counting; reload() thaws them first, so that what a reload
+        drops is collected, and close() thaws them for good.
+        """
+        gc.collect()
+        gc.freeze()
 
     def failed_reload(self) -> None:
         """Record a reload refused before it reached the daemon (the new file is invalid)."""
@@ -280,6 +294,7 @@ class Daemon:
             before = {a.name: a for a in old.accounts}
             after = {a.name: a for a in new.accounts}
             gone = [name for name, a in before.items() if after.get(name) != a]
+            gc.unfreeze()
             for name in gone:
                 await self.scheduler.stop_poller(name)
                 del self.watchers[name]
@@ -295,6 +310,8 @@ class Daemon:
                     self.scheduler.start(watcher, watcher.endpoints)
             self.reload_status.successful = True
             self.reload_status.success_time = self.clock.time()
+            if self._polling:
+                self._freeze()
         log.info(
             "config.reloaded",
             added=sorted(after.keys() - before.keys()),
@@ -322,6 +339,7 @@ class Daemon:
     async def close(self) -> None:
         """Stop polling (in-flight polls finish), deliver what is queued, close everything."""
         await self.scheduler.stop(SHUTDOWN_GRACE)
+        gc.unfreeze()
         if self._dispatch_task is not None:
             self._dispatch_task.cancel()
             await asyncio.gather(self._dispatch_task, return_exceptions=True)

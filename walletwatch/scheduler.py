@@ -30,14 +30,16 @@ after ``down_after`` failures in a row every endpoint of the account waits while
 time tries again. A 429 is no failure of the account: the poll that got it is retried by its
 own loop once the pause is over (the one retry owner), keeping its deadline.
 
-``plan``, ``failure_delay`` and the bucket's pacing are arithmetic on values; the loops only
-sleep on the injected clock and ask a ``Poller`` to do the work.
+``plan``, ``failure_delay`` and the bucket's pacing are arithmetic on values; the schedule
+only sets timers on the injected clock and asks a ``Poller`` to do the work. Between polls an
+endpoint is a timer, not a sleeping task: the collector never scans thousands of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import math
 import random
@@ -460,8 +462,34 @@ class Circuit:
         self.changed = asyncio.Event()
 
 
+@dataclass(eq=False, slots=True)
+class _Endpoint:
+    """One endpoint's place in the schedule: when it is due, its deadline, its failures.
+
+    Between polls an endpoint is this object and one clock timer, not a suspended task: with
+    one per account endpoint, tens of thousands of sleeping coroutines, futures and contexts
+    would be most of what the garbage collector scans on every full pass.
+    """
+
+    poller: Poller
+    name: str
+    circuit: Circuit
+    launch: Callable[[_Endpoint], None]
+    due: float = 0.0
+    deadline: float = 0.0
+    failures: int = 0  # this endpoint's, besides the account's in the circuit
+    polled: bool = False
+    retired: bool = False
+    timer: Timer | None = None
+    task: asyncio.Task[None] | None = None  # the poll under way
+
+    def __call__(self) -> None:
+        """The timer's callback: begin the poll that is due (no partial or bound method kept)."""
+        self.launch(self)
+
+
 class Scheduler:
-    """Runs one loop per (account, endpoint) until stopped; see the module docstring."""
+    """Polls every (account, endpoint) on its schedule until stopped; see the module docstring."""
 
     def __init__(
         self,
@@ -474,13 +502,13 @@ class Scheduler:
         self._rng = rng or random.Random()
         self._on_delay = on_delay
         self._stop = StopSignal()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._idle: set[asyncio.Task[Any]] = set()  # loops between polls: stop() cancels them
-        self._by_poller: dict[str, set[asyncio.Task[None]]] = {}
-        self._quiet: dict[str, float] = {}  # poller -> the longest sleep of its loops
-        self._scheduled = 0  # poll loops started so far: the start-up spread grows with them
+        self._tasks: set[asyncio.Task[None]] = set()  # polls under way
+        self._idle: set[asyncio.Task[Any]] = set()  # polls not started yet: stop() cancels them
+        self._endpoints: dict[str, list[_Endpoint]] = {}  # by poller name
+        self._quiet: dict[str, float] = {}  # poller -> the longest wait between its polls
+        self._scheduled = 0  # endpoints started so far: the start-up spread grows with them
         self.progress = clock.monotonic()
-        """When a poll loop last took a step (the watchdog's heartbeat)."""
+        """When a poll last began or ended (the watchdog's heartbeat)."""
 
     def start(self, poller: Poller, endpoints: Iterable[str]) -> None:
         """Begin polling the poller's endpoints (one call per poller: they share a circuit).
@@ -493,28 +521,37 @@ class Scheduler:
         self._scheduled += len(names)
         spread = min(poller.interval, max(STARTUP_SPREAD, self._scheduled / STARTUP_RATE))
         offset = self._rng.uniform(0.0, spread)
+        mine = self._endpoints.setdefault(poller.name, [])
         for index, endpoint in enumerate(names):
             first = offset - spread * index / len(names)
             if first < 0:
                 first += spread
-            task = asyncio.create_task(
-                self._loop(poller, endpoint, circuit, first), name=f"poll:{poller.name}:{endpoint}"
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            self._by_poller.setdefault(poller.name, set()).add(task)
+            ep = _Endpoint(poller, endpoint, circuit, self._launch)
+            mine.append(ep)
+            self._arm(ep, first)
         self._quiet[poller.name] = max(poller.interval, poller.max_backoff)
 
+    def polling(self, name: str) -> bool:
+        """True while the poller called ``name`` has endpoints on the schedule."""
+        return bool(self._endpoints.get(name))
+
     async def stop_poller(self, name: str) -> None:
-        """Cancel the loops of the poller called ``name`` (its committed state is kept)."""
-        tasks = self._by_poller.pop(name, set())
+        """Stop polling the poller called ``name`` (its committed state is kept)."""
+        endpoints = self._endpoints.pop(name, [])
         self._quiet.pop(name, None)
-        for task in tasks:
-            task.cancel()
+        tasks = []
+        for ep in endpoints:
+            ep.retired = True
+            if ep.timer is not None:
+                ep.timer.cancel()
+                ep.timer = None
+            if ep.task is not None and not ep.task.done():
+                ep.task.cancel()
+                tasks.append(ep.task)
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def stalled(self) -> bool:
-        """True when no poll loop has taken a step for longer than any of them may sleep."""
+        """True when no poll has begun or ended for longer than any endpoint may wait."""
         if not self._quiet:  # nothing to poll (yet): nothing can be stuck
             return False
         quiet = 2 * max(self._quiet.values()) + STALL_SLACK
@@ -523,7 +560,12 @@ class Scheduler:
     async def stop(self, grace: float = 10.0) -> None:
         """Start no new polls, let running ones finish within ``grace``, cancel the rest."""
         self._stop.set()
-        for task in self._idle:  # sleeping or waiting to start a poll: nothing to finish
+        for endpoints in self._endpoints.values():
+            for ep in endpoints:
+                if ep.timer is not None:
+                    ep.timer.cancel()
+                    ep.timer = None
+        for task in self._idle:  # waiting to start a poll: nothing to finish
             task.cancel()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=grace)
@@ -531,58 +573,81 @@ class Scheduler:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _loop(self, poller: Poller, endpoint: str, circuit: Circuit, first: float) -> None:
-        await self._sleep(first)
-        due = self._clock.monotonic()
-        deadline = due + poller.interval_for(endpoint)
-        failures = 0  # this endpoint's, besides the account's in the circuit
-        while not self._stop.is_set():
-            self.progress = self._clock.monotonic()
-            probe = circuit.open
-            if probe:
-                if not await self._through(circuit, endpoint):
-                    return
-                probe = circuit.open  # False when another endpoint's probe closed it
-                # Waiting for the account's probe is not lateness of the budget.
-                due = max(due, self._clock.monotonic())
-                deadline = max(deadline, due + poller.interval_for(endpoint))
-            ticket = Ticket(due, deadline, tuple(poller.buckets))
-            try:
-                if ticket.buckets:
-                    with self._idle_loop():
-                        await admit(ticket)
-                began = self._clock.monotonic()
-                outcome = await self._poll(poller, endpoint, ticket)
-            finally:
-                release(ticket)
-            if self._on_delay is not None:
-                started = ticket.started if ticket.started is not None else began
-                self._on_delay(poller.provider, started - due)
-            finished = self._clock.monotonic()
-            interval = poller.interval_for(endpoint)
-            if outcome.ok:
-                failures = circuit.failures = 0
-                # Keep the cadence, but never poll again sooner than an interval after this
-                # poll got its first slot, nor before it ended: late polls are not caught up.
-                slot = ticket.started if ticket.started is not None else due
-                due = max(due + interval, slot + interval, finished)
-                deadline = due + interval
-            elif outcome.retry_after is not None:
-                # Rate limited: the bucket is paused; this poll alone retries, in its place.
-                due = finished + max(outcome.retry_after, MIN_RETRY)
-            else:
-                failures += 1
-                circuit.failures += 1
-                count = max(failures, circuit.failures)
-                due = finished + failure_delay(
-                    count, poller.interval, poller.max_backoff, self._rng
-                )
-                deadline = due + interval
-                if circuit.open:
-                    circuit.retry_at = due
-            self.progress = finished
-            circuit.settle(probed=probe)
-            await self._sleep(due - self._clock.monotonic())
+    def _arm(self, ep: _Endpoint, delay: float) -> None:
+        """Have the endpoint's next poll begin in ``delay`` seconds."""
+        if ep.retired or self._stop.is_set():
+            return
+        if delay > 0:
+            ep.timer = self._clock.call_later(delay, ep)
+        else:
+            self._launch(ep)
+
+    def _launch(self, ep: _Endpoint) -> None:
+        ep.timer = None
+        if ep.retired or self._stop.is_set():
+            return
+        task = ep.task = asyncio.create_task(
+            self._step(ep), name=f"poll:{ep.poller.name}:{ep.name}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._done, ep))
+
+    def _done(self, ep: _Endpoint, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if ep.task is task:
+            ep.task = None  # a finished task keeps its coroutine and context: drop it
+
+    async def _step(self, ep: _Endpoint) -> None:
+        """One poll of the endpoint, then its next one armed: the whole per-poll logic."""
+        poller, endpoint, circuit = ep.poller, ep.name, ep.circuit
+        now = self._clock.monotonic()
+        if not ep.polled:
+            ep.polled = True
+            ep.due, ep.deadline = now, now + poller.interval_for(endpoint)
+        self.progress = now
+        probe = circuit.open
+        if probe:
+            if not await self._through(circuit, endpoint):
+                return
+            probe = circuit.open  # False when another endpoint's probe closed it
+            # Waiting for the account's probe is not lateness of the budget.
+            ep.due = max(ep.due, self._clock.monotonic())
+            ep.deadline = max(ep.deadline, ep.due + poller.interval_for(endpoint))
+        ticket = Ticket(ep.due, ep.deadline, tuple(poller.buckets))
+        try:
+            if ticket.buckets:
+                with self._idle_poll():
+                    await admit(ticket)
+            began = self._clock.monotonic()
+            outcome = await self._poll(poller, endpoint, ticket)
+        finally:
+            release(ticket)
+        if self._on_delay is not None:
+            started = ticket.started if ticket.started is not None else began
+            self._on_delay(poller.provider, started - ep.due)
+        finished = self._clock.monotonic()
+        interval = poller.interval_for(endpoint)
+        if outcome.ok:
+            ep.failures = circuit.failures = 0
+            # Keep the cadence, but never poll again sooner than an interval after this
+            # poll got its first slot, nor before it ended: late polls are not caught up.
+            slot = ticket.started if ticket.started is not None else ep.due
+            ep.due = max(ep.due + interval, slot + interval, finished)
+            ep.deadline = ep.due + interval
+        elif outcome.retry_after is not None:
+            # Rate limited: the bucket is paused; this poll alone retries, in its place.
+            ep.due = finished + max(outcome.retry_after, MIN_RETRY)
+        else:
+            ep.failures += 1
+            circuit.failures += 1
+            count = max(ep.failures, circuit.failures)
+            ep.due = finished + failure_delay(count, poller.interval, poller.max_backoff, self._rng)
+            ep.deadline = ep.due + interval
+            if circuit.open:
+                circuit.retry_at = ep.due
+        self.progress = finished
+        circuit.settle(probed=probe)
+        self._arm(ep, ep.due - self._clock.monotonic())
 
     async def _poll(self, poller: Poller, endpoint: str, ticket: Ticket) -> Outcome:
         token = _POLL.set(ticket)
@@ -616,27 +681,17 @@ class Scheduler:
             circuit.notify()  # the next in line may be first now
 
     @contextlib.contextmanager
-    def _idle_loop(self) -> Iterator[None]:
-        """While in this block the loop runs no poll, and stop() cancels whatever it awaits.
-
-        Cancelling the waiting loop itself spares every sleep a helper task and a stop
-        waiter, which thousands of loops would pay for on every poll.
-        """
+    def _idle_poll(self) -> Iterator[None]:
+        """While in this block the poll has not begun, and stop() cancels what it awaits."""
         if self._stop.is_set():
             raise asyncio.CancelledError
         task = asyncio.current_task()
-        assert task is not None  # noqa: S101 - loops are tasks
+        assert task is not None  # noqa: S101 - polls are tasks
         self._idle.add(task)
         try:
             yield
         finally:
             self._idle.discard(task)
-
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep on the clock; when the scheduler stops, the sleep (and the loop) ends."""
-        if seconds > 0:
-            with self._idle_loop():
-                await self._clock.sleep(seconds)
 
 
 class Signal(Protocol):

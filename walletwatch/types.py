@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
@@ -46,8 +48,24 @@ class SystemClock:
         await asyncio.sleep(seconds)
 
     def call_later(self, seconds: float, callback: Callable[[], object]) -> Timer:
-        """Run ``callback`` on the event loop in ``seconds`` (no task: a timer handle)."""
-        return asyncio.get_running_loop().call_later(max(seconds, 0.0), callback)
+        """Run ``callback`` on the event loop in ``seconds`` (no task: a timer handle).
+
+        Timer callbacks run in one empty context per thread instead of a copy of the caller's
+        each: thousands of pending timers need not each hold one.
+        """
+        loop = asyncio.get_running_loop()
+        return loop.call_later(max(seconds, 0.0), callback, context=_timer_context())
+
+
+_THREAD = threading.local()
+
+
+def _timer_context() -> contextvars.Context:
+    """The context timer callbacks of this thread's event loop run in."""
+    context: contextvars.Context | None = getattr(_THREAD, "timers", None)
+    if context is None:
+        context = _THREAD.timers = contextvars.Context()
+    return context
 
 
 class Provider(Protocol):

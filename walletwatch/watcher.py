@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import structlog
 
@@ -26,9 +26,9 @@ from walletwatch.types import Clock, Provider
 log = structlog.get_logger("walletwatch.watcher")
 
 
-@dataclass(frozen=True, slots=True)
-class EndpointHealth:
-    """How the last poll of one endpoint went."""
+class EndpointHealth(NamedTuple):
+    """How the last poll of one endpoint went (a tuple of plain values, so one per endpoint
+    per poll adds nothing for the garbage collector to scan)."""
 
     ok: bool
     last_success: float | None
