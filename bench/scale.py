@@ -379,6 +379,7 @@ def report(r: Result) -> None:
     daemon = r.cpu / max(r.requests, 1) * 1000
     floor = r.floor_cpu / r.floor_requests * 1000
     flat = r.flat_cpu / r.flat_requests * 1000
+    print(f"daemon CPU per 1000 requests: {daemon:.3f}s ({r.cpu:.1f}s CPU)")
     print(
         f"floor (bare aiohttp, the same signed WestWallet requests paced at the daemon's "
         f"{rate:.0f}/s) CPU per 1000 requests: {floor:.3f}s ({r.floor_requests} requests)"

@@ -776,7 +776,7 @@ class TestScheduler:
         scheduler.start(poller, ["balances", "deposits", "withdrawals"])
         await clock.advance(STARTUP_SPREAD)
         assert len(poller.calls) == 3
-        assert clock.sleepers == 3
+        assert clock.sleepers == 1  # one timer for every sleeping endpoint
         before = clock.monotonic()
         stopping = asyncio.create_task(scheduler.stop(grace=30.0))
         await settle()
@@ -807,15 +807,36 @@ class TestScheduler:
         assert len(kept.calls) >= before + 5
         await scheduler.stop()
 
-    async def test_sleeping_endpoints_hold_no_task(self, clock: FakeClock) -> None:
-        """Between polls an endpoint is a timer, not a suspended task (the collector's load)."""
+    async def test_a_restarted_poller_keeps_only_its_new_schedule(self, clock: FakeClock) -> None:
+        """A poller stopped and started again (a reload) polls on its new schedule only: the
+        wake-up its old endpoint had armed does not fire the new one."""
         scheduler = Scheduler(clock, rng=HighRandom(0))
         poller = FakePoller(clock, interval=60.0)
-        scheduler.start(poller, ["balances", "deposits", "withdrawals"])
+        scheduler.start(poller, ["balances"])
         await clock.advance(STARTUP_SPREAD)
-        assert len(poller.calls) == 3
+        assert len(poller.calls) == 1
+        await clock.advance(30.0)
+        await scheduler.stop_poller(poller.name)
+        restarted = clock.monotonic()
+        scheduler.start(poller, ["balances"])
+        await clock.advance(100.0)
+        new = [t - restarted for t in poller.times()[1:]]
+        assert new == pytest.approx([STARTUP_SPREAD, STARTUP_SPREAD + 60.0], abs=0.01)
+        await scheduler.stop()
+
+    async def test_sleeping_endpoints_hold_no_task_or_timer(self, clock: FakeClock) -> None:
+        """Between polls an endpoint holds no task and no timer of its own (the collector's
+        load): one timer serves the earliest wake-up of all."""
+        scheduler = Scheduler(clock, rng=HighRandom(0))
+        pollers = [FakePoller(clock, interval=60.0, name=f"p{i}") for i in range(20)]
+        for poller in pollers:
+            scheduler.start(poller, ["balances", "deposits", "withdrawals"])
+        await clock.advance(STARTUP_SPREAD)
+        assert all(len(poller.calls) == 3 for poller in pollers)
         assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("poll:")]
-        assert clock.sleepers == 3
+        assert clock.sleepers == 1
+        await clock.advance(60.0)
+        assert all(len(poller.calls) == 6 for poller in pollers)
         await scheduler.stop()
 
     async def test_stop_during_startup_jitter_polls_nothing(self, clock: FakeClock) -> None:

@@ -108,3 +108,34 @@ class TestCommits:
             await watcher.poll("deposits")
         assert store.commits == 3
         assert watcher.state.failures == {"deposits": 0}
+
+
+class TestHealth:
+    """An endpoint's health: kept in one object, updated by every poll."""
+
+    async def test_failure_keeps_the_last_success_and_recovery_clears_the_error(
+        self, clock: FakeClock
+    ) -> None:
+        """A failure records its reason and keeps when the endpoint last worked; the next
+        success clears the reason and the error."""
+        provider = ScriptedProvider(("deposits",))
+        provider.answers["deposits"] += [page("a"), Unavailable("down"), page("a")]
+        watcher, _ = make_watcher(clock, provider)
+        await watcher.poll("deposits")
+        worked = clock.time()
+        health = watcher.health["deposits"]
+        await clock.advance(60)
+        await watcher.poll("deposits")
+        assert watcher.health["deposits"] is health  # in place: no object per poll
+        assert (health.ok, health.last_success, health.reason) == (False, worked, "connection")
+        assert health.error == "down"
+        await clock.advance(60)
+        await watcher.poll("deposits")
+        again = watcher.health["deposits"]
+        assert again is health
+        assert (again.ok, again.last_success, again.reason, again.error) == (
+            True,
+            clock.time(),
+            None,
+            None,
+        )

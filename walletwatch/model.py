@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
-from typing import NamedTuple
 
 
 class Direction(StrEnum):
@@ -72,11 +71,9 @@ class Transfer:
         return (self.direction, self.id)
 
 
-class Gauge(NamedTuple):
-    """A provider-specific reading exported as-is (price, whitelisting, API status...).
-
-    A tuple of plain values: the ones each poll brings add nothing for the garbage collector.
-    """
+@dataclass(frozen=True, slots=True)
+class Gauge:
+    """A provider-specific reading exported as-is (price, whitelisting, API status...)."""
 
     name: str
     labels: tuple[tuple[str, str], ...]

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
 import itertools
 import math
 import random
@@ -457,35 +458,38 @@ class Circuit:
         self.notify()
 
     def notify(self) -> None:
-        """Wake the endpoints waiting on the circuit to look again."""
-        self.changed.set()
-        self.changed = asyncio.Event()
+        """Wake the endpoints waiting on the circuit to look again (if any: most polls end
+        with none waiting, and need not leave a new Event behind)."""
+        if self.waiting:
+            self.changed.set()
+            self.changed = asyncio.Event()
 
 
 @dataclass(eq=False, slots=True)
 class _Endpoint:
     """One endpoint's place in the schedule: when it is due, its deadline, its failures.
 
-    Between polls an endpoint is this object and one clock timer, not a suspended task: with
-    one per account endpoint, tens of thousands of sleeping coroutines, futures and contexts
-    would be most of what the garbage collector scans on every full pass.
+    Between polls an endpoint is this record and an entry of plain values in the scheduler's
+    wake-up heap, not a suspended task or a timer handle of its own: with one per account
+    endpoint, tens of thousands of sleeping coroutines, futures, handles and contexts would
+    be most of what the garbage collector scans on every full pass.
     """
 
     poller: Poller
     name: str
     circuit: Circuit
-    launch: Callable[[_Endpoint], None]
+    index: int  # in Scheduler._all
     due: float = 0.0
     deadline: float = 0.0
     failures: int = 0  # this endpoint's, besides the account's in the circuit
     polled: bool = False
     retired: bool = False
-    timer: Timer | None = None
+    armed: int = -1  # the sequence number of its live wake-up entry, -1 when none
     task: asyncio.Task[None] | None = None  # the poll under way
 
-    def __call__(self) -> None:
-        """The timer's callback: begin the poll that is due (no partial or bound method kept)."""
-        self.launch(self)
+
+EARLY = 1e-3
+"""A timer may fire a hair before its time: what is due within this is due now."""
 
 
 class Scheduler:
@@ -505,6 +509,14 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()  # polls under way
         self._idle: set[asyncio.Task[Any]] = set()  # polls not started yet: stop() cancels them
         self._endpoints: dict[str, list[_Endpoint]] = {}  # by poller name
+        self._all: list[_Endpoint | None] = []  # by index; None once retired
+        self._free: list[int] = []  # indexes of retired endpoints, to reuse
+        # (when, sequence, endpoint index): plain values the collector does not track. An
+        # entry whose sequence is no longer its endpoint's ``armed`` is stale and skipped.
+        self._wakeups: list[tuple[float, int, int]] = []
+        self._seq = itertools.count()
+        self._timer: Timer | None = None  # one clock timer, for the earliest wake-up
+        self._timer_at = math.inf
         self._quiet: dict[str, float] = {}  # poller -> the longest wait between its polls
         self._scheduled = 0  # endpoints started so far: the start-up spread grows with them
         self.progress = clock.monotonic()
@@ -522,11 +534,16 @@ class Scheduler:
         spread = min(poller.interval, max(STARTUP_SPREAD, self._scheduled / STARTUP_RATE))
         offset = self._rng.uniform(0.0, spread)
         mine = self._endpoints.setdefault(poller.name, [])
-        for index, endpoint in enumerate(names):
-            first = offset - spread * index / len(names)
+        for number, endpoint in enumerate(names):
+            first = offset - spread * number / len(names)
             if first < 0:
                 first += spread
-            ep = _Endpoint(poller, endpoint, circuit, self._launch)
+            index = self._free.pop() if self._free else len(self._all)
+            ep = _Endpoint(poller, endpoint, circuit, index)
+            if index == len(self._all):
+                self._all.append(ep)
+            else:
+                self._all[index] = ep
             mine.append(ep)
             self._arm(ep, first)
         self._quiet[poller.name] = max(poller.interval, poller.max_backoff)
@@ -541,10 +558,9 @@ class Scheduler:
         self._quiet.pop(name, None)
         tasks = []
         for ep in endpoints:
-            ep.retired = True
-            if ep.timer is not None:
-                ep.timer.cancel()
-                ep.timer = None
+            ep.retired, ep.armed = True, -1
+            self._all[ep.index] = None
+            self._free.append(ep.index)
             if ep.task is not None and not ep.task.done():
                 ep.task.cancel()
                 tasks.append(ep.task)
@@ -560,11 +576,10 @@ class Scheduler:
     async def stop(self, grace: float = 10.0) -> None:
         """Start no new polls, let running ones finish within ``grace``, cancel the rest."""
         self._stop.set()
-        for endpoints in self._endpoints.values():
-            for ep in endpoints:
-                if ep.timer is not None:
-                    ep.timer.cancel()
-                    ep.timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, math.inf
+        self._wakeups.clear()
         for task in self._idle:  # waiting to start a poll: nothing to finish
             task.cancel()
         if self._tasks:
@@ -577,13 +592,37 @@ class Scheduler:
         """Have the endpoint's next poll begin in ``delay`` seconds."""
         if ep.retired or self._stop.is_set():
             return
-        if delay > 0:
-            ep.timer = self._clock.call_later(delay, ep)
-        else:
+        if delay <= 0:
             self._launch(ep)
+            return
+        now = self._clock.monotonic()
+        at = now + delay
+        ep.armed = next(self._seq)
+        heapq.heappush(self._wakeups, (at, ep.armed, ep.index))
+        if at < self._timer_at:
+            self._set_timer(now, at)
+
+    def _set_timer(self, now: float, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self._clock.call_later(at - now, self._wake)
+
+    def _wake(self) -> None:
+        """Begin every poll that is due, then set the timer for the next one."""
+        self._timer, self._timer_at = None, math.inf
+        now = self._clock.monotonic()
+        wakeups = self._wakeups
+        while wakeups and wakeups[0][0] <= now + EARLY:
+            _, seq, index = heapq.heappop(wakeups)
+            ep = self._all[index]
+            if ep is not None and ep.armed == seq:
+                ep.armed = -1
+                self._launch(ep)
+        if wakeups:
+            self._set_timer(now, wakeups[0][0])
 
     def _launch(self, ep: _Endpoint) -> None:
-        ep.timer = None
         if ep.retired or self._stop.is_set():
             return
         task = ep.task = asyncio.create_task(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import structlog
 
@@ -25,10 +25,17 @@ from walletwatch.types import Clock, Provider
 
 log = structlog.get_logger("walletwatch.watcher")
 
+_DIRECTIONS: dict[frozenset[Direction], frozenset[Direction]] = {}
+"""The few distinct sets of directions an endpoint covers, one object each."""
 
-class EndpointHealth(NamedTuple):
-    """How the last poll of one endpoint went (a tuple of plain values, so one per endpoint
-    per poll adds nothing for the garbage collector to scan)."""
+
+@dataclass(slots=True)
+class EndpointHealth:
+    """How the last poll of one endpoint went.
+
+    Its watcher updates it in place: one object per endpoint for the daemon's life, where
+    one per poll, kept until the next, would fill the collector's oldest generation.
+    """
 
     ok: bool
     last_success: float | None
@@ -117,11 +124,17 @@ class AccountWatcher:
         now = self._clock.time()
         if not await self._apply(lambda s: observe(s, obs, self.config, now)):
             return Outcome(ok=False)
-        previous = self.health.get(endpoint)
-        if previous is not None and not previous.ok:
-            log.info("poll.recovered", provider=self.provider, account=self.name, endpoint=endpoint)
-        self.health[endpoint] = EndpointHealth(ok=True, last_success=now)
-        self._directions[endpoint] = obs.directions
+        health = self.health.get(endpoint)
+        if health is None:
+            self.health[endpoint] = EndpointHealth(ok=True, last_success=now)
+        else:
+            if not health.ok:
+                log.info(
+                    "poll.recovered", provider=self.provider, account=self.name, endpoint=endpoint
+                )
+            health.ok, health.last_success, health.reason, health.error = True, now, None, None
+        # The same objects as last time where nothing changed (see EndpointHealth).
+        self._directions[endpoint] = _DIRECTIONS.setdefault(obs.directions, obs.directions)
         self._keep_gauges(obs)
         return Outcome(ok=True)
 
@@ -139,12 +152,12 @@ class AccountWatcher:
             reason=err.reason,
             error=str(err),
         )
-        self.health[endpoint] = EndpointHealth(
-            ok=False,
-            last_success=previous.last_success if previous else None,
-            reason=err.reason,
-            error=str(err),
-        )
+        if previous is None:
+            self.health[endpoint] = EndpointHealth(
+                ok=False, last_success=None, reason=err.reason, error=str(err)
+            )
+        else:
+            previous.ok, previous.reason, previous.error = False, err.reason, str(err)
         now = self._clock.time()
         await self._apply(lambda s: fail(s, endpoint, err.reason, self.config, now))
         retry_after = err.retry_after if isinstance(err, RateLimited) else None
@@ -181,4 +194,6 @@ class AccountWatcher:
 
     def _keep_gauges(self, obs: Observation) -> None:
         for gauge in obs.gauges:
-            self.gauges[(gauge.name, gauge.labels)] = gauge
+            key = (gauge.name, gauge.labels)
+            if self.gauges.get(key) != gauge:
+                self.gauges[key] = gauge
