@@ -27,8 +27,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-
 from walletwatch.config import AccountConfig, Config, parse_config
 from walletwatch.metrics import WalletwatchCollector
 from walletwatch.model import Balance, Direction, Observation, State, Transfer
@@ -233,12 +231,11 @@ async def scrape(config: Config, states: list[AccountState], store: Store) -> No
         )
         for account, state in zip(config.accounts, states, strict=True)
     ]
-    registry = CollectorRegistry()
-    registry.register(WalletwatchCollector(lambda: watchers, telemetry, clock))
+    collector = WalletwatchCollector(lambda: watchers, telemetry, clock)
     times = []
     for _ in range(10):
         start = time.perf_counter()
-        body = generate_latest(registry)
+        body = collector.render()
         times.append(time.perf_counter() - start)
     times.sort()
     print(

@@ -1,14 +1,21 @@
-"""Tests of metrics.py: the collector read through a real registry, after real watcher polls."""
+"""Tests of metrics.py: the collector read through a real registry, after real watcher polls,
+and its exposition against prometheus_client's encoders."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_openmetrics,
+)
 from structlog.testing import capture_logs
 
 from tests.fakes import START, FakeClock, ScriptedProvider
@@ -23,12 +30,12 @@ from walletwatch.errors import (
     Unavailable,
 )
 from walletwatch.events import EVENT_NAMES
-from walletwatch.metrics import WalletwatchCollector
+from walletwatch.metrics import SortedKeys, WalletwatchCollector
 from walletwatch.model import Balance, Direction, Gauge, Observation, State, Transfer
 from walletwatch.store import AsyncStore, Store
 from walletwatch.telemetry import Telemetry
-from walletwatch.tracker import AccountState
-from walletwatch.watcher import AccountWatcher
+from walletwatch.tracker import AccountState, Total, TrackedBalance, TrackedTransfer
+from walletwatch.watcher import AccountWatcher, EndpointHealth
 
 SETTINGS = ProviderSettings(
     rate_limit=1.0,
@@ -527,3 +534,159 @@ class TestExposition:
         registry = CollectorRegistry(auto_describe=True)
         registry.register(WalletwatchCollector(lambda: rig.watchers, rig.telemetry, rig.clock))
         assert registry.get_sample_value("walletwatch_up", acct(provider="potwallet")) == 0.0
+
+
+def weird_state() -> AccountState:
+    """A state exercising the renderer: odd currency names, NaN and infinities, big and tiny
+    amounts, pending balances, settled totals, and transfers in flight (one of them stuck)."""
+    transfers = {
+        t.key: TrackedTransfer(t, first_seen=START - 10.0)
+        for t in (
+            transfer("w1", State.PENDING, created_at=START - 7200.0),
+            transfer("w2", State.UNKNOWN, currency='US"D\\T\n'),
+            transfer("d1", State.PENDING, direction=Direction.DEPOSIT, currency="ETH"),
+            transfer("w3", State.OK),
+        )
+    }
+    balances = (
+        Balance("BTC", Decimal("NaN"), Decimal("0.00000001")),
+        Balance("ETH", Decimal("Infinity")),
+        Balance("USDT", Decimal("12345678.87654321"), Decimal("-Infinity")),
+        Balance('US"D\\T\n', Decimal("-1E+3")),
+    )
+    return AccountState(
+        transfers=transfers,
+        balances={b.currency: TrackedBalance(b) for b in balances},
+        baselined=frozenset(Direction),
+        totals={
+            ("BTC", Direction.WITHDRAWAL, State.OK): Total(2, Decimal("0.3")),
+            ("BTC", Direction.WITHDRAWAL, State.FAILED): Total(1, Decimal(5)),
+            ("XRP", Direction.DEPOSIT, State.CANCELED): Total(1_500_000, Decimal("1E+7")),
+        },
+    )
+
+
+@pytest.fixture(name="weird")
+def fixture_weird(rig: Rig) -> Rig:
+    """A rig whose accounts, gauges and telemetry take every odd shape the exposition must."""
+    odd = rig.add(account_config('a"b\\c\nd', "potwallet"), endpoints=("balances", "deposits"))
+    odd.state = weird_state()
+    odd.health["balances"] = EndpointHealth(ok=True, last_success=START - 0.123456)
+    odd.health["deposits"] = EndpointHealth(ok=False, last_success=None, reason="timeout")
+    for gauge in (
+        Gauge("price", (("quote", 'U"S\\D\n'), ("currency", "POT")), Decimal("Infinity")),
+        Gauge("price", (("quote", "USD"), ("currency", "POT")), Decimal("0.0125")),
+        Gauge("brand_new", (), Decimal("2.5")),
+    ):
+        odd.gauges[(gauge.name, gauge.labels)] = gauge
+    plain = rig.add(account_config("plain", "kredswallet"))
+    plain.health["balances"] = EndpointHealth(ok=True, last_success=START)
+    plain.health["withdrawals"] = EndpointHealth(ok=True, last_success=START + 1e-6)
+    t = rig.telemetry
+    t.polls[("potwallet", 'a"b\\c\nd', "balances")] = 3
+    t.polls[("kredswallet", "plain", "balances")] = 2_000_000
+    t.poll_errors[("potwallet", 'a"b\\c\nd', "deposits", "timeout")] = 1
+    t.request("potwallet", "balances", "200", 0.2)
+    t.request("potwallet", "balances", "error", 31.0)
+    t.request("kredswallet", "withdrawals", "429", 0.07)
+    t.delay("kredswallet", 12.5)
+    t.events["balance.low"] = 4
+    t.outbox_pending["hook"] = 2
+    t.delivery_failures['we"bhook'] += 1
+    t.bucket("potwallet:abc").rate = 9.5
+    t.bucket('kreds"wallet@host').wait_seconds = 1234567.125
+    return rig
+
+
+class TestRendering:
+    """The exposition is written directly, exactly as prometheus_client's encoders write it."""
+
+    def test_text_is_prometheus_clients(self, weird: Rig) -> None:
+        """The text format is byte for byte what generate_latest writes for the same families."""
+        collector = WalletwatchCollector(lambda: weird.watchers, weird.telemetry, weird.clock)
+        text = collector.render()
+        assert text == generate_latest(weird.registry)
+        assert b'account="a\\"b\\\\c\\nd"' in text
+        assert b'currency="US\\"D\\\\T\\n"' in text
+        for value in (b"NaN", b"+Inf", b"-Inf", b"1.234567887654321e+07", b"1e-08", b"-1000.0"):
+            assert b" " + value + b"\n" in text
+
+    def test_openmetrics_is_prometheus_clients_and_valid(self, weird: Rig) -> None:
+        """OpenMetrics is what its encoder writes for the same families, and parses back."""
+        collector = WalletwatchCollector(lambda: weird.watchers, weird.telemetry, weird.clock)
+        text = collector.render(openmetrics=True)
+        # prometheus_client's OpenMetrics encoder and parser carry no annotations.
+        assert text == openmetrics.generate_latest(weird.registry)  # type: ignore[no-untyped-call]
+        assert text.endswith(b"\n# EOF\n")
+        assert b"# TYPE walletwatch_transfers counter\n" in text
+        parsed = parse_openmetrics(text.decode())  # type: ignore[no-untyped-call]
+        families = {f.name: f for f in parsed}
+        assert families.keys() == {f.name for f in weird.registry.collect()}
+        labels = acct('a"b\\c\nd', "potwallet", currency='US"D\\T\n', direction="withdrawal")
+        in_flight = families["walletwatch_transfers_in_flight"].samples
+        assert [s.value for s in in_flight if s.labels == labels] == [1.0]
+
+    def test_every_family_once_and_empty_ones_kept(self, weird: Rig) -> None:
+        """Each family has its HELP and TYPE once, in the same order, samples or none."""
+        text = WalletwatchCollector(list, Telemetry(), weird.clock).render().decode()
+        types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+        assert len(types) == len(set(types)) > 20
+        full = generate_latest(weird.registry).decode()
+        assert types == [
+            line.split()[2]
+            for line in full.splitlines()
+            if line.startswith("# TYPE")
+            if "walletwatch_price" not in line and "walletwatch_brand_new" not in line
+        ]
+        assert "walletwatch_balance_pending gauge\n# HELP" in text
+
+    async def test_stuck_counts_follow_the_clock(self, weird: Rig, clock: FakeClock) -> None:
+        """An in-flight transfer turns stuck in the exposition when time passes its threshold."""
+        flow = acct('a"b\\c\nd', "potwallet", currency="ETH", direction="deposit")
+        assert weird.value("walletwatch_transfers_stuck", flow) == 0.0
+        await clock.advance(6 * 3600.0 + 10.0)
+        assert weird.value("walletwatch_transfers_stuck", flow) == 1.0
+
+    def test_replaced_config_and_removed_watcher(self, weird: Rig) -> None:
+        """Series made from config follow a replaced config; a removed watcher's series go."""
+        odd, plain = weird.watchers
+        low = acct("plain", "kredswallet", currency="BTC")
+        assert weird.value("walletwatch_balance_low_threshold", low) == 0.5
+        plain.config = replace(plain.config, low_balance={"BTC": Decimal(7)})
+        assert weird.value("walletwatch_balance_low_threshold", low) == 7.0
+        weird.watchers.remove(odd)
+        assert weird.value("walletwatch_up", acct('a"b\\c\nd', "potwallet")) is None
+        assert weird.value("walletwatch_up", acct("plain", "kredswallet")) == 1.0
+
+    def test_keeps_no_removed_watcher_alive(self, weird: Rig) -> None:
+        """What the collector keeps between renders lets a removed watcher be collected."""
+        assert weird.value("walletwatch_up", acct("plain", "kredswallet")) == 1.0
+        removed = weakref.ref(weird.watchers.pop())
+        gc.collect()
+        assert removed() is None  # before any other render
+        assert weird.value("walletwatch_up", acct("plain", "kredswallet")) is None
+
+    def test_steps_yield_between_accounts(self, weird: Rig) -> None:
+        """Rendering is a series of steps, at least one per account, parts in order."""
+        collector = WalletwatchCollector(lambda: weird.watchers, weird.telemetry, weird.clock)
+        steps = list(collector.steps())
+        assert steps[: len(weird.watchers)] == [None] * len(weird.watchers)
+        assert b"".join(part for part in steps if part is not None) == collector.render()
+
+
+class TestSortedKeys:
+    def test_keys_added_later_are_sorted_in(self) -> None:
+        """Keys a dict gains between calls come back sorted with the others."""
+        keys: SortedKeys[str] = SortedKeys()
+        counts = {"m": 1, "c": 1}
+        assert keys.of(counts) == ["c", "m"]
+        counts |= {"a": 1, "z": 1, "n": 1}
+        assert keys.of(counts) == ["a", "c", "m", "n", "z"]
+
+    def test_fewer_keys_sort_afresh(self) -> None:
+        """Were keys removed, the next call sorts the dict's keys anew."""
+        keys: SortedKeys[str] = SortedKeys()
+        counts = {"b": 1, "a": 1}
+        keys.of(counts)
+        del counts["a"]
+        assert keys.of(counts) == ["b"]

@@ -1,7 +1,10 @@
-"""Tests of web.py: /metrics, /healthz, /readyz and the index page, served on loopback."""
+"""Tests of web.py: /metrics, /healthz, /readyz and the index page, served on loopback, and
+the rendering of /metrics on the event loop."""
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -10,7 +13,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from prometheus_client import CollectorRegistry
+from aiohttp.typedefs import Handler
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
 )
@@ -26,7 +31,7 @@ from walletwatch.store import AsyncStore, Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState
 from walletwatch.watcher import AccountWatcher
-from walletwatch.web import create_app
+from walletwatch.web import Renders, create_app, negotiate, render
 
 SETTINGS = ProviderSettings(
     rate_limit=1.0,
@@ -76,8 +81,8 @@ class Site:
     watchers: list[AccountWatcher] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        collector = WalletwatchCollector(lambda: self.watchers, self.telemetry, self.clock)
-        self.registry.register(collector)
+        self.collector = WalletwatchCollector(lambda: self.watchers, self.telemetry, self.clock)
+        self.registry.register(self.collector)
 
     def add(self, name: str, provider: str = "westwallet") -> AccountWatcher:
         """Watch one more account."""
@@ -121,7 +126,7 @@ def fixture_site(store: AsyncStore) -> Site:
 @pytest.fixture(name="client")
 async def fixture_client(site: Site) -> AsyncIterator[WebClient]:
     """A client of the app served on 127.0.0.1."""
-    app = create_app(site.registry, lambda: site.watchers)
+    app = create_app(site.collector, lambda: site.watchers)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         yield client
 
@@ -173,6 +178,129 @@ class TestMetricsEndpoint:
         assert response.status == 200
         assert response.headers["Content-Type"].split(";")[0] == "text/plain"
         assert "# EOF" not in await response.text()
+
+    @pytest.mark.parametrize(
+        "accept",
+        [
+            "",
+            "text/plain",
+            "text/plain; version=0.0.4",
+            "text/plain; version=1.0.0; escaping=allow-utf-8",
+            "application/openmetrics-text",
+            "application/openmetrics-text; version=0.0.1",
+            "application/openmetrics-text; version=1.0.0; escaping=dots",
+            "application/openmetrics-text; version=2.0.0",
+            "text/html;q=0.9, application/openmetrics-text;q=0.8",
+        ],
+    )
+    async def test_same_choice_and_bytes_as_prometheus_client(
+        self, accept: str, site: Site, client: WebClient
+    ) -> None:
+        """For any Accept, /metrics has the content type and bytes prometheus_client's pick."""
+        watcher = site.add('a"b\\c')
+        await site.poll(watcher, "balances", answer("balances"))
+        encoder, content_type = choose_encoder(accept)
+        response = await client.get("/metrics", headers={"Accept": accept})
+        assert response.headers["Content-Type"] == content_type
+        assert await response.read() == encoder(site.registry)
+
+    @pytest.mark.parametrize(
+        ("accept_encoding", "remote", "gzipped"),
+        [
+            ("gzip", "192.0.2.7", True),
+            ("gzip, deflate", "2001:db8::7", True),
+            ("deflate;q=1.0, GZIP;q=0.5", "192.0.2.7", True),
+            ("", "192.0.2.7", False),
+            ("deflate, br", "192.0.2.7", False),
+            ("gzip", "127.0.0.1", False),
+            ("gzip", "::1", False),
+            ("gzip", None, True),
+        ],
+    )
+    def test_gzip_when_accepted_over_the_network(
+        self, accept_encoding: str, remote: str | None, gzipped: bool
+    ) -> None:
+        """The body is gzipped when the scraper accepts gzip, unless it is on loopback."""
+        assert negotiate("", accept_encoding, remote).gzip is gzipped
+
+    async def test_gzip_over_the_network(self, site: Site) -> None:
+        """A scraper on another host that accepts gzip gets the body gzipped, and says so."""
+        site.add("hot")
+
+        @web.middleware
+        async def from_afar(request: web.Request, handler: Handler) -> web.StreamResponse:
+            return await handler(request.clone(remote="192.0.2.7"))
+
+        app = create_app(site.collector, lambda: site.watchers)
+        app.middlewares.append(from_afar)
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            response = await client.get(
+                "/metrics", headers={"Accept-Encoding": "gzip"}, auto_decompress=False
+            )
+            assert response.headers["Content-Encoding"] == "gzip"
+            body = await response.read()
+        assert response.headers["Content-Length"] == str(len(body))
+        assert gzip.decompress(body) == generate_latest(site.registry)
+
+    async def test_loopback_gets_it_plain(self, site: Site, client: WebClient) -> None:
+        """Over loopback /metrics is sent as it is, Accept-Encoding gzip or not."""
+        site.add("hot")
+        response = await client.get("/metrics", headers={"Accept-Encoding": "gzip"})
+        assert "Content-Encoding" not in response.headers
+        assert await response.read() == generate_latest(site.registry)
+
+    async def test_head(self, site: Site, client: WebClient) -> None:
+        """HEAD /metrics answers with the headers of a GET and no body."""
+        site.add("hot")
+        get = await client.get("/metrics")
+        head = await client.head("/metrics")
+        assert head.status == 200
+        assert head.headers["Content-Length"] == get.headers["Content-Length"]
+        assert await head.read() == b""
+        assert (await client.get("/metrics")).status == 200  # the connection is still sound
+
+
+class TestRender:
+    async def test_other_tasks_run_while_it_renders(self, site: Site) -> None:
+        """Rendering yields to the event loop between its steps, not only once it is done."""
+        for i in range(50):
+            site.add(f"acct-{i:02d}")
+        collector = WalletwatchCollector(lambda: site.watchers, site.telemetry, site.clock)
+        body = negotiate(accept="", accept_encoding="")
+        rendering = asyncio.create_task(render(collector, body, slice_seconds=0))
+        seen: list[bool] = []
+
+        async def probe() -> None:
+            while not rendering.done():
+                seen.append(rendering.done())
+                await asyncio.sleep(0)
+
+        await asyncio.gather(rendering, probe())
+        assert len(seen) > 50  # it ran between the steps: at least one per account
+        assert b"".join(rendering.result()) == collector.render()
+
+    async def test_concurrent_scrapes_share_a_render(self, site: Site) -> None:
+        """Scrapes arriving while a render is under way get its body; none starts another."""
+        site.add("hot")
+        calls: list[int] = []
+
+        def watchers() -> list[AccountWatcher]:
+            calls.append(1)
+            return site.watchers
+
+        collector = WalletwatchCollector(watchers, site.telemetry, site.clock)
+        renders = Renders(slice_seconds=0)
+        plain, packed = negotiate("", ""), negotiate("", "gzip", "192.0.2.7")
+        first, second, gzipped = await asyncio.gather(
+            renders.body(collector, plain),
+            renders.body(collector, plain),
+            renders.body(collector, packed),
+        )
+        assert first is second
+        assert gzip.decompress(b"".join(gzipped)) == b"".join(first)
+        assert len(calls) == 2  # one render per kind of body
+        await renders.body(collector, plain)
+        assert len(calls) == 3  # a scrape after it renders anew
 
 
 class TestProbes:

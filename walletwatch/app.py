@@ -76,9 +76,10 @@ class Daemon:
         self.watchers: dict[str, AccountWatcher] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.reload_status = ReloadStatus(successful=True, success_time=clock.time())
-        self.registry.register(
-            WalletwatchCollector(self.watchers.values, self.telemetry, clock, self.reload_status)
+        self.collector = WalletwatchCollector(
+            self.watchers.values, self.telemetry, clock, self.reload_status
         )
+        self.registry.register(self.collector)
         self.scheduler = Scheduler(clock, rng=rng, on_delay=self.telemetry.delay)
         self._stdout = stdout
         self._state_path = state_path or config.state_path
@@ -220,7 +221,7 @@ class Daemon:
         protect = self.config.web
         auth = BasicAuth(protect.basic_auth_users) if protect and protect.basic_auth_users else None
         tls = server_context(protect) if protect else None
-        app = create_app(self.registry, self.watchers.values, auth)
+        app = create_app(self.collector, self.watchers.values, auth)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         listen = self.config.listen

@@ -4,31 +4,47 @@ from __future__ import annotations
 
 import asyncio
 import html
+import ipaddress
+import zlib
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.openmetrics.exposition import UNDERSCORES
 
 from walletwatch import __version__
+from walletwatch.metrics import WalletwatchCollector
 from walletwatch.watcher import AccountWatcher
 from walletwatch.webauth import BasicAuth, middleware
 
+SLICE_SECONDS = 0.005
+"""How long a /metrics render runs before it lets the event loop run other tasks."""
+
 
 def create_app(
-    registry: CollectorRegistry,
+    collector: WalletwatchCollector,
     watchers: Callable[[], Iterable[AccountWatcher]],
     auth: BasicAuth | None = None,
 ) -> web.Application:
     """Build the aiohttp application (every path but /healthz behind ``auth`` when given)."""
+    renders = Renders()
 
-    async def metrics(request: web.Request) -> web.Response:
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        # 10,000 accounts take about a second to render: in a thread, so the event loop
-        # keeps polling meanwhile. The collector reads state the loop replaces, never
-        # mutates in place, and copies the few live dicts in one C-level step (metrics.py).
-        body = await asyncio.to_thread(encoder, registry)
-        return web.Response(body=body, headers={"Content-Type": content_type})
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        accept = request.headers.get("Accept", "")
+        body = negotiate(accept, request.headers.get("Accept-Encoding", ""), request.remote)
+        parts = await renders.body(collector, body)
+        response = web.StreamResponse(headers={"Content-Type": body.content_type})
+        if body.gzip:
+            response.headers["Content-Encoding"] = "gzip"
+        response.content_length = sum(len(part) for part in parts)
+        await response.prepare(request)
+        if request.method != "HEAD":
+            for part in parts:  # as they are: joining 20 MiB first would stall the loop 20 ms
+                await response.write(part)
+        await response.write_eof()
+        return response
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -48,6 +64,120 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/", index)
     return app
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """What a scrape gets: the format and its Content-Type, the names' escaping, gzip or not."""
+
+    openmetrics: bool
+    escaping: str
+    gzip: bool
+    content_type: str
+
+
+def negotiate(accept: str, accept_encoding: str, remote: str | None = None) -> Body:
+    """The body for a scrape's headers, chosen as prometheus_client's exposition does.
+
+    Gzipped when accepted (Prometheus always asks) unless ``remote``, the scraper's address,
+    is a loopback one: over loopback the bytes cost nothing to send, and compressing 20 MiB
+    added some 50 ms to a scrape (zlib lets go of the GIL, but the render keeps it).
+    """
+    _, content_type = choose_encoder(accept)
+    media, *params = (param.strip() for param in content_type.split(";"))
+    escaping = dict(param.split("=", 1) for param in params).get("escaping", UNDERSCORES)
+    return Body(
+        openmetrics=media == "application/openmetrics-text",
+        escaping=escaping,
+        gzip=gzip_accepted(accept_encoding) and not _loopback(remote),
+        content_type=content_type,
+    )
+
+
+def _loopback(address: str | None) -> bool:
+    """Whether ``address`` is an IP address of this host's loopback."""
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:  # not an IP address
+        return False
+
+
+async def render(
+    collector: WalletwatchCollector, body: Body, slice_seconds: float = SLICE_SECONDS
+) -> list[bytes]:
+    """The exposition, rendered on the event loop a slice at a time: the body in parts.
+
+    At 10,000 accounts a render takes a couple of hundred milliseconds of CPU.
+    prometheus_client's encoder in a worker thread held the GIL for all of it, stalling the
+    loop as long; here other tasks run between slices of ``slice_seconds``, and watcher state
+    is read on the loop. A gzip stream is compressed in a thread as the parts come.
+    """
+    loop = asyncio.get_running_loop()
+    parts: list[bytes] = []
+    compressor = Gzip() if body.gzip else None
+    try:
+        deadline = loop.time() + slice_seconds
+        for part in collector.steps(body.openmetrics, body.escaping):
+            if part is not None:
+                if compressor is None:
+                    parts.append(part)
+                else:
+                    compressor.feed(part)
+            if loop.time() >= deadline:
+                await asyncio.sleep(0)
+                deadline = loop.time() + slice_seconds
+        return parts if compressor is None else await compressor.finish()
+    finally:
+        if compressor is not None:
+            compressor.close()
+
+
+class Gzip:
+    """A gzip stream compressed in order in a thread of its own, while the loop goes on.
+
+    zlib lets go of the GIL while it compresses. Level 1: a 20 MiB exposition shrinks about
+    fifteenfold for some 50 ms; prometheus_client's level 9 would halve the size again for
+    three times the CPU.
+    """
+
+    def __init__(self) -> None:
+        self._compressor = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: gzip's container
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="walletwatch-gzip")
+        self._chunks: list[asyncio.Future[bytes]] = []
+
+    def feed(self, data: bytes) -> None:
+        """Compress ``data`` after what was fed before."""
+        loop = asyncio.get_running_loop()
+        self._chunks.append(loop.run_in_executor(self._thread, self._compressor.compress, data))
+
+    async def finish(self) -> list[bytes]:
+        """The stream in chunks, once everything fed is compressed."""
+        loop = asyncio.get_running_loop()
+        self._chunks.append(loop.run_in_executor(self._thread, self._compressor.flush))
+        return list(await asyncio.gather(*self._chunks))
+
+    def close(self) -> None:
+        """Let the thread go, dropping what it has not started (if the render was cancelled)."""
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+
+class Renders:
+    """The /metrics renders under way: a scrape arriving during one gets its body too."""
+
+    def __init__(self, slice_seconds: float = SLICE_SECONDS) -> None:
+        self._slice = slice_seconds
+        self._running: dict[tuple[WalletwatchCollector, Body], asyncio.Task[list[bytes]]] = {}
+
+    async def body(self, collector: WalletwatchCollector, body: Body) -> list[bytes]:
+        """The body in parts, from the render under way for the same body or from a new one."""
+        key = (collector, body)
+        task = self._running.get(key)
+        if task is None:
+            task = asyncio.create_task(render(collector, body, self._slice))
+            self._running[key] = task
+            task.add_done_callback(lambda _: self._running.pop(key, None))
+        # Shielded: a scraper that hangs up does not cancel the render others wait for.
+        return await asyncio.shield(task)
 
 
 def render_index(watchers: Iterable[AccountWatcher]) -> str:
