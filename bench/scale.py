@@ -27,7 +27,6 @@ import gc
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from simproc import KINDS, SimProcess, percentile, simulator
+from simproc import KINDS, GcPauses, SimProcess, curl, percentile, simulator, ticker
 
 from walletwatch import logs
 from walletwatch.app import Daemon
@@ -128,27 +127,6 @@ def thread_cpu() -> dict[str, float]:
     return result
 
 
-class GcPauses:
-    """The cyclic garbage collector's pauses, by generation, while installed."""
-
-    def __init__(self) -> None:
-        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
-        self._started = 0.0
-
-    def __enter__(self) -> GcPauses:
-        gc.callbacks.append(self._callback)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        gc.callbacks.remove(self._callback)
-
-    def _callback(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._started = time.perf_counter()
-        else:
-            self.pauses[info["generation"]].append(time.perf_counter() - self._started)
-
-
 def rss_bytes() -> int:
     """Resident set size of this process."""
     with open("/proc/self/status") as fh:  # noqa: PTH123 - Linux only, fine here
@@ -184,6 +162,7 @@ class Result:
     responses: dict[int, int] = field(default_factory=dict)
     threads: dict[str, float] = field(default_factory=dict)  # CPU by thread, measured window
     gc: dict[int, list[float]] = field(default_factory=dict)  # pauses by generation, polling
+    scrape_gc: tuple[float, int] = (0.0, -1)  # the longest pause during scrapes, its generation
 
 
 def timed_commits(daemon: Daemon, sink: list[float]) -> None:
@@ -219,26 +198,6 @@ async def seed(daemon: Daemon, transfers: int) -> None:
     for i, watcher in enumerate(daemon.watchers.values()):
         page = history(transfers, now, i)
         await watcher._apply(functools.partial(step, page=page, config=watcher.config))
-
-
-async def scrape(url: str) -> tuple[float, int]:
-    """One /metrics scrape by curl in its own process: (seconds, bytes)."""
-    proc = await asyncio.create_subprocess_exec(
-        "curl", "-s", "-o", "/dev/null", "-w", "%{time_total} %{size_download}", url,
-        stdout=subprocess.PIPE,
-    )  # fmt: skip
-    out, _ = await proc.communicate()
-    seconds, size = out.decode().split()
-    return float(seconds), int(size)
-
-
-async def ticker(stalls: list[float], stop: asyncio.Event) -> None:
-    """Record how late each 5 ms sleep wakes: the event loop's stalls."""
-    loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        before = loop.time()
-        await asyncio.sleep(0.005)
-        stalls.append(loop.time() - before - 0.005)
 
 
 async def floor(
@@ -350,9 +309,11 @@ async def run(args: argparse.Namespace) -> Result:
 
             stop = asyncio.Event()
             tick = asyncio.create_task(ticker(result.stalls, stop))
-            for _ in range(SCRAPES):
-                seconds, result.scrape_bytes = await scrape(daemon.url + "/metrics")
-                result.scrapes.append(seconds)
+            with GcPauses() as pauses:
+                for _ in range(SCRAPES):
+                    seconds, result.scrape_bytes = await curl(daemon.url + "/metrics")
+                    result.scrapes.append(seconds)
+            result.scrape_gc = pauses.longest()
             stop.set()
             await tick
             await daemon.close()
@@ -409,6 +370,10 @@ def report(r: Result) -> None:
         "(target p50 <= 250 ms)"
     )
     print(f"longest event-loop stall during scrapes: {max(r.stalls) * 1e3:.0f} ms (target <= 50)")
+    print(
+        f"longest garbage collector pause during scrapes: {r.scrape_gc[0] * 1e3:.0f} ms "
+        f"(generation {r.scrape_gc[1]})"
+    )
     print(f"longest event-loop stall while polling, no scrape: {max(r.quiet_stalls) * 1e3:.0f} ms")
     polls = r.commits
     print(

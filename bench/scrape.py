@@ -23,9 +23,7 @@ import argparse
 import asyncio
 import dataclasses
 import functools
-import gc
 import random
-import subprocess
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -33,6 +31,7 @@ from pathlib import Path
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from simproc import GcPauses, curl, percentile, ticker
 
 from walletwatch.config import AccountConfig, ProviderSettings
 from walletwatch.events import EVENT_NAMES
@@ -202,24 +201,28 @@ def build(accounts: int) -> tuple[list[AccountWatcher], Telemetry, Callable[[], 
 
 
 def churn(watchers: list[AccountWatcher], telemetry: Telemetry, rng: random.Random) -> None:
-    """What polling changes between two scrapes: half the endpoints polled, 5% of states."""
+    """What polling changes between two scrapes: half the endpoints polled, 5% of states.
+
+    Changed as AccountWatcher.poll changes them, without a provider or a store: the poll
+    counted, the endpoint's health updated in place, a new state object on a commit. Each
+    poll took a slot of the account's rate-limit bucket, after a wait. (The scheduler spreads
+    an account's endpoints over its interval, so with three endpoints polled every 60 s and
+    a scrape every 30 s, every account would see a poll between two scrapes: this is milder.)
+    """
     now = time.time()
     for i, watcher in enumerate(watchers):
+        stats = telemetry.bucket(f"{watcher.provider}:{i:012x}")
         for endpoint in ENDPOINTS:
             if rng.random() < POLLED:
-                watcher.health[endpoint] = EndpointHealth(ok=True, last_success=now)
                 telemetry.polls[(watcher.provider, watcher.name, endpoint)] += 1
+                health = watcher.health[endpoint]
+                health.ok, health.last_success, health.reason, health.error = True, now, None, None
+                stats.requests += 1
+                stats.wait_seconds += rng.random() / 8
         if rng.random() < CHANGED:
             usdt = Balance("USDT", Decimal(rng.randrange(10**7)) / 100)
             balances = {**watcher.state.balances, "USDT": TrackedBalance(usdt)}
             watcher.state = dataclasses.replace(watcher.state, balances=balances)
-            telemetry.bucket(f"{watcher.provider}:{i:012x}").requests += 1
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..1) of values, nearest rank."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def renders(
@@ -233,41 +236,6 @@ def renders(
         size = len(collector.render(openmetrics))
         seconds.append(time.perf_counter() - start)
     return seconds, size
-
-
-async def ticker(stalls: list[float], stop: asyncio.Event) -> None:
-    """Record how late each 5 ms sleep wakes: the event loop's stalls."""
-    loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        before = loop.time()
-        await asyncio.sleep(0.005)
-        stalls.append(loop.time() - before - 0.005)
-
-
-async def curl(url: str, *options: str) -> tuple[float, int]:
-    """One /metrics scrape by curl in its own process: (seconds, bytes received)."""
-    proc = await asyncio.create_subprocess_exec(
-        "curl", "-sf", "-o", "/dev/null", "-w", "%{time_total} %{size_download}", *options, url,
-        stdout=subprocess.PIPE,
-    )  # fmt: skip
-    out, _ = await proc.communicate()
-    seconds, size = out.decode().split()
-    return float(seconds), int(size)
-
-
-class GcPauses:
-    """The longest garbage-collector pause while active, and its generation."""
-
-    def __init__(self) -> None:
-        self.longest, self.generation, self._start = 0.0, -1, 0.0
-        self.active = False
-        gc.callbacks.append(self._callback)
-
-    def _callback(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._start = time.perf_counter()
-        elif self.active and time.perf_counter() - self._start > self.longest:
-            self.longest, self.generation = time.perf_counter() - self._start, info["generation"]
 
 
 def as_if_from(remote: str) -> Middleware:
@@ -308,9 +276,8 @@ async def serve(
                 between()
                 stop = asyncio.Event()
                 tick = asyncio.create_task(ticker(stalls, stop))
-                pauses.active = True
-                took, size = await curl(url, *options)
-                pauses.active = False
+                with pauses:
+                    took, size = await curl(url, *options)
                 seconds.append(took)
                 stop.set()
                 await tick
@@ -346,12 +313,13 @@ def main() -> None:
         )
     served = asyncio.run(serve(collector, watchers, args.scrapes, between))
     for scraper, (seconds, size, stall, pauses) in served.items():
+        pause, generation = pauses.longest()
         print(
             f"scrape by curl {scraper} ({size / 2**20:.1f} MiB): "
             f"p50 {percentile(seconds, 0.5) * 1e3:.0f} ms, "
             f"p99 {percentile(seconds, 0.99) * 1e3:.0f} ms over {args.scrapes}; "
             f"longest event-loop stall {stall * 1e3:.1f} ms, "
-            f"longest GC pause {pauses.longest * 1e3:.1f} ms (generation {pauses.generation})"
+            f"longest GC pause {pause * 1e3:.1f} ms (generation {generation})"
         )
     close()
 

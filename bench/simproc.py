@@ -1,4 +1,5 @@
-"""Shared by the benchmarks: ``walletwatch simulate`` in its own process, driven over HTTP.
+"""Shared by the benchmarks: ``walletwatch simulate`` in its own process, driven over HTTP,
+and what they measure the daemon's process with (event-loop stalls, collector pauses).
 
 The simulator runs as a separate process, as a provider is a separate service: its clock and
 its 429 decisions share neither an event loop nor the GIL with the daemon being measured. It
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import math
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -132,3 +135,48 @@ async def simulator(rate_limit: float | None = None) -> AsyncIterator[SimProcess
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+async def ticker(stalls: list[float], stop: asyncio.Event) -> None:
+    """Record how late each 5 ms sleep wakes: the event loop's stalls."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        before = loop.time()
+        await asyncio.sleep(0.005)
+        stalls.append(loop.time() - before - 0.005)
+
+
+class GcPauses:
+    """The cyclic garbage collector's pauses, by generation, while installed."""
+
+    def __init__(self) -> None:
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._started = 0.0
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].append(time.perf_counter() - self._started)
+
+    def longest(self) -> tuple[float, int]:
+        """The longest pause and its generation ((0.0, -1) if none)."""
+        return max(((p, g) for g, pauses in self.pauses.items() for p in pauses), default=(0.0, -1))
+
+
+async def curl(url: str, *options: str) -> tuple[float, int]:
+    """One request by curl in its own process (a scraper): (seconds, bytes received)."""
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sf", "-o", "/dev/null", "-w", "%{time_total} %{size_download}", *options, url,
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    seconds, size = out.decode().split()
+    return float(seconds), int(size)

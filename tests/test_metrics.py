@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
@@ -19,7 +19,7 @@ from prometheus_client.openmetrics.parser import (
 from structlog.testing import capture_logs
 
 from tests.fakes import START, FakeClock, ScriptedProvider
-from walletwatch import __version__
+from walletwatch import __version__, metrics
 from walletwatch.config import AccountConfig, ProviderSettings
 from walletwatch.errors import (
     AuthFailed,
@@ -672,6 +672,116 @@ class TestRendering:
         steps = list(collector.steps())
         assert steps[: len(weird.watchers)] == [None] * len(weird.watchers)
         assert b"".join(part for part in steps if part is not None) == collector.render()
+
+
+class TestKeptLines:
+    """Lines kept from one render to the next show what changed in between, and only that is
+    written anew."""
+
+    async def test_health_changed_in_place_shows(self, rig: Rig, clock: FakeClock) -> None:
+        """up and last_success follow polls between renders (health is updated in place)."""
+        watcher = rig.add()
+        await rig.poll(watcher, balances(("BTC", "1")))
+        await rig.poll(watcher, withdrawals())
+        stamp = acct(endpoint="balances")
+        assert rig.value("walletwatch_up", acct()) == 1.0
+        assert rig.value("walletwatch_last_success_timestamp_seconds", stamp) == START
+        await rig.poll(watcher, Unavailable("down"))
+        assert rig.value("walletwatch_up", acct()) == 0.0
+        await clock.advance(30.0)
+        await rig.poll(watcher, balances(("BTC", "1")))
+        assert rig.value("walletwatch_up", acct()) == 1.0
+        assert rig.value("walletwatch_last_success_timestamp_seconds", stamp) == START + 30.0
+
+    async def test_poll_counters_show(self, rig: Rig) -> None:
+        """polls_total and poll_errors_total follow polls between renders."""
+        watcher = rig.add(account_config("cold wallet"))
+        await rig.poll(watcher, balances(("BTC", "1")))
+        polls = acct("cold wallet", endpoint="balances")
+        errors = acct("cold wallet", endpoint="balances", reason="timeout")
+        assert rig.value("walletwatch_polls_total", polls) == 1.0
+        assert rig.value("walletwatch_poll_errors_total", errors) is None
+        await rig.poll(watcher, Unavailable("slow", reason="timeout"))
+        assert rig.value("walletwatch_polls_total", polls) == 2.0
+        assert rig.value("walletwatch_poll_errors_total", errors) == 1.0
+        await rig.poll(watcher, Unavailable("slow", reason="timeout"))
+        assert rig.value("walletwatch_polls_total", polls) == 3.0
+        assert rig.value("walletwatch_poll_errors_total", errors) == 2.0
+
+    async def test_gauges_show(self, rig: Rig) -> None:
+        """A provider gauge's new value, and a new gauge, show after the poll that read them."""
+        watcher = rig.add(account_config("hot", "potwallet"))
+        usd = Gauge("price", (("quote", "USD"),), Decimal("0.5"))
+        await rig.poll(watcher, Observation("balances", balances=(), gauges=(usd,)))
+        labels = acct(provider="potwallet", quote="USD")
+        assert rig.value("walletwatch_price", labels) == 0.5
+        eur = Gauge("price", (("quote", "EUR"),), Decimal("0.25"))
+        usd = replace(usd, value=Decimal("0.75"))
+        await rig.poll(watcher, Observation("balances", balances=(), gauges=(usd, eur)))
+        assert rig.value("walletwatch_price", labels) == 0.75
+        assert rig.value("walletwatch_price", acct(provider="potwallet", quote="EUR")) == 0.25
+
+    async def test_state_shows(self, rig: Rig) -> None:
+        """A balance a poll changed shows in the next render."""
+        watcher = rig.add()
+        await rig.poll(watcher, balances(("BTC", "1")))
+        assert rig.value("walletwatch_balance", acct(currency="BTC")) == 1.0
+        await rig.poll(watcher, balances(("BTC", "2.5")))
+        assert rig.value("walletwatch_balance", acct(currency="BTC")) == 2.5
+
+    @pytest.mark.parametrize(
+        ("attribute", "family", "value"),
+        [
+            ("rate", "walletwatch_bucket_rate", 0.5),
+            ("max_rate", "walletwatch_bucket_max_rate", 1.5),
+            ("requests", "walletwatch_bucket_requests_total", 7),
+            ("wait_seconds", "walletwatch_bucket_wait_seconds_total", 2.25),
+            ("rate_limited", "walletwatch_bucket_rate_limited_total", 3),
+        ],
+    )
+    def test_bucket_stats_changed_in_place_show(
+        self, attribute: str, family: str, value: float, rig: Rig
+    ) -> None:
+        """Each of a rate-limit bucket's values, changed in place, shows in the next render."""
+        stats = rig.telemetry.bucket("kreds wallet@host")
+        stats.rate = stats.max_rate = 2.0
+        assert rig.value(family, {"bucket": "kreds wallet@host"}) == getattr(stats, attribute)
+        setattr(stats, attribute, value)
+        assert rig.value(family, {"bucket": "kreds wallet@host"}) == value
+
+    async def test_only_what_changed_is_formatted_again(
+        self, rig: Rig, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A render after nothing changed formats no timestamp, gauge or count it kept; after
+        one poll, only that poll's timestamp and counter."""
+        formatted: list[float] = []
+
+        def spy(real: Callable[[float], str]) -> Callable[[float], str]:
+            def formatting(value: float) -> str:
+                formatted.append(value)
+                return real(value)
+
+            return formatting
+
+        for name in ("_go_float", "_number", "_count"):
+            monkeypatch.setattr(metrics, name, spy(getattr(metrics, name)))
+        watcher = rig.add(account_config("hot", "potwallet"))
+        price = Gauge("price", (("quote", "USD"),), Decimal("0.0625"))
+        await rig.poll(watcher, Observation("balances", balances=(), gauges=(price,)))
+        await rig.poll(watcher, withdrawals())
+        rig.telemetry.bucket("pot@host").requests = 777
+        collector = WalletwatchCollector(lambda: rig.watchers, rig.telemetry, clock)
+        first = collector.render()
+        assert {START, 0.0625, 777} <= set(formatted)
+        formatted.clear()
+        assert collector.render() == first
+        assert {START, 0.0625, 777, 1} & set(formatted) == set()  # 1: each polls_total
+        await clock.advance(30.0)
+        await rig.poll(watcher, withdrawals())
+        formatted.clear()
+        collector.render()
+        assert {START + 30.0, 2} <= set(formatted)
+        assert {START, 0.0625, 777, 1} & set(formatted) == set()
 
 
 class TestSortedKeys:

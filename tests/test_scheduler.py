@@ -807,6 +807,24 @@ class TestScheduler:
         assert len(kept.calls) >= before + 5
         await scheduler.stop()
 
+    async def test_on_round_once_every_endpoint_has_been_polled(self, clock: FakeClock) -> None:
+        """on_round comes when the last endpoint started so far ends its first poll, once, and
+        again when endpoints started later have all been polled."""
+        rounds: list[float] = []
+        scheduler = Scheduler(clock, rng=HighRandom(0), on_round=lambda: rounds.append(1.0))
+        first = FakePoller(clock, interval=60.0, name="first")
+        scheduler.start(first, ["balances", "deposits", "withdrawals"])
+        await clock.advance(STARTUP_SPREAD / 2)
+        assert 0 < len(first.calls) < 3
+        assert rounds == []
+        await clock.advance(STARTUP_SPREAD + 60.0)
+        assert len(rounds) == 1  # later polls do not count
+        later = FakePoller(clock, interval=60.0, name="later")
+        scheduler.start(later, ["balances"])
+        await clock.advance(STARTUP_SPREAD)
+        assert len(rounds) == 2
+        await scheduler.stop()
+
     async def test_a_restarted_poller_keeps_only_its_new_schedule(self, clock: FakeClock) -> None:
         """A poller stopped and started again (a reload) polls on its new schedule only: the
         wake-up its old endpoint had armed does not fire the new one."""

@@ -80,7 +80,9 @@ class Daemon:
             self.watchers.values, self.telemetry, clock, self.reload_status
         )
         self.registry.register(self.collector)
-        self.scheduler = Scheduler(clock, rng=rng, on_delay=self.telemetry.delay)
+        self.scheduler = Scheduler(
+            clock, rng=rng, on_delay=self.telemetry.delay, on_round=self._freeze
+        )
         self._stdout = stdout
         self._state_path = state_path or config.state_path
         self._buckets: dict[str, TokenBucket] = {}
@@ -252,7 +254,8 @@ class Daemon:
         as long as the daemon does, yet a full collection would scan them all, every time:
         hundreds of milliseconds of stalled event loop at 10,000 accounts. Frozen, they are
         still freed by reference counting; reload() thaws them first, so that what a reload
-        drops is collected, and close() thaws them for good.
+        drops is collected, and close() thaws them for good. Done once polling starts, and
+        again once every account has been polled (its health, gauges and first states).
         """
         gc.collect()
         gc.freeze()

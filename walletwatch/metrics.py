@@ -11,6 +11,13 @@ are kept from one render to the next, and remade only when the config or state o
 replaced (neither is ever changed in place; most polls leave the state as it was): about as
 many bytes as the account's share of the exposition, for half the CPU of a render.
 
+The lines made from what polls change in place or count up (health, provider gauges, poll
+counters, rate-limit buckets) are kept line by line, each with the value it shows, and remade
+only where that value changed. Not account by account: the scheduler spreads an account's
+endpoints over its interval, so most accounts saw a poll since the last scrape, while most of
+their values did not change. The stuck counts, which depend on the clock, are counted at each
+render, only where transfers are in flight.
+
 Rendering is a generator that yields after each account and each slice of the longer
 telemetry families, so web.py runs it on the event loop a few milliseconds at a time. State
 is read on the loop, where nothing else runs meanwhile: no thread reads it, no copy or lock
@@ -24,10 +31,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 from prometheus_client.core import Metric
@@ -43,7 +51,7 @@ from prometheus_client.utils import floatToGoString
 from walletwatch import __version__
 from walletwatch.config import AccountConfig
 from walletwatch.events import EVENT_NAMES
-from walletwatch.model import Direction
+from walletwatch.model import Direction, Gauge
 from walletwatch.telemetry import Histogram, Telemetry
 from walletwatch.tracker import AccountState, TrackedTransfer, is_stuck
 from walletwatch.types import Clock
@@ -54,6 +62,8 @@ if TYPE_CHECKING:
 
 P = "walletwatch_"
 Kind = Literal["gauge", "counter", "histogram"]
+PollKey = TypeVar("PollKey", tuple[str, str, str], tuple[str, str, str, str])
+"""A poll counter's key in Telemetry: (provider, account, endpoint[, reason])."""
 
 
 class Labels:
@@ -348,28 +358,36 @@ class _Account:
 
     The config-made lines are remade when the watcher's config is replaced (a reload replaces
     the watcher itself). The state-made ones when its state is: a state is replaced, never
-    changed in place, and most polls leave it as it was, so most scrapes remake none.
+    changed in place, and most polls leave it as it was, so most scrapes remake none. The
+    gauge lines when a gauge is replaced; a LAST_SUCCESS line when its timestamp changed.
     """
 
     config: AccountConfig
     account: str
     provider: str
-    labels: str  # ACCOUNT filled in
+    up: tuple[str, str]  # its UP lines, down and up
     low: str
     threshold: str
     interval: str
     # Made from ``state``: its BALANCE, PENDING, SETTLED and AMOUNT lines (the Decimal to
-    # float conversions cost the most), its currencies escaped, its in-flight transfers.
+    # float conversions cost the most), its IN_FLIGHT and OLDEST lines, and its STUCK lines:
+    # as they are where nothing is in flight, else the FLOW labels and the transfers in
+    # flight there, to be counted against the clock at each render.
     state: AccountState | None = None
     balance: str = ""
     pending: str = ""
     settled: str = ""
     amount: str = ""
-    currencies: tuple[str, ...] = ()
-    # With transfers in flight (few accounts have): the FLOW labels of each currency and
-    # direction with the transfers in flight there, and the OLDEST lines.
-    flows: tuple[tuple[str, tuple[TrackedTransfer, ...]], ...] = ()
+    in_flight: str = ""
+    stuck: tuple[str | tuple[str, tuple[TrackedTransfer, ...]], ...] = ()
     oldest: str = ""
+    # Made from the watcher's health (changed in place): by endpoint, the LAST_SUCCESS line
+    # with the timestamp it shows.
+    last_success: dict[str, tuple[float, str]] = field(default_factory=dict)
+    # Made from the watcher's gauges (an entry is replaced when its value changes): the
+    # Gauge objects, then each gauge name's lines with the names of its own labels.
+    gauges_of: tuple[Gauge, ...] = ()
+    gauges: tuple[tuple[str, str, frozenset[str]], ...] = ()
 
     @classmethod
     def of(cls, watcher: AccountWatcher) -> _Account:
@@ -377,6 +395,7 @@ class _Account:
         config = watcher.config
         a, p = _escape(watcher.name), _escape(watcher.provider)
         labels = ACCOUNT.template % (a, p)
+        up = (UP.line(labels, _count(False)), UP.line(labels, _count(True)))
         low = "".join(
             LOW.line(CURRENCY.template % (a, _escape(c), p), _number(float(value)))
             for c, value in sorted(config.low_balance.items())
@@ -386,7 +405,7 @@ class _Account:
             for d in DIRECTIONS
         )
         interval = INTERVAL.line(labels, _number(config.interval))
-        return cls(config, a, p, labels, low, threshold, interval)
+        return cls(config, a, p, up, low, threshold, interval)
 
     def read(self, state: AccountState, esc: _Escapes) -> None:
         """Remake the state-made lines from ``state``."""
@@ -406,19 +425,50 @@ class _Account:
         for tracked in state.in_flight():
             flow = (tracked.transfer.currency, tracked.transfer.direction)
             in_flight.setdefault(flow, []).append(tracked)
-        flows, oldest = [], []
+        counts, oldest = [], []
+        stuck: list[str | tuple[str, tuple[TrackedTransfer, ...]]] = []
+        if not in_flight:  # the usual case: nothing in flight, every count 0, no oldest
+            for c in (esc[c] for c in _currencies(state, ())):
+                counts.append(_NONE_IN_FLIGHT % (a, c, p, a, c, p))
+                stuck.append(_NONE_STUCK % (a, c, p, a, c, p))
         for currency in _currencies(state, in_flight) if in_flight else ():
             for direction in DIRECTIONS:
                 labels = FLOW.template % (a, esc[currency], direction, p)
                 group = tuple(in_flight.get((currency, direction), ()))
-                flows.append((labels, group))
+                counts.append(IN_FLIGHT.line(labels, _count(len(group))))
                 if group:
+                    stuck.append((labels, group))
                     began = min(tracked.started_at for tracked in group)
                     oldest.append(OLDEST.line(labels, _number(began)))
-        self.state, self.flows, self.oldest = state, tuple(flows), "".join(oldest)
+                else:
+                    stuck.append(STUCK.line(labels, _count(0)))
+        self.state, self.oldest = state, "".join(oldest)
+        self.in_flight, self.stuck = "".join(counts), _joined(stuck)
         self.balance, self.pending = "".join(balance), "".join(pending)
         self.settled, self.amount = "".join(settled), "".join(amount)
-        self.currencies = tuple(esc[c] for c in _currencies(state, ()))
+
+    def read_gauges(
+        self,
+        gauges: tuple[Gauge, ...],
+        esc: _Escapes,
+        templates: dict[tuple[str, tuple[tuple[str, str], ...]], str],
+    ) -> None:
+        """Remake the provider gauges' lines from ``gauges``."""
+        a, p = self.account, self.provider
+        by_name: dict[str, tuple[list[str], set[str]]] = {}
+        for gauge in gauges:
+            key = (gauge.name, gauge.labels)
+            template = templates.get(key)
+            if template is None:
+                template = templates[key] = _gauge_labels(gauge.labels, esc)
+            lines, names = by_name.setdefault(gauge.name, ([], set()))
+            names.update(name for name, _ in gauge.labels)
+            value = _number(float(gauge.value))
+            lines.append(f"{P}{gauge.name}{{{template % (a, p)}}} {value}\n")
+        self.gauges_of = gauges
+        self.gauges = tuple(
+            (name, "".join(lines), frozenset(names)) for name, (lines, names) in by_name.items()
+        )
 
 
 class _Render:
@@ -454,62 +504,58 @@ class _Render:
         entry = self.accounts[w]
         if entry.state is not w.state or entry.config is not w.config:
             entry = self.keep(w)  # a poll changed it since it was kept
-        lines, esc = self.lines, self.escaped
-        esc[w.name] = entry.account  # for the poll counters, keyed by name
-        a, p = entry.account, entry.provider
+        lines = self.lines
+        self.escaped[w.name] = entry.account  # for the poll counters, keyed by name
         lines[BALANCE].append(entry.balance)
         lines[PENDING].append(entry.pending)
         lines[LOW].append(entry.low)
         lines[SETTLED].append(entry.settled)
         lines[AMOUNT].append(entry.amount)
-        in_flight, stuck = lines[IN_FLIGHT], lines[STUCK]
-        if not entry.flows:  # the usual case: nothing in flight, every count 0, no oldest
-            for c in entry.currencies:
-                in_flight.append(_NONE_IN_FLIGHT % (a, c, p, a, c, p))
-                stuck.append(_NONE_STUCK % (a, c, p, a, c, p))
-        for labels, group in entry.flows:
-            in_flight.append(IN_FLIGHT.line(labels, _count(len(group))))
-            late = sum(is_stuck(tracked, w.config, self.now) for tracked in group)
-            stuck.append(STUCK.line(labels, _count(late)))
+        lines[IN_FLIGHT].append(entry.in_flight)
+        stuck = lines[STUCK]
+        for part in entry.stuck:
+            if isinstance(part, str):
+                stuck.append(part)
+            else:  # transfers in flight: how many are stuck depends on the clock
+                labels, group = part
+                late = sum(is_stuck(tracked, w.config, self.now) for tracked in group)
+                stuck.append(STUCK.line(labels, _count(late)))
         lines[OLDEST].append(entry.oldest)
         lines[THRESHOLD].append(entry.threshold)
 
-        for key, gauge in w.gauges.items():  # key: (name, labels)
-            template = self.gauge_labels.get(key)
-            if template is None:
-                template = self.gauge_labels[key] = _gauge_labels(gauge.labels, esc)
-                names = self.gauge_label_names.setdefault(gauge.name, set(ACCOUNT.names))
-                names.update(name for name, _ in gauge.labels)
-            value = _number(float(gauge.value))
-            self.gauges[gauge.name].append(f"{P}{gauge.name}{{{template % (a, p)}}} {value}\n")
+        gauges = tuple(w.gauges.values())
+        if not _same(gauges, entry.gauges_of):
+            entry.read_gauges(gauges, self.escaped, self.gauge_labels)
+        for name, text, label_names in entry.gauges:
+            self.gauges[name].append(text)
+            names = self.gauge_label_names.get(name)
+            if names is None:
+                names = self.gauge_label_names[name] = set(ACCOUNT.names)
+            names.update(label_names)
 
-        lines[UP].append(UP.line(entry.labels, _count(w.up)))
-        last = lines[LAST_SUCCESS]
+        lines[UP].append(entry.up[w.up])
+        last, kept = lines[LAST_SUCCESS], entry.last_success
         for endpoint, health in sorted(w.health.items()):
-            if health.last_success is not None:  # a timestamp: past _number's short cut
-                value = _go_float(health.last_success)
-                last.append(LAST_SUCCESS.template % (a, esc[endpoint], p, value))
+            if (stamp := health.last_success) is not None:
+                line = kept.get(endpoint)
+                if line is None or line[0] != stamp:
+                    # A timestamp: past _number's short cut, and _go_float is slow.
+                    text = LAST_SUCCESS.template % (
+                        entry.account,
+                        self.escaped[endpoint],
+                        entry.provider,
+                        _go_float(stamp),
+                    )
+                    line = kept[endpoint] = (stamp, text)
+                last.append(line[1])
         lines[INTERVAL].append(entry.interval)
 
     def telemetry(self, t: Telemetry, keys: _TelemetryKeys) -> Iterator[None]:
         """walletwatch's own series: polls, requests, events, delivery, rate-limit buckets."""
         lines, esc = self.lines, self.escaped
-        polls = lines[POLLS]
-        for n, key in enumerate(keys.polls.of(t.polls), 1):
-            if (value := t.polls.get(key)) is not None:
-                provider, account, endpoint = key
-                count = _count(value)
-                polls.append(POLLS.template % (esc[account], esc[endpoint], esc[provider], count))
-            if n % SLICE == 0:
-                yield
-        errors = lines[POLL_ERRORS]
-        for n, key4 in enumerate(keys.poll_errors.of(t.poll_errors), 1):
-            if (value := t.poll_errors.get(key4)) is not None:
-                provider, account, endpoint, reason = (esc[v] for v in key4)
-                labels = POLL_ERRORS.labels.template % (account, endpoint, provider, reason)
-                errors.append(POLL_ERRORS.line(labels, _count(value)))
-            if n % SLICE == 0:
-                yield
+        yield from self._counters(POLLS, t.polls, keys.polls.of(t.polls), keys.poll_lines)
+        errors = keys.poll_errors.of(t.poll_errors)
+        yield from self._counters(POLL_ERRORS, t.poll_errors, errors, keys.error_lines)
         yield
 
         requests = lines[HTTP_REQUESTS]
@@ -545,20 +591,73 @@ class _Render:
             lines[EVENTS_PARKED].append(EVENTS_PARKED.line(labels, parked))
         yield
 
-        # The rate-limit buckets: their pace now and at most, what they served and made wait.
-        rate, max_rate = lines[BUCKET_RATE], lines[BUCKET_MAX_RATE]
-        served, waited, limited = (
-            lines[f] for f in (BUCKET_REQUESTS, BUCKET_WAIT, BUCKET_RATE_LIMITED)
-        )
+        yield from self._buckets(t, keys)
+
+    def _counters(
+        self,
+        family: Family,
+        counts: Mapping[PollKey, int],
+        keys: list[PollKey],
+        kept: dict[PollKey, tuple[int, str]],
+    ) -> Iterator[None]:
+        """The POLLS or POLL_ERRORS lines, each kept with the count it shows."""
+        out, esc = self.lines[family], self.escaped
+        if len(kept) > len(counts):  # counters went: forget their lines
+            for gone in kept.keys() - counts.keys():
+                del kept[gone]
+        for n, key in enumerate(keys, 1):  # (provider, account, endpoint[, reason])
+            value = counts.get(key)
+            if value is not None:
+                line = kept.get(key)
+                if line is None:
+                    parts: tuple[str, ...] = key
+                    ordered = (parts[1], parts[2], parts[0], *parts[3:])  # as labels sort
+                    labels = family.labels.template % tuple(esc[v] for v in ordered)
+                    line = kept[key] = (value, family.line(labels, _count(value)))
+                elif line[0] != value:  # the same labels: only the value after them changed
+                    text = line[1]
+                    line = kept[key] = (value, f"{text[: text.rindex(' ')]} {_count(value)}\n")
+                out.append(line[1])
+            if n % SLICE == 0:
+                yield
+
+    def _buckets(self, t: Telemetry, keys: _TelemetryKeys) -> Iterator[None]:
+        """The rate-limit buckets: their pace now and at most, what they served and made wait.
+
+        Each bucket's lines are kept with the values they show (a value equal to the last but
+        for the sign of a zero would keep the old line: no bucket counts below zero).
+        """
+        rate, max_rate = self.lines[BUCKET_RATE], self.lines[BUCKET_MAX_RATE]
+        served, waited = self.lines[BUCKET_REQUESTS], self.lines[BUCKET_WAIT]
+        limited = self.lines[BUCKET_RATE_LIMITED]
+        kept = keys.bucket_lines
+        if len(kept) > len(t.buckets):  # buckets went: forget their lines
+            for gone in kept.keys() - t.buckets.keys():
+                del kept[gone]
         for n, name in enumerate(keys.buckets.of(t.buckets), 1):
             if (stats := t.buckets.get(name)) is None:
                 continue
-            labels = BUCKET.template % _escape(name)
-            rate.append(BUCKET_RATE.line(labels, _number(stats.rate)))
-            max_rate.append(BUCKET_MAX_RATE.line(labels, _number(stats.max_rate)))
-            served.append(BUCKET_REQUESTS.line(labels, _count(stats.requests)))
-            waited.append(BUCKET_WAIT.line(labels, _number(stats.wait_seconds)))
-            limited.append(BUCKET_RATE_LIMITED.line(labels, _count(stats.rate_limited)))
+            bucket = kept.get(name)
+            if bucket is None:
+                bucket = kept[name] = _Bucket(BUCKET.template % _escape(name))
+            if bucket.pace != (stats.rate, stats.max_rate, stats.rate_limited):
+                bucket.pace = (stats.rate, stats.max_rate, stats.rate_limited)
+                bucket.paced = (
+                    BUCKET_RATE.line(bucket.labels, _number(stats.rate)),
+                    BUCKET_MAX_RATE.line(bucket.labels, _number(stats.max_rate)),
+                    BUCKET_RATE_LIMITED.line(bucket.labels, _count(stats.rate_limited)),
+                )
+            if bucket.requests != stats.requests:
+                bucket.requests = stats.requests
+                bucket.served = BUCKET_REQUESTS.line(bucket.labels, _count(stats.requests))
+            if bucket.wait != stats.wait_seconds:
+                bucket.wait = stats.wait_seconds
+                bucket.waited = BUCKET_WAIT.line(bucket.labels, _number(stats.wait_seconds))
+            rate.append(bucket.paced[0])
+            max_rate.append(bucket.paced[1])
+            served.append(bucket.served)
+            waited.append(bucket.waited)
+            limited.append(bucket.paced[2])
             if n % (SLICE // 5) == 0:
                 yield
 
@@ -605,13 +704,30 @@ class SortedKeys(Generic[K]):
         return self._keys
 
 
+@dataclass(slots=True)
+class _Bucket:
+    """One rate-limit bucket's lines, each with the values it shows (None: none made yet)."""
+
+    labels: str  # BUCKET filled in
+    pace: tuple[float, float, int] | None = None  # rate, max_rate, rate_limited
+    paced: tuple[str, str, str] = ("", "", "")  # their lines
+    requests: int | None = None
+    served: str = ""
+    wait: float | None = None
+    waited: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class _TelemetryKeys:
-    """The sorted keys of the telemetry counters that grow with the number of accounts."""
+    """The sorted keys of the telemetry counters that grow with the number of accounts, and
+    their lines, kept with the values they show."""
 
     polls: SortedKeys[tuple[str, str, str]]
     poll_errors: SortedKeys[tuple[str, str, str, str]]
     buckets: SortedKeys[str]
+    poll_lines: dict[tuple[str, str, str], tuple[int, str]] = field(default_factory=dict)
+    error_lines: dict[tuple[str, str, str, str], tuple[int, str]] = field(default_factory=dict)
+    bucket_lines: dict[str, _Bucket] = field(default_factory=dict)
 
 
 DIRECTIONS = tuple(Direction)
@@ -659,6 +775,24 @@ def _count(value: int) -> str:
     if -1_000_000 < value < 1_000_000:
         return f"{value:d}.0"
     return _go_float(value)
+
+
+def _same(these: tuple[object, ...], those: tuple[object, ...]) -> bool:
+    """Whether two tuples hold the very same objects, in order."""
+    return len(these) == len(those) and all(map(operator.is_, these, those))
+
+
+def _joined(
+    parts: Iterable[str | tuple[str, tuple[TrackedTransfer, ...]]],
+) -> tuple[str | tuple[str, tuple[TrackedTransfer, ...]], ...]:
+    """``parts`` with each run of strings joined into one."""
+    out: list[str | tuple[str, tuple[TrackedTransfer, ...]]] = []
+    for part in parts:
+        if isinstance(part, str) and out and isinstance(out[-1], str):
+            out[-1] += part
+        else:
+            out.append(part)
+    return tuple(out)
 
 
 def _currencies(state: AccountState, in_flight: Iterable[tuple[str, Direction]]) -> list[str]:

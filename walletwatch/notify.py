@@ -68,5 +68,5 @@ async def watchdog(
             stalled = False
         elif not stalled:
             stalled = True
-            log.error("watchdog.stalled", note="no poll loop has made progress; pings stop")
+            log.error("watchdog.stalled", note="no poll has begun or ended; pings stop")
         await clock.sleep(period)

@@ -501,10 +501,14 @@ class Scheduler:
         *,
         rng: random.Random | None = None,
         on_delay: Callable[[str, float], None] | None = None,
+        on_round: Callable[[], None] | None = None,
     ) -> None:
+        """``on_round`` is called whenever every endpoint started so far has been polled."""
         self._clock = clock
         self._rng = rng or random.Random()
         self._on_delay = on_delay
+        self._on_round = on_round
+        self._unpolled: set[_Endpoint] = set()  # started, first poll not over yet
         self._stop = StopSignal()
         self._tasks: set[asyncio.Task[None]] = set()  # polls under way
         self._idle: set[asyncio.Task[Any]] = set()  # polls not started yet: stop() cancels them
@@ -545,6 +549,7 @@ class Scheduler:
             else:
                 self._all[index] = ep
             mine.append(ep)
+            self._unpolled.add(ep)
             self._arm(ep, first)
         self._quiet[poller.name] = max(poller.interval, poller.max_backoff)
 
@@ -558,6 +563,7 @@ class Scheduler:
         self._quiet.pop(name, None)
         tasks = []
         for ep in endpoints:
+            self._unpolled.discard(ep)
             ep.retired, ep.armed = True, -1
             self._all[ep.index] = None
             self._free.append(ep.index)
@@ -686,6 +692,10 @@ class Scheduler:
                 circuit.retry_at = ep.due
         self.progress = finished
         circuit.settle(probed=probe)
+        if ep in self._unpolled:
+            self._unpolled.discard(ep)
+            if not self._unpolled and self._on_round is not None:
+                self._on_round()
         self._arm(ep, ep.due - self._clock.monotonic())
 
     async def _poll(self, poller: Poller, endpoint: str, ticket: Ticket) -> Outcome:
