@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import structlog
 import yaml
@@ -120,6 +121,41 @@ async def fixture_daemon(sim_url: str, tmp_path: Path) -> AsyncIterator[Daemon]:
     await daemon.start(serve=False)
     yield daemon
     await daemon.close()
+
+
+class TestFrozenHeap:
+    """The daemon keeps its long-lived heap out of the collector's full passes."""
+
+    async def test_frozen_at_start_and_after_the_first_scrape(
+        self, sim_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Polling freezes the heap; the first scrape after that freezes the renderer's caches
+        once; close() thaws everything."""
+        freezes: list[int] = []
+        freeze = gc.freeze
+
+        def counted() -> None:
+            freezes.append(1)
+            freeze()
+
+        monkeypatch.setattr(gc, "freeze", counted)
+        config = write(tmp_path / "config.yaml", body(sim_url, ["hot"]))
+        assert config is not None
+        daemon = Daemon(config, clock=SystemClock())
+        await daemon.start(serve=True)
+        try:
+            daemon.run_scheduler()
+            assert len(freezes) == 1
+            assert gc.get_freeze_count() > 0
+            async with aiohttp.ClientSession() as session:
+                for _ in range(3):
+                    async with session.get(daemon.url + "/metrics") as response:
+                        assert response.status == 200
+                        await response.read()
+            assert len(freezes) == 2  # after the first scrape only
+        finally:
+            await daemon.close()
+        assert gc.get_freeze_count() == 0
 
 
 class TestReload:

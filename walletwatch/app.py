@@ -97,6 +97,7 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self._nonces: Nonces | None = None
         self._polling = False
+        self._renders_frozen = False  # True once a render after the last freeze was frozen too
         self._reloading = asyncio.Lock()
         self.port: int | None = None
         self._started = False  # start() completed: close() then announces the stop
@@ -223,7 +224,7 @@ class Daemon:
         protect = self.config.web
         auth = BasicAuth(protect.basic_auth_users) if protect and protect.basic_auth_users else None
         tls = server_context(protect) if protect else None
-        app = create_app(self.collector, self.watchers.values, auth)
+        app = create_app(self.collector, self.watchers.values, auth, on_render=self._rendered)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         listen = self.config.listen
@@ -255,10 +256,17 @@ class Daemon:
         hundreds of milliseconds of stalled event loop at 10,000 accounts. Frozen, they are
         still freed by reference counting; reload() thaws them first, so that what a reload
         drops is collected, and close() thaws them for good. Done once polling starts, and
-        again once every account has been polled (its health, gauges and first states).
+        again once every account has been polled (its health, gauges and first states), and
+        after the first scrape that follows (the renderer's caches: about 9 objects an account).
         """
         gc.collect()
         gc.freeze()
+        self._renders_frozen = False
+
+    def _rendered(self) -> None:
+        if self._polling and not self._renders_frozen:
+            self._freeze()
+            self._renders_frozen = True
 
     def failed_reload(self) -> None:
         """Record a reload refused before it reached the daemon (the new file is invalid)."""

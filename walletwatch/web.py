@@ -27,14 +27,19 @@ def create_app(
     collector: WalletwatchCollector,
     watchers: Callable[[], Iterable[AccountWatcher]],
     auth: BasicAuth | None = None,
+    on_render: Callable[[], None] = lambda: None,
 ) -> web.Application:
-    """Build the aiohttp application (every path but /healthz behind ``auth`` when given)."""
+    """Build the aiohttp application (every path but /healthz behind ``auth`` when given).
+
+    ``on_render`` is called after each /metrics render, once the renderer's caches hold it.
+    """
     renders = Renders()
 
     async def metrics(request: web.Request) -> web.StreamResponse:
         accept = request.headers.get("Accept", "")
         body = negotiate(accept, request.headers.get("Accept-Encoding", ""), request.remote)
         parts = await renders.body(collector, body)
+        on_render()
         response = web.StreamResponse(headers={"Content-Type": body.content_type})
         if body.gzip:
             response.headers["Content-Encoding"] = "gzip"
