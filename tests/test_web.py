@@ -4,6 +4,7 @@ the rendering of /metrics on the event loop."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -278,6 +279,22 @@ class TestRender:
         await asyncio.gather(rendering, probe())
         assert len(seen) > 50  # it ran between the steps: at least one per account
         assert b"".join(rendering.result()) == collector.render()
+
+    async def test_no_garbage_collection_during_renders(self, site: Site) -> None:
+        """The cyclic collector is off while renders run, overlapping ones too, and on after."""
+        for i in range(20):
+            site.add(f"acct-{i:02d}")
+        collector = WalletwatchCollector(lambda: site.watchers, site.telemetry, site.clock)
+        text, openmetrics = negotiate("", ""), negotiate("application/openmetrics-text", "")
+        first = asyncio.create_task(render(collector, text, slice_seconds=0))
+        second = asyncio.create_task(render(collector, openmetrics, slice_seconds=0))
+        during: list[bool] = []
+        while not (first.done() and second.done()):
+            during.append(gc.isenabled())
+            await asyncio.sleep(0)
+        assert len(during) > 2
+        assert not any(during[1:-1])  # the first look comes before either render starts
+        assert gc.isenabled()
 
     async def test_concurrent_scrapes_share_a_render(self, site: Site) -> None:
         """Scrapes arriving while a render is under way get its body; none starts another."""

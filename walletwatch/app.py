@@ -265,7 +265,9 @@ class Daemon:
 
     def _rendered(self) -> None:
         if self._polling and not self._renders_frozen:
-            self._freeze()
+            # No collection first, unlike _freeze(): it would stall this scrape by a full pass
+            # over the new caches, and what garbage it could find now is a few young objects.
+            gc.freeze()
             self._renders_frozen = True
 
     def failed_reload(self) -> None:
