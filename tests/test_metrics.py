@@ -793,6 +793,16 @@ class TestSortedKeys:
         counts |= {"a": 1, "z": 1, "n": 1}
         assert keys.of(counts) == ["a", "c", "m", "n", "z"]
 
+    def test_many_new_keys_are_sorted_in_a_chunk_per_step(self) -> None:
+        """update() takes new keys CHUNK at a time, a step each: the first render after
+        start-up, which gets every poll counter at once, never sorts them all in one step."""
+        keys: SortedKeys[str] = SortedKeys()
+        counts = {f"k{n:05d}": 1 for n in reversed(range(2 * SortedKeys.CHUNK + 5))}
+        steps = list(keys.update(counts))
+        assert len(steps) == 3
+        assert keys.of(counts) == sorted(counts)
+        assert list(keys.update(counts)) == []  # nothing new: no step
+
     def test_fewer_keys_sort_afresh(self) -> None:
         """Were keys removed, the next call sorts the dict's keys anew."""
         keys: SortedKeys[str] = SortedKeys()

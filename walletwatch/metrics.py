@@ -553,6 +553,7 @@ class _Render:
     def telemetry(self, t: Telemetry, keys: _TelemetryKeys) -> Iterator[None]:
         """walletwatch's own series: polls, requests, events, delivery, rate-limit buckets."""
         lines, esc = self.lines, self.escaped
+        yield from keys.polls.update(t.polls)
         yield from self._counters(POLLS, t.polls, keys.polls.of(t.polls), keys.poll_lines)
         errors = keys.poll_errors.of(t.poll_errors)
         yield from self._counters(POLL_ERRORS, t.poll_errors, errors, keys.error_lines)
@@ -634,6 +635,7 @@ class _Render:
         if len(kept) > len(t.buckets):  # buckets went: forget their lines
             for gone in kept.keys() - t.buckets.keys():
                 del kept[gone]
+        yield from keys.buckets.update(t.buckets)
         for n, name in enumerate(keys.buckets.of(t.buckets), 1):
             if (stats := t.buckets.get(name)) is None:
                 continue
@@ -686,21 +688,33 @@ class SortedKeys(Generic[K]):
 
     Sorting the 30,000 poll counters of 10,000 accounts takes some 25 ms, too long for one
     step on the event loop. A dict iterates in insertion order, so the keys it gained since
-    the last call are those past the count seen then: sorting them into the sorted list is
-    cheap, and costs nothing when there are none (the usual case once every account polled).
-    Were a key removed, callers skip it (``d.get``) and fewer keys mean a fresh sort.
+    the last call are those past the count seen then: ``update`` sorts them into the sorted
+    list CHUNK at a time, a step each (the first render after start-up gets them all), and
+    costs nothing when there are none (the usual case once every account polled). Were a
+    key removed, callers skip it (``d.get``) and fewer keys mean a fresh sort.
     """
+
+    CHUNK = 4096
 
     def __init__(self) -> None:
         self._keys: list[K] = []
 
-    def of(self, d: Mapping[K, object]) -> list[K]:
-        """``sorted(d)``; the list returned is never changed afterwards."""
+    def update(self, d: Mapping[K, object]) -> Iterator[None]:
+        """Sort the keys ``d`` gained into the list, yielding between chunks of them."""
         seen = len(self._keys)
         if len(d) < seen:  # keys were removed after all: start over
             self._keys = sorted(d)
-        elif len(d) > seen:
-            self._keys = sorted([*self._keys, *itertools.islice(d, seen, None)])
+            return
+        new = list(itertools.islice(d, seen, None))
+        for start in range(0, len(new), self.CHUNK):
+            # A sorted run and a short unsorted one: Timsort merges them in linear time.
+            self._keys = sorted([*self._keys, *new[start : start + self.CHUNK]])
+            yield None
+
+    def of(self, d: Mapping[K, object]) -> list[K]:
+        """``sorted(d)``; the list returned is never changed afterwards."""
+        for _ in self.update(d):
+            pass
         return self._keys
 
 
