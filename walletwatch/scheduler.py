@@ -753,9 +753,10 @@ class Signal(Protocol):
 class StopSignal:
     """A one-way flag like asyncio.Event, for many thousands of waiters.
 
-    asyncio.Event keeps its waiters in a deque, so each cancelled wait (every sleep that ends
-    normally) costs a scan of all the others: quadratic with one loop per account endpoint.
-    Here waiters live in a set, so adding and dropping one is O(1).
+    asyncio.Event keeps its waiters in a deque, so each cancelled wait (every wait that ends
+    another way) costs a scan of all the others: quadratic when thousands of endpoints of
+    down accounts wait for their probe at once. Here waiters live in a set, so adding and
+    dropping one is O(1).
     """
 
     def __init__(self) -> None:
