@@ -24,6 +24,7 @@ from walletwatch.config import AccountConfig, ProviderSettings
 from walletwatch.errors import (
     AuthFailed,
     BadPayload,
+    Internal,
     ProviderError,
     RateLimited,
     Rejected,
@@ -285,7 +286,7 @@ class TestHealth:
             (RateLimited("HTTP 429", retry_after=5.0), "rate_limited"),
             (AuthFailed("HTTP 401"), "auth"),
             (BadPayload("not JSON"), "bad_payload"),
-            (KeyError("balance"), "bad_payload"),
+            (KeyError("balance"), "internal"),  # what no outcome maps: a bug, reported
         ],
         ids=lambda value: type(value).__name__ if isinstance(value, Exception) else value,
     )
@@ -312,6 +313,7 @@ class TestHealth:
             "rate_limited",
             "auth",
             "bad_payload",
+            "internal",
         }
         errors: list[ProviderError] = [
             Unavailable("x"),
@@ -319,6 +321,7 @@ class TestHealth:
             AuthFailed("x"),
             Rejected("x"),
             BadPayload("x"),
+            Internal("x"),
         ]
         assert {e.reason for e in errors} <= documented
 

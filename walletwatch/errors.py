@@ -9,7 +9,8 @@
         ├── RateLimited             HTTP 429; ``retry_after`` seconds when the provider said
         ├── AuthFailed              HTTP 401/403 or a body-level auth error
         ├── Rejected                any other 4xx or body-level refusal
-        └── BadPayload              the answer could not be understood
+        ├── BadPayload              the answer could not be understood
+        └── Internal                walletwatch itself failed (a bug, or input nothing foresaw)
 
 Raise these and chain with ``raise ... from err``; never return ``None`` to mean failure.
 Messages never contain credentials.
@@ -74,6 +75,12 @@ class BadPayload(ProviderError):
     reason = "bad_payload"
 
 
+class Internal(ProviderError):
+    """A poll raised what nothing maps to an outcome: a bug, or input nothing foresaw."""
+
+    reason = "internal"
+
+
 POLL_ERROR_REASONS = (
     "timeout",
     "connection",
@@ -82,4 +89,5 @@ POLL_ERROR_REASONS = (
     "rate_limited",
     "auth",
     "bad_payload",
+    "internal",
 )

@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from walletwatch.escape import SURROGATES, cleaned
+
 SEVERITY: Mapping[str, str] = {
     "deposit.detected": "info",
     "deposit.confirmed": "info",
@@ -32,7 +34,9 @@ EVENT_NAMES = tuple(SEVERITY)
 def event_id(*parts: object) -> str:
     """A stable id for a fact: the same parts always give the same id."""
     text = "\x1f".join(str(p) for p in parts)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    # surrogatepass: the same bytes as strict UTF-8 for every text that has them, and bytes
+    # still for a lone surrogate, which parsing escapes but a bug might let through.
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +71,16 @@ class Event:
         return body
 
     def to_json(self) -> str:
-        """One line of JSON."""
-        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=False)
+        """One line of JSON that strict parsers accept: a lone surrogate is kept escaped.
+
+        Python would write a lone surrogate as the escape ``\\ud800``, which many JSON parsers
+        refuse; it is written as the six characters ``\\ud800`` instead (JSON ``"\\\\ud800"``),
+        as parsing keeps provider text, so this is defence in depth. A value JSON has no form
+        for is written as its ``str``: never an exception.
+        """
+        return json.dumps(
+            cleaned(self.to_dict(), SURROGATES), separators=(",", ":"), sort_keys=False, default=str
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Event:

@@ -24,6 +24,7 @@ from walletwatch.errors import (
     Rejected,
     Unavailable,
 )
+from walletwatch.escape import cleaned, escaped, may_hold_unsafe
 from walletwatch.scheduler import TokenBucket, acquire, rate_limited, relieved
 from walletwatch.telemetry import Telemetry
 from walletwatch.types import Clock
@@ -45,11 +46,22 @@ class Response:
 
 
 def parse_json(body: bytes) -> Any:
-    """Decode JSON with floats as Decimal, refusing NaN, Infinity and absurd documents."""
+    """Decode JSON with floats as Decimal, refusing NaN, Infinity and absurd documents.
+
+    Every answer of every provider is decoded here, so this is where text that could not be
+    stored, served or logged as given (a lone surrogate, a control character) is escaped:
+    the raw bytes say whether any string may hold one, and almost never does one.
+    """
     try:
-        return json.loads(body.decode("utf-8"), parse_float=Decimal, parse_constant=_reject)
+        doc = json.loads(body.decode("utf-8"), parse_float=Decimal, parse_constant=_reject)
     except (ValueError, RecursionError, UnicodeDecodeError) as err:
         raise BadPayload(f"response is not valid JSON: {str(err)[:120]}") from err
+    return cleaned(doc) if may_hold_unsafe(body) else doc
+
+
+def _headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """A response's headers; aiohttp decodes bytes that are not UTF-8 as lone surrogates."""
+    return {escaped(name): escaped(value) for name, value in headers.items()}
 
 
 def _reject(name: str) -> Any:
@@ -132,7 +144,7 @@ class Http:
             ) as resp:
                 code = str(resp.status)
                 payload = await self._read(resp)
-                response = Response(resp.status, dict(resp.headers), payload)
+                response = Response(resp.status, _headers(resp.headers), payload)
         except ProviderError:
             raise
         except TimeoutError as err:

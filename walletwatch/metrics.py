@@ -29,15 +29,18 @@ is needed, and a watcher's series all come from one step.
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import math
 import operator
+import re
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
+import structlog
 from prometheus_client.core import Metric
 from prometheus_client.openmetrics.exposition import (
     UNDERSCORES,
@@ -50,6 +53,7 @@ from prometheus_client.utils import floatToGoString
 
 from walletwatch import __version__
 from walletwatch.config import AccountConfig
+from walletwatch.escape import escaped as escaped_text
 from walletwatch.events import EVENT_NAMES
 from walletwatch.model import Direction, Gauge
 from walletwatch.telemetry import Histogram, Telemetry
@@ -59,6 +63,8 @@ from walletwatch.watcher import AccountWatcher
 
 if TYPE_CHECKING:
     from _typeshed import SupportsRichComparison
+
+log = structlog.get_logger("walletwatch.metrics")
 
 P = "walletwatch_"
 Kind = Literal["gauge", "counter", "histogram"]
@@ -280,6 +286,21 @@ class WalletwatchCollector(Collector):
         self._accounts: weakref.WeakKeyDictionary[AccountWatcher, _Account]
         self._accounts = weakref.WeakKeyDictionary()
         self._keys = _TelemetryKeys(SortedKeys(), SortedKeys(), SortedKeys())
+        # Watchers whose series failed at the last render (logged once, until they render).
+        self._failing: weakref.WeakSet[AccountWatcher] = weakref.WeakSet()
+
+    def _report(self, watcher: AccountWatcher, error: Exception) -> None:
+        """Log a watcher whose series could not be made, once until they can be again."""
+        if watcher in self._failing:
+            return
+        self._failing.add(watcher)
+        log.error(
+            "metrics.account_failed",
+            provider=watcher.provider,
+            account=watcher.name,
+            error=f"{type(error).__name__}: {error}",
+            exc_info=error,
+        )
 
     def collect(self) -> Iterator[Metric]:
         """Every metric family, parsed from the text exposition (one walk of the state)."""
@@ -302,15 +323,30 @@ class WalletwatchCollector(Collector):
         """
         out = _Render(self._clock.time(), self._accounts)
         watchers = list(self._watchers())
+        failed: dict[AccountWatcher, Exception] = {}  # a watcher's values failed its series
         # What is kept from render to render is brought up to date first, on its own: made
         # amid the render's passing lines, it pinned twice its size of memory (RSS) after.
         for n, watcher in enumerate(watchers, 1):
-            out.keep(watcher)
+            try:
+                out.keep(watcher)
+            except Exception as err:  # noqa: BLE001 - one account must never fail the scrape
+                failed[watcher] = err
             if n % KEEP_SLICE == 0:
                 yield None
         out.providers = {watcher.provider for watcher in watchers}
         for watcher in watchers:
-            out.account(watcher)
+            error = failed.get(watcher)
+            if error is None:
+                try:
+                    out.account(watcher)
+                except Exception as err:  # noqa: BLE001 - reported below, with its traceback
+                    error = err
+            if error is None:
+                if self._failing:  # (usually empty: no weak reference made per account)
+                    self._failing.discard(watcher)
+            else:
+                out.failed(watcher)
+                self._report(watcher, error)
             yield None
         families = out.families(openmetrics, ACCOUNT_FAMILIES, gauges=True)
         yield from _parts(families, escaping)
@@ -327,7 +363,7 @@ class WalletwatchCollector(Collector):
 def _parts(families: Iterable[tuple[Family, list[str]]], escaping: str) -> Iterator[bytes]:
     """Each family's lines as one part of the body, its names escaped as asked."""
     for family, lines in families:
-        part = "".join(lines).encode()
+        part = "".join(lines).encode("utf-8", EXPOSITION_ERRORS)
         yield part if escaping == UNDERSCORES else _escape_names(part, family, escaping)
 
 
@@ -500,19 +536,14 @@ class _Render:
         return entry
 
     def account(self, w: AccountWatcher) -> None:
-        """Every series of one watcher."""
+        """Every series of one watcher; none of them if making one fails.
+
+        Everything that can fail is made first, and only then is any line added.
+        """
         entry = self.accounts[w]
         if entry.state is not w.state or entry.config is not w.config:
             entry = self.keep(w)  # a poll changed it since it was kept
-        lines = self.lines
-        self.escaped[w.name] = entry.account  # for the poll counters, keyed by name
-        lines[BALANCE].append(entry.balance)
-        lines[PENDING].append(entry.pending)
-        lines[LOW].append(entry.low)
-        lines[SETTLED].append(entry.settled)
-        lines[AMOUNT].append(entry.amount)
-        lines[IN_FLIGHT].append(entry.in_flight)
-        stuck = lines[STUCK]
+        stuck: list[str] = []
         for part in entry.stuck:
             if isinstance(part, str):
                 stuck.append(part)
@@ -520,21 +551,11 @@ class _Render:
                 labels, group = part
                 late = sum(is_stuck(tracked, w.config, self.now) for tracked in group)
                 stuck.append(STUCK.line(labels, _count(late)))
-        lines[OLDEST].append(entry.oldest)
-        lines[THRESHOLD].append(entry.threshold)
-
         gauges = tuple(w.gauges.values())
         if not _same(gauges, entry.gauges_of):
             entry.read_gauges(gauges, self.escaped, self.gauge_labels)
-        for name, text, label_names in entry.gauges:
-            self.gauges[name].append(text)
-            names = self.gauge_label_names.get(name)
-            if names is None:
-                names = self.gauge_label_names[name] = set(ACCOUNT.names)
-            names.update(label_names)
-
-        lines[UP].append(entry.up[w.up])
-        last, kept = lines[LAST_SUCCESS], entry.last_success
+        last: list[str] = []
+        kept = entry.last_success
         for endpoint, health in sorted(w.health.items()):
             if (stamp := health.last_success) is not None:
                 line = kept.get(endpoint)
@@ -548,7 +569,39 @@ class _Render:
                     )
                     line = kept[endpoint] = (stamp, text)
                 last.append(line[1])
+        up = entry.up[w.up]
+
+        lines = self.lines
+        self.escaped[w.name] = entry.account  # for the poll counters, keyed by name
+        lines[BALANCE].append(entry.balance)
+        lines[PENDING].append(entry.pending)
+        lines[LOW].append(entry.low)
+        lines[SETTLED].append(entry.settled)
+        lines[AMOUNT].append(entry.amount)
+        lines[IN_FLIGHT].append(entry.in_flight)
+        lines[STUCK] += stuck
+        lines[OLDEST].append(entry.oldest)
+        lines[THRESHOLD].append(entry.threshold)
+        for name, text, label_names in entry.gauges:
+            self.gauges[name].append(text)
+            names = self.gauge_label_names.get(name)
+            if names is None:
+                names = self.gauge_label_names[name] = set(ACCOUNT.names)
+            names.update(label_names)
+        lines[UP].append(up)
+        lines[LAST_SUCCESS] += last
         lines[INTERVAL].append(entry.interval)
+
+    def failed(self, w: AccountWatcher) -> None:
+        """One watcher's series could not be made: it shows as down, and nothing is kept.
+
+        Its other series are left out of this render; what was kept of them is dropped, so
+        the next render makes them afresh rather than serve what failed again.
+        """
+        self.accounts.pop(w, None)
+        self.kept.pop(w, None)
+        labels = ACCOUNT.template % (_escape(w.name), _escape(w.provider))
+        self.lines[UP].append(UP.line(labels, _count(False)))
 
     def telemetry(self, t: Telemetry, keys: _TelemetryKeys) -> Iterator[None]:
         """walletwatch's own series: polls, requests, events, delivery, rate-limit buckets."""
@@ -765,11 +818,35 @@ class _Escapes(dict[str, str]):
         return escaped
 
 
+LABEL_UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+"""Characters a label value keeps as their escape text (``\\u0000``): lone surrogates, which
+UTF-8 cannot encode, and control characters, which Prometheus' own parser may take a NUL of
+for the end of its input. A newline has an escape of its own in the format."""
+
+
 def _escape(value: str) -> str:
-    """A label value as the exposition writes it: backslash, newline and quote escaped."""
-    if "\\" in value or "\n" in value or '"' in value:
-        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-    return value
+    """A label value as the exposition writes it: backslash, newline and quote escaped, and
+    lone surrogates and control characters as text (``\\ud800``, written ``\\\\ud800``)."""
+    if value.isprintable() and "\\" not in value and '"' not in value:
+        return value  # the usual case; a newline is not printable
+    value = escaped_text(value, LABEL_UNSAFE)
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _exposition_errors(err: UnicodeError) -> tuple[str, int]:
+    """A character UTF-8 cannot encode as its escape text, as a label value or HELP writes it.
+
+    Label values are escaped before (``_escape``): this is for what nothing foresaw, so that
+    one value never fails a scrape.
+    """
+    if not isinstance(err, UnicodeEncodeError):
+        raise err
+    bad = err.object[err.start : err.end]
+    return "".join(f"\\\\u{ord(c):04x}" for c in bad), err.end
+
+
+EXPOSITION_ERRORS = "walletwatch.exposition"
+codecs.register_error(EXPOSITION_ERRORS, _exposition_errors)
 
 
 def _number(value: float) -> str:

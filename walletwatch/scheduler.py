@@ -703,7 +703,11 @@ class Scheduler:
         try:
             return await poller.poll(endpoint)
         except Exception:  # a bug must cost one poll, never the loop that runs them
-            log.exception("poll.crashed", account=poller.name, endpoint=endpoint)
+            # A watcher records its own crashes as failed polls (reason internal): one that
+            # gets here could not even record that, so it is logged with its traceback.
+            log.exception(
+                "poll.crashed", provider=poller.provider, account=poller.name, endpoint=endpoint
+            )
             return Outcome(ok=False)
         finally:
             _POLL.reset(token)

@@ -178,6 +178,10 @@ class Store:
                 self._write(account, provider, old, new, events)
         except sqlite3.Error as err:
             raise StoreError(f"cannot commit state of account {account!r}: {err}") from err
+        except Exception as err:  # a value SQLite cannot take (a bug past parsing): same fate
+            raise StoreError(
+                f"cannot commit state of account {account!r}: {type(err).__name__}: {err}"
+            ) from err
 
     def _write(
         self,

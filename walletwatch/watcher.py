@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import structlog
 
 from walletwatch.config import AccountConfig, ProviderSettings
-from walletwatch.errors import BadPayload, ProviderError, RateLimited, Unavailable
+from walletwatch.errors import Internal, ProviderError, RateLimited, Unavailable
 from walletwatch.events import Event
 from walletwatch.model import Direction, Gauge, Observation
 from walletwatch.scheduler import Outcome, TokenBucket
@@ -105,7 +105,33 @@ class AccountWatcher:
         return self.interval
 
     async def poll(self, endpoint: str) -> Outcome:
-        """Poll one endpoint and record what came of it."""
+        """Poll one endpoint and record what came of it; anything raised is a failed poll."""
+        try:
+            return await self._poll(endpoint)
+        except Exception as err:  # noqa: BLE001 - a bug costs one poll; crashed() logs it
+            return await self.crashed(endpoint, err)
+
+    async def crashed(self, endpoint: str, error: Exception) -> Outcome:
+        """Record a poll that raised what no outcome maps: failed, reason ``internal``.
+
+        Like any failed poll it sets ``up`` to 0 and counts toward account.down. The traceback
+        is logged when the endpoint starts crashing, not at every poll that crashes again.
+        """
+        previous = self.health.get(endpoint)
+        if previous is None or previous.reason != Internal.reason:
+            log.error(
+                "poll.crashed",
+                provider=self.provider,
+                account=self.name,
+                endpoint=endpoint,
+                error=type(error).__name__,
+                exc_info=error,
+            )
+        return await self._failed(
+            endpoint, Internal(f"{endpoint}: unexpected {type(error).__name__}")
+        )
+
+    async def _poll(self, endpoint: str) -> Outcome:
         key = (self.provider, self.name, endpoint)
         self._telemetry.polls[key] += 1
         try:
@@ -118,9 +144,6 @@ class AccountWatcher:
                 f"{endpoint}: poll took over {self.poll_budget:g}s", reason="timeout"
             )
             return await self._failed(endpoint, budget)
-        except Exception as err:  # a parser bug must not kill the daemon
-            log.exception("poll.crashed", provider=self.provider, account=self.name)
-            return await self._failed(endpoint, BadPayload(f"unexpected {type(err).__name__}"))
         now = self._clock.time()
         if not await self._apply(lambda s: observe(s, obs, self.config, now)):
             return Outcome(ok=False)

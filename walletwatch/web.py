@@ -17,6 +17,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.openmetrics.exposition import UNDERSCORES
 
 from walletwatch import __version__
+from walletwatch.escape import escaped
 from walletwatch.metrics import WalletwatchCollector
 from walletwatch.watcher import AccountWatcher
 from walletwatch.webauth import BasicAuth, middleware
@@ -232,7 +233,7 @@ def render_index(watchers: Iterable[AccountWatcher]) -> str:
         rows.append(
             "<tr>"
             + "".join(
-                f"<td>{html.escape(str(cell))}</td>"
+                f"<td>{html.escape(escaped(str(cell)))}</td>"  # surrogates: not UTF-8
                 for cell in (w.provider, w.name, state, balances, in_flight)
             )
             + "</tr>"
