@@ -7,13 +7,21 @@ so that it can be stored, announced and served, and never stop an account or /me
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
+from typing import cast
 
 import aiohttp
 import pytest
+import structlog
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
+from tests.fakes import ScriptedProvider
 from tests.hostile.harness import (
     BY_NAME,
     WHEN,
@@ -21,13 +29,17 @@ from tests.hostile.harness import (
     HostileServer,
     make_config,
     serve,
-    started,
 )
+from tests.monitoring.tools import promtool
+from walletwatch import logs
 from walletwatch.app import Daemon
-from walletwatch.events import Event
-from walletwatch.model import Direction
-from walletwatch.store import Store
+from walletwatch.escape import SURROGATES, escaped
+from walletwatch.events import Event, event_id
+from walletwatch.model import Balance, Direction, Gauge, Observation
+from walletwatch.store import Store, StoreError
+from walletwatch.tracker import AccountState, TrackedBalance
 from walletwatch.types import SystemClock
+from walletwatch.web import render_index
 
 SURROGATE = "\\ud800"  # the JSON text of a lone surrogate, and the escaped text it is kept as
 WESTWALLET, BITEXBIT = BY_NAME["westwallet"], BY_NAME["bitexbit"]
@@ -89,7 +101,7 @@ def outbox(path: Path) -> list[Event]:
     """Every event the store holds in its outbox, read back from its JSON."""
     store = Store(path)
     try:
-        rows = store._db.execute("SELECT body FROM outbox ORDER BY seq").fetchall()  # noqa: SLF001
+        rows = store._db.execute("SELECT body FROM outbox ORDER BY seq").fetchall()
     finally:
         store.close()
     return [Event.from_json(body) for (body,) in rows]
@@ -122,9 +134,7 @@ class TestWestWallet:
         assert (await watcher.poll("deposits")).ok  # the baseline
         server.answers["/ww/wallet/transactions:receive"] = Answer(deposits("h1", SURROGATE))
         assert (await watcher.poll("deposits")).ok, watcher.health["deposits"]
-        server.answers["/ww/wallet/transactions:receive"] = Answer(
-            deposits("h1", SURROGATE, "h3")
-        )
+        server.answers["/ww/wallet/transactions:receive"] = Answer(deposits("h1", SURROGATE, "h3"))
         assert (await watcher.poll("deposits")).ok, watcher.health["deposits"]
         assert daemon.telemetry.store_errors["westwallet"] == 0
         detected = {
@@ -138,7 +148,8 @@ class TestWestWallet:
             state = stored.load()["ww"]
         finally:
             stored.close()
-        assert state.known(Direction.DEPOSIT, "2") and state.known(Direction.DEPOSIT, "3")
+        assert state.known(Direction.DEPOSIT, "2")
+        assert state.known(Direction.DEPOSIT, "3")
 
     async def test_surrogate_in_a_balances_currency_key(
         self, daemon: Daemon, server: HostileServer
@@ -177,4 +188,134 @@ class TestBitexbit:
         assert (await watcher.poll("payment_methods")).ok
         status, text = await scrape(daemon)
         assert status == 200
-        assert "BTC" in {dict(k)["ticker"] for k in samples(text, "walletwatch_payment_method_enabled")}
+        assert "BTC" in {
+            dict(k)["ticker"] for k in samples(text, "walletwatch_payment_method_enabled")
+        }
+
+
+# Behind the parser: values that reach each output as they are, as a bug past parsing could
+# let them. Each output must still take them, escaped.
+RAW = '\ud800 \x00\x1b]0;title\x07 \x85 "quoted" back\\slash \n end'
+RAW_ESCAPED = '\\ud800 \\u0000\\u001b]0;title\\u0007 \\u0085 "quoted" back\\slash \n end'
+
+
+class TestBehindTheParser:
+    def test_a_commit_that_raises_anything_is_a_store_error(self, tmp_path: Path) -> None:
+        """A state SQLite cannot take fails the commit as StoreError, and the next commits work."""
+        store = Store(tmp_path / "state.db")
+        try:
+            bad = AccountState(balances={RAW: TrackedBalance(Balance(RAW, Decimal(1)))})
+            with pytest.raises(StoreError, match="UnicodeEncodeError"):
+                store.commit("acct", "westwallet", AccountState(), bad, [])
+            good = AccountState(balances={"BTC": TrackedBalance(Balance("BTC", Decimal(1)))})
+            store.commit("acct", "westwallet", AccountState(), good, [])
+            assert set(store.load()["acct"].balances) == {"BTC"}
+        finally:
+            store.close()
+
+    async def test_raw_label_values_are_served_escaped(self, daemon: Daemon) -> None:
+        """Surrogates and control characters in label values are served as escape text; the
+        exposition parses and promtool accepts it."""
+        watcher = daemon.watchers["bx"]
+        gauge = Gauge("payment_method_enabled", (("ticker", RAW),), Decimal(1))
+        watcher.gauges[(gauge.name, gauge.labels)] = gauge
+        status, text = await scrape(daemon)
+        assert status == 200
+        enabled = samples(text, "walletwatch_payment_method_enabled")
+        assert {dict(k)["ticker"] for k in enabled} == {RAW_ESCAPED}
+        checked = promtool("check", "metrics", stdin=text)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    async def test_an_account_that_cannot_render_shows_down_and_recovers(
+        self, daemon: Daemon
+    ) -> None:
+        """One account whose series fail shows up 0 while every other account is served, is
+        logged once, and is served again once its state is fine: nothing failed is kept."""
+        for watcher in daemon.watchers.values():
+            for endpoint in watcher.endpoints:
+                assert (await watcher.poll(endpoint)).ok
+        ww = daemon.watchers["ww"]
+        good = ww.state
+        broken = Balance("BTC", cast(Decimal, "not a number"))  # float() of it raises
+        ww.state = replace(good, balances={"BTC": TrackedBalance(broken)})
+        with capture_logs() as logs:
+            first, second = await scrape(daemon), await scrape(daemon)
+        for status, text in (first, second):
+            assert status == 200
+            up = samples(text, "walletwatch_up")
+            assert up[(("account", "ww"), ("provider", "westwallet"))] == 0
+            assert up[(("account", "bx"), ("provider", "bitexbit"))] == 1
+            assert {dict(k)["account"] for k in samples(text, "walletwatch_balance")} == {"bx"}
+        assert [e["event"] for e in logs if e["log_level"] == "error"] == ["metrics.account_failed"]
+        ww.state = good
+        status, text = await scrape(daemon)
+        assert status == 200
+        assert samples(text, "walletwatch_up")[(("account", "ww"), ("provider", "westwallet"))] == 1
+        assert {dict(k)["account"] for k in samples(text, "walletwatch_balance")} == {"bx", "ww"}
+
+    def test_event_json_is_strict_json(self) -> None:
+        """An event carrying a lone surrogate is written as JSON that strict parsers accept."""
+        event = Event("deposit.detected", event_id(RAW), 0.0, "westwallet", RAW, {"txid": RAW})
+        text = event.to_json()
+        text.encode("utf-8")  # strict
+        assert "\\ud800" not in text.replace("\\\\", "")  # no lone surrogate escape left
+        back = Event.from_json(text)
+        assert (back.account, back.fields["txid"]) == (escaped(RAW, SURROGATES),) * 2
+
+    @pytest.mark.parametrize("fmt", ["json", "console"])
+    def test_logs_never_raise(self, fmt: str) -> None:
+        """A log line with a lone surrogate or control characters, in a value or in the
+        traceback, is written with them escaped."""
+        buffer = io.BytesIO()
+        stream = io.TextIOWrapper(buffer, encoding="utf-8", errors="strict", write_through=True)
+        logs.configure(fmt, stream)
+        try:
+            structlog.get_logger("test").error("poll.crashed", error=RAW, exc_info=ValueError(RAW))
+        finally:
+            structlog.reset_defaults()
+        text = buffer.getvalue().decode("utf-8")
+        if fmt == "json":  # what a reader of the JSON gets back: text, no raw characters
+            text = "".join(str(value) for value in json.loads(text).values())
+        assert "\\ud800" in text
+        assert "\ud800" not in text
+        assert "\x1b]0;" not in text  # the console's own colours aside, no escape character
+        assert "\x00" not in text
+
+    def test_index_page_renders(self, daemon: Daemon) -> None:
+        """The index page renders an account with unencodable balances as UTF-8 text."""
+        ww = daemon.watchers["ww"]
+        ww.state = replace(ww.state, balances={RAW: TrackedBalance(Balance(RAW, Decimal(1)))})
+        page = render_index(daemon.watchers.values())
+        page.encode("utf-8")  # strict
+        assert "\\ud800" in page
+
+
+class TestCrashingPolls:
+    @pytest.mark.parametrize(
+        "answer",
+        [KeyError("balance"), cast(Observation, object())],
+        ids=["client_raises", "tracker_raises"],
+    )
+    async def test_a_poll_that_raises_is_a_failed_poll(
+        self, answer: Observation | Exception, daemon: Daemon, tmp_path: Path
+    ) -> None:
+        """Whatever a poll raises, in the client or past it, it fails as reason internal: up 0,
+        counted, logged with its traceback once, and account.down after down_after of them."""
+        ww = daemon.watchers["ww"]
+        for endpoint in ww.endpoints:
+            assert (await ww.poll(endpoint)).ok
+        scripted = ScriptedProvider(ww.endpoints)
+        ww.client = scripted
+        with capture_logs() as logs:
+            for _ in range(ww.down_after):
+                scripted.answers["balances"].append(answer)
+                assert not (await ww.poll("balances")).ok
+        assert ww.health["balances"].reason == "internal"
+        assert ww.up is False
+        errors = daemon.telemetry.poll_errors[("westwallet", "ww", "balances", "internal")]
+        assert errors == ww.down_after
+        assert [e["event"] for e in logs if e["log_level"] == "error"] == ["poll.crashed"]
+        assert "account.down" in [e.event for e in outbox(tmp_path / "state.db")]
+        status, text = await scrape(daemon)
+        assert status == 200
+        assert samples(text, "walletwatch_up")[(("account", "ww"), ("provider", "westwallet"))] == 0
