@@ -29,6 +29,7 @@ NAMES = {
     "WalletwatchDataStale": ("provider", "account"),
     "WalletwatchRateLimited": ("provider",),
     "WalletwatchAbsent": ("instance",),
+    "WalletwatchInternalError": ("provider", "account"),
 }
 # Thresholds come from the metrics, so one rule serves every account.
 THRESHOLD_METRICS = {
