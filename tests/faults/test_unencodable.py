@@ -35,6 +35,7 @@ from walletwatch import logs
 from walletwatch.app import Daemon
 from walletwatch.escape import SURROGATES, escaped
 from walletwatch.events import Event, event_id
+from walletwatch.metrics import EXPOSITION_ERRORS
 from walletwatch.model import Balance, Direction, Gauge, Observation
 from walletwatch.store import Store, StoreError
 from walletwatch.tracker import AccountState, TrackedBalance
@@ -254,13 +255,22 @@ class TestBehindTheParser:
         assert {dict(k)["account"] for k in samples(text, "walletwatch_balance")} == {"bx", "ww"}
 
     def test_event_json_is_strict_json(self) -> None:
-        """An event carrying a lone surrogate is written as JSON that strict parsers accept."""
-        event = Event("deposit.detected", event_id(RAW), 0.0, "westwallet", RAW, {"txid": RAW})
+        """An event carrying a lone surrogate, or a value JSON has no form for, is written as
+        JSON that strict parsers accept."""
+        fields = {"txid": RAW, "details": ((RAW, RAW),), "odd": frozenset({"a"})}
+        event = Event("deposit.detected", event_id(RAW), 0.0, "westwallet", RAW, fields)
         text = event.to_json()
         text.encode("utf-8")  # strict
         assert "\\ud800" not in text.replace("\\\\", "")  # no lone surrogate escape left
         back = Event.from_json(text)
         assert (back.account, back.fields["txid"]) == (escaped(RAW, SURROGATES),) * 2
+        assert back.fields["details"] == [[escaped(RAW, SURROGATES)] * 2]
+        assert back.fields["odd"] == "frozenset({'a'})"
+
+    def test_the_exposition_encodes_whatever_it_is_given(self) -> None:
+        """Text the label escaping did not see is encoded as escape text a label value or
+        HELP line may hold, never as an error."""
+        assert "a\ud800b".encode("utf-8", EXPOSITION_ERRORS) == b"a\\\\ud800b"
 
     @pytest.mark.parametrize("fmt", ["json", "console"])
     def test_logs_never_raise(self, fmt: str) -> None:
