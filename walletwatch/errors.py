@@ -11,6 +11,8 @@
         ├── Rejected                any other 4xx or body-level refusal
         └── BadPayload              the answer could not be understood
 
+A poll whose answer could not be committed fails as ``Unavailable(reason="store")``.
+
 Raise these and chain with ``raise ... from err``; never return ``None`` to mean failure.
 Messages never contain credentials.
 """
@@ -82,4 +84,5 @@ POLL_ERROR_REASONS = (
     "rate_limited",
     "auth",
     "bad_payload",
+    "store",
 )
