@@ -589,7 +589,7 @@ class _Render:
         for provider in sorted(self.providers | set(t.store_errors)):
             labels = PROVIDER.template % esc[provider]
             lines[STORE_ERRORS].append(STORE_ERRORS.line(labels, _count(t.store_errors[provider])))
-        lines[STATE_FILE_OK].append(STATE_FILE_OK.line("", _count(t.state_file_ok)))
+        lines[STATE_FILE_OK].append(STATE_FILE_OK.line("", "1.0" if t.state_file_ok else "0.0"))
         version = BUILD_INFO.labels.template % esc[__version__]
         lines[BUILD_INFO].append(BUILD_INFO.line(version, "1.0"))
 

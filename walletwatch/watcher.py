@@ -169,12 +169,16 @@ class AccountWatcher:
         else:
             previous.ok, previous.reason, previous.error = False, err.reason, str(err)
         now = self._clock.time()
-        await self._apply(lambda s: fail(s, endpoint, err.reason, self.config, now))
+        # Committing a failure count says nothing of whether the poll's facts can be.
+        await self._apply(lambda s: fail(s, endpoint, err.reason, self.config, now), heals=False)
         retry_after = err.retry_after if isinstance(err, RateLimited) else None
         return Outcome(ok=False, retry_after=retry_after)
 
     async def _apply(
-        self, step: Callable[[AccountState], tuple[AccountState, Sequence[Event]]]
+        self,
+        step: Callable[[AccountState], tuple[AccountState, Sequence[Event]]],
+        *,
+        heals: bool = True,
     ) -> StoreError | None:
         """Run a tracker step and commit its result; the StoreError if the commit failed.
 
@@ -184,7 +188,7 @@ class AccountWatcher:
         missed is announced once the store takes commits again. That includes the failure
         counts toward account.down: while no commit succeeds, no account.down can be queued
         either (the outbox is in the store); ``up``, the poll errors and the store alerts
-        say it instead.
+        say it instead. A successful commit with ``heals`` logs that commits work again.
         """
         async with self._lock:
             new, events = step(self.state)
@@ -203,7 +207,7 @@ class AccountWatcher:
                     "store.commit_failed", provider=self.provider, account=self.name, error=str(err)
                 )
                 return err
-            if self._commit_failed:
+            if self._commit_failed and heals:
                 self._commit_failed = False
                 log.info("store.commit_recovered", provider=self.provider, account=self.name)
             self.state = new.saved()  # committed: the rows it carried are written
