@@ -131,15 +131,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM or SIGINT."""
     config = load_config(args.config, shard=args.shard)
     logs.configure(config.log_format, sys.stdout)
+    if args.reset_state:
+        try:
+            reset_state(config.state_path)  # any other StoreError: main() prints it, exit 1
+        except StateLocked as err:
+            return _locked(err)
     try:
-        if args.reset_state:
-            reset_state(config.state_path)
         return asyncio.run(_serve(config, sys.stdout, path=args.config))
     except StateLocked as err:
-        # Nothing of the holder's is touched: one line, no advice to reset its state.
-        log.error("store.locked", error=str(err))  # noqa: TRY400 - the message says it all
-        print(f"walletwatch: {err}", file=sys.stderr)
-        return EXIT_FAILED
+        return _locked(err)
     except StoreError as err:
         log.error("store.unusable", error=str(err))  # noqa: TRY400 - the message says it all
         print(
@@ -150,6 +150,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
+
+
+def _locked(err: StateLocked) -> int:
+    """Another daemon holds the state: one line, no advice to reset the holder's state."""
+    log.error("store.locked", error=str(err))
+    print(f"walletwatch: {err}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def reset_state(path: Path) -> None:
