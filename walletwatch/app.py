@@ -262,6 +262,13 @@ class Daemon:
         self.port = int(self._runner.addresses[0][1])
 
     @property
+    def store(self) -> AsyncStore:
+        """The open state store (the one connection to the state file this process may have)."""
+        if self._store is None:
+            raise RuntimeError("the store is opened by start()")
+        return self._store
+
+    @property
     def url(self) -> str:
         """The base URL of the web server."""
         host = self.config.listen.host
