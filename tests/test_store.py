@@ -424,7 +424,11 @@ class TestFullDisk:
         assert [e.event for _, e in store.pending("sink")] == ["balance.changed", "balance.low"]
 
     async def test_full_disk_fails_the_poll(self, tmp_path: Path, clock: FakeClock) -> None:
-        """The watcher counts and logs the failed commit, keeps its state, and loses no fact."""
+        """A failed commit is a failed poll (reason store, up 0), logged once; no fact is lost.
+
+        The failure count is a smaller write than the deposits and fits in the pages left:
+        it is committed, as it would be toward account.down.
+        """
         store = AsyncStore(Store(tmp_path / "state.db"))
         provider = ScriptedProvider(("deposits",))
         telemetry = Telemetry()
@@ -446,16 +450,25 @@ class TestFullDisk:
         db.execute(f"PRAGMA max_page_count={db.execute('PRAGMA page_count').fetchone()[0]}")
         with captured_logs() as logs:
             assert not (await watcher.poll("deposits")).ok
+            assert [watcher.up] == [False]  # mypy would keep `up` False from here on
             assert not (await watcher.poll("deposits")).ok
-        assert watcher.state is baseline
+        assert watcher.state.transfers is baseline.transfers
+        assert watcher.state.failures == {"deposits": 2}
         assert telemetry.store_errors["westwallet"] == 2
+        assert telemetry.poll_errors[("westwallet", "acct", "deposits", "store")] == 2
         assert [(e["event"], e["log_level"]) for e in logs] == [
-            ("store.commit_failed", "error")
-        ] * 2
+            ("store.commit_failed", "error"),
+            ("poll.failed", "warning"),
+            ("store.commit_failed", "debug"),
+            ("poll.failed", "debug"),
+        ]
         assert "full" in logs[0]["error"]
-        assert await store.call(store.store.load) == {"acct": baseline}
+        assert await store.call(store.store.load) == {"acct": watcher.state}
         db.execute("PRAGMA max_page_count=1073741823")
-        assert (await watcher.poll("deposits")).ok
+        with captured_logs() as logs:
+            assert (await watcher.poll("deposits")).ok
+        assert watcher.up
+        assert [e["event"] for e in logs] == ["store.commit_recovered", "poll.recovered"]
         pending = await store.call(store.store.pending, "sink")
         assert [e.event for _, e in pending] == ["deposit.detected"] * 60
         store.close()

@@ -29,7 +29,7 @@ from walletwatch.metrics import ReloadStatus, WalletwatchCollector
 from walletwatch.providers import REGISTRY
 from walletwatch.scheduler import Scheduler, Slots, TokenBucket, paced
 from walletwatch.sinks import Dispatcher, FileSink, StreamSink, WebhookSink
-from walletwatch.store import AsyncStore, Store
+from walletwatch.store import MEMORY, AsyncStore, StateFileLost, Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState
 from walletwatch.types import Clock, ProviderFactory, Sink
@@ -94,6 +94,7 @@ class Daemon:
         self._session: aiohttp.ClientSession | None = None
         self._dispatcher: Dispatcher | None = None
         self._dispatch_task: asyncio.Task[None] | None = None
+        self._file_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self._nonces: Nonces | None = None
         self._polling = False
@@ -122,6 +123,8 @@ class Daemon:
         store = AsyncStore(Store(self._state_path))
         self._store = store
         states = await store.call(store.store.load)
+        if self._state_path != MEMORY:
+            self._file_task = asyncio.create_task(self._watch_file(store), name="state-file")
         nonces = self._nonces = await Nonces.load(self.clock, store)
         self._session = session = aiohttp.ClientSession(
             headers={"User-Agent": f"walletwatch/{__version__}"},
@@ -156,6 +159,32 @@ class Daemon:
             accounts=len(self.watchers),
             listen=self.url if serve else None,
         )
+
+    async def _watch_file(self, store: AsyncStore) -> None:
+        """Check, every shortest account interval, that the state file is the one opened.
+
+        Commits are refused by the store itself while it is not; this is what reports it
+        (``state_file_ok``, and so ``up``) when no poll has anything to commit.
+        """
+        while True:
+            period = min((a.interval for a in self.config.accounts), default=60.0)
+            await self.clock.sleep(period)
+            try:
+                await store.call(store.store.check_file)
+            except StateFileLost as err:
+                if self.telemetry.state_file_ok:
+                    log.error(  # noqa: TRY400 - the message says it all; no traceback
+                        "store.file_lost",
+                        path=str(store.store.path),
+                        error=str(err),
+                        note="no commit is made until it is back; restart walletwatch to "
+                        "start afresh (a new baseline) or put the file back",
+                    )
+                self.telemetry.state_file_ok = False
+            else:
+                if not self.telemetry.state_file_ok:
+                    log.info("store.file_recovered", path=str(store.store.path))
+                self.telemetry.state_file_ok = True
 
     def _watcher(
         self,
@@ -231,6 +260,13 @@ class Daemon:
         site = web.TCPSite(self._runner, listen.host, listen.port, ssl_context=tls)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
+
+    @property
+    def store(self) -> AsyncStore:
+        """The open state store (the one connection to the state file this process may have)."""
+        if self._store is None:
+            raise RuntimeError("the store is opened by start()")
+        return self._store
 
     @property
     def url(self) -> str:
@@ -354,6 +390,9 @@ class Daemon:
         """Stop polling (in-flight polls finish), deliver what is queued, close everything."""
         await self.scheduler.stop(SHUTDOWN_GRACE)
         gc.unfreeze()
+        if self._file_task is not None:
+            self._file_task.cancel()
+            await asyncio.gather(self._file_task, return_exceptions=True)
         if self._dispatch_task is not None:
             self._dispatch_task.cancel()
             await asyncio.gather(self._dispatch_task, return_exceptions=True)

@@ -28,7 +28,7 @@ from walletwatch.notify import notify, watchdog, watchdog_period
 from walletwatch.shard import Shard, parse_shard
 from walletwatch.sim import Simulator, start
 from walletwatch.sim.faults import parse_faults
-from walletwatch.store import StoreError, set_aside
+from walletwatch.store import StateLock, StateLocked, StoreError, set_aside
 from walletwatch.types import SystemClock
 from walletwatch.watcher import AccountWatcher
 
@@ -132,9 +132,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, shard=args.shard)
     logs.configure(config.log_format, sys.stdout)
     if args.reset_state:
-        reset_state(config.state_path)
+        try:
+            reset_state(config.state_path)  # any other StoreError: main() prints it, exit 1
+        except StateLocked as err:
+            return _locked(err)
     try:
         return asyncio.run(_serve(config, sys.stdout, path=args.config))
+    except StateLocked as err:
+        return _locked(err)
     except StoreError as err:
         log.error("store.unusable", error=str(err))  # noqa: TRY400 - the message says it all
         print(
@@ -147,10 +152,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
+def _locked(err: StateLocked) -> int:
+    """Another daemon holds the state: one line, no advice to reset the holder's state."""
+    log.error("store.locked", error=str(err))
+    print(f"walletwatch: {err}", file=sys.stderr)
+    return EXIT_FAILED
+
+
 def reset_state(path: Path) -> None:
-    """Move the state file aside, loudly, so the daemon starts with a fresh one."""
+    """Move the state file aside, loudly, so the daemon starts with a fresh one.
+
+    Refused (StateLocked) while another walletwatch holds the state: the file would move
+    from under it. The lock is released before the daemon takes it again; a process that
+    starts in between owns the new state and this one is refused then.
+    """
     stamp = datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%SZ")
-    moved = set_aside(path, stamp)
+    lock = StateLock(path)
+    try:
+        moved = set_aside(path, stamp)
+    finally:
+        lock.release()
     if moved is None:
         log.warning("state.reset", path=str(path), moved_to=None, note="no state file to reset")
     else:

@@ -12,6 +12,8 @@
         ├── BadPayload              the answer could not be understood
         └── Internal                walletwatch itself failed (a bug, or input nothing foresaw)
 
+A poll whose answer could not be committed fails as ``Unavailable(reason="store")``.
+
 Raise these and chain with ``raise ... from err``; never return ``None`` to mean failure.
 Messages never contain credentials.
 """
@@ -90,4 +92,5 @@ POLL_ERROR_REASONS = (
     "auth",
     "bad_payload",
     "internal",
+    "store",
 )

@@ -189,6 +189,9 @@ SCHEDULER_DELAY = Family(
 )
 EVENTS = Family("events", "counter", "Alert events emitted.", Labels("event"))
 STORE_ERRORS = Family("store_errors", "counter", "State commits that failed.", PROVIDER)
+STATE_FILE_OK = Family(
+    "state_file_ok", "gauge", "1 while the state file is the one walletwatch opened at start."
+)
 BUILD_INFO = Family("build_info", "gauge", "walletwatch version.", Labels("version"))
 OUTBOX_PENDING = Family("outbox_pending", "gauge", "Events in the outbox not yet delivered.", SINK)
 DELIVERY_FAILURES = Family(
@@ -248,7 +251,15 @@ ACCOUNT_FAMILIES = (BALANCE, PENDING, LOW, SETTLED, AMOUNT, IN_FLIGHT, STUCK, OL
 HEALTH_FAMILIES = (UP, LAST_SUCCESS, INTERVAL)
 TELEMETRY_FAMILIES = (
     *(POLLS, POLL_ERRORS, HTTP_REQUESTS, HTTP_DURATION, RATE_LIMITED, SCHEDULER_DELAY),
-    *(EVENTS, STORE_ERRORS, BUILD_INFO, OUTBOX_PENDING, DELIVERY_FAILURES, EVENTS_PARKED),
+    *(
+        EVENTS,
+        STORE_ERRORS,
+        STATE_FILE_OK,
+        BUILD_INFO,
+        OUTBOX_PENDING,
+        DELIVERY_FAILURES,
+        EVENTS_PARKED,
+    ),
     *(BUCKET_RATE, BUCKET_MAX_RATE, BUCKET_REQUESTS, BUCKET_WAIT, BUCKET_RATE_LIMITED),
 )
 RELOAD_FAMILIES = (RELOAD_OK, RELOAD_TIME)
@@ -631,6 +642,7 @@ class _Render:
         for provider in sorted(self.providers | set(t.store_errors)):
             labels = PROVIDER.template % esc[provider]
             lines[STORE_ERRORS].append(STORE_ERRORS.line(labels, _count(t.store_errors[provider])))
+        lines[STATE_FILE_OK].append(STATE_FILE_OK.line("", "1.0" if t.state_file_ok else "0.0"))
         version = BUILD_INFO.labels.template % esc[__version__]
         lines[BUILD_INFO].append(BUILD_INFO.line(version, "1.0"))
 

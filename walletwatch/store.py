@@ -8,14 +8,26 @@ runs them on one worker thread so the event loop never waits on the disk.
 The schema carries a version. A file of an older version is migrated in one transaction when
 it is opened; a damaged, foreign or newer file is refused with a StoreError naming it, never
 reset behind the operator's back (``set_aside`` is what ``walletwatch run --reset-state`` uses).
+
+One state belongs to one process: a Store holds an exclusive ``flock`` on ``<path>.lock`` for
+as long as it is open (the kernel drops it when the process dies, SIGKILL included), and a
+second Store on the same path is refused with a StateLocked naming the holder. The lock file
+is never deleted: unlinking a lock file another process may be about to lock would let two
+processes each hold "the" lock. A Store also remembers which file it opened, and refuses to
+commit once the path names another file or none (``check_file``): writes to a deleted file
+are lost at the next start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
+import os
+import socket
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -48,7 +60,73 @@ class StoreError(WalletwatchError):
     """The state database cannot be read or written."""
 
 
-__all__ = ["SCHEMA_VERSION", "AsyncStore", "Parked", "Store", "StoreError", "set_aside"]
+class StateLocked(StoreError):
+    """Another running walletwatch holds the state file."""
+
+
+class StateFileLost(StoreError):
+    """The state file was removed or replaced under the running daemon."""
+
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AsyncStore",
+    "Parked",
+    "StateFileLost",
+    "StateLock",
+    "StateLocked",
+    "Store",
+    "StoreError",
+    "set_aside",
+]
+
+MEMORY = Path(":memory:")
+"""The path of a throwaway in-memory state (``walletwatch once``): no file, no lock."""
+
+
+class StateLock:
+    """An exclusive flock on ``<state_path>.lock``, holding who took it; released on close."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.with_name(path.name + ".lock")
+        try:
+            # No O_TRUNC: a refused process must leave the holder's details as they are.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise StoreError(
+                f"{self.path}: cannot open the state's lock file: {err.strerror or err}; "
+                "check that the state_path's directory exists and is writable"
+            ) from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = _holder(fd)
+            os.close(fd)
+            raise StateLocked(
+                f"{path}: in use by another walletwatch ({holder}; lock {self.path}); "
+                "stop it first, or give this config its own state_path"
+            ) from err
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        holder_line = f"pid {os.getpid()} on {socket.gethostname()}, running since {started}\n"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder_line.encode(), 0)
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Drop the lock (the file stays, see the module docstring)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, as its holder wrote it (read from the refused process's own fd)."""
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        text = ""
+    return text or "holder unknown: it is starting"
+
 
 T = TypeVar("T")
 
@@ -58,6 +136,16 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock = None if path == MEMORY else StateLock(path)
+        try:
+            self._open(path)
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
+
+    def _open(self, path: Path) -> None:
+        created = path != MEMORY and not path.exists()
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as err:
@@ -77,6 +165,27 @@ class Store:
             raise
         if 0 < old < SCHEMA_VERSION:
             log.info("store.migrated", path=str(path), old_version=old, version=SCHEMA_VERSION)
+        self._identity = None if path == MEMORY else _identity(path)
+        if created:
+            log.warning(
+                "store.created",
+                path=str(path),
+                note="a new, empty state: every account takes a silent baseline, so deposits, "
+                "withdrawals and balance changes from before this start are not announced",
+            )
+
+    def check_file(self) -> None:
+        """Raise StateFileLost unless the path still names the file this Store opened."""
+        if self._identity is None:
+            return
+        try:
+            now = _identity(self.path)
+        except FileNotFoundError:
+            raise StateFileLost(f"{self.path}: the state file was removed") from None
+        except OSError as err:
+            raise StateFileLost(f"{self.path}: cannot stat the state file: {err}") from err
+        if now != self._identity:
+            raise StateFileLost(f"{self.path}: the state file was replaced by another file")
 
     def _check_integrity(self) -> None:
         """Refuse a damaged file before anything is read from it or written to it."""
@@ -126,8 +235,10 @@ class Store:
             raise
 
     def close(self) -> None:
-        """Close the database."""
+        """Close the database and release its lock."""
         self._db.close()
+        if self._lock is not None:
+            self._lock.release()
 
     def load(self) -> dict[str, AccountState]:
         """Every account's state as last committed."""
@@ -172,7 +283,11 @@ class Store:
         new: AccountState,
         events: Sequence[Event],
     ) -> None:
-        """Write what changed between old and new, and queue the events, atomically."""
+        """Write what changed between old and new, and queue the events, atomically.
+
+        Refused (StateFileLost) while the path does not name the file this Store opened.
+        """
+        self.check_file()
         try:
             with self._transaction():
                 self._write(account, provider, old, new, events)
@@ -395,6 +510,12 @@ def _changed(old: AccountState, new: AccountState) -> Iterator[TrackedTransfer]:
                     "a state must be committed against the state it was made from"
                 )
             yield record
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """The (device, inode) the path names now."""
+    st = path.stat()
+    return st.st_dev, st.st_ino
 
 
 def _dec(text: str | None) -> Decimal | None:

@@ -68,6 +68,7 @@ class Telemetry:
     scheduler_delay: dict[str, Histogram] = field(default_factory=dict)
     events: Counter[str] = field(default_factory=Counter)
     store_errors: Counter[str] = field(default_factory=Counter)
+    state_file_ok: bool = True  # False while the state file is not the one the daemon opened
     # Event delivery, by sink name (set and counted by sinks.Dispatcher).
     outbox_pending: dict[str, int] = field(default_factory=dict)
     delivery_failures: Counter[str] = field(default_factory=Counter)

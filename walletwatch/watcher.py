@@ -77,6 +77,7 @@ class AccountWatcher:
         self.down_after = config.down_after
         self.buckets = tuple(buckets)  # the scheduler starts a poll when these have a slot
         self._directions: dict[str, frozenset[Direction]] = {}  # what each endpoint covers
+        self._commit_failed = False  # the last commit failed: log the next failure as debug
 
     def __repr__(self) -> str:
         return f"AccountWatcher({self.provider}:{self.name})"
@@ -88,8 +89,16 @@ class AccountWatcher:
 
     @property
     def up(self) -> bool:
-        """True when the last poll of every endpoint succeeded."""
-        return len(self.health) == len(self.endpoints) and all(h.ok for h in self.health.values())
+        """True when the last poll of every endpoint succeeded and the state file is sound.
+
+        A poll whose commit failed is a failed poll (reason ``store``); a state file removed
+        or replaced under the daemon takes every account down, polled since or not.
+        """
+        return (
+            self._telemetry.state_file_ok
+            and len(self.health) == len(self.endpoints)
+            and all(h.ok for h in self.health.values())
+        )
 
     @property
     def polled(self) -> bool:
@@ -145,8 +154,9 @@ class AccountWatcher:
             )
             return await self._failed(endpoint, budget)
         now = self._clock.time()
-        if not await self._apply(lambda s: observe(s, obs, self.config, now)):
-            return Outcome(ok=False)
+        refused = await self._apply(lambda s: observe(s, obs, self.config, now))
+        if refused is not None:  # fetched but not recorded: as failed as a poll gets
+            return await self._failed(endpoint, Unavailable(str(refused), reason="store"))
         health = self.health.get(endpoint)
         if health is None:
             self.health[endpoint] = EndpointHealth(ok=True, last_success=now)
@@ -182,38 +192,53 @@ class AccountWatcher:
         else:
             previous.ok, previous.reason, previous.error = False, err.reason, str(err)
         now = self._clock.time()
-        await self._apply(lambda s: fail(s, endpoint, err.reason, self.config, now))
+        # Committing a failure count says nothing of whether the poll's facts can be.
+        await self._apply(lambda s: fail(s, endpoint, err.reason, self.config, now), heals=False)
         retry_after = err.retry_after if isinstance(err, RateLimited) else None
         return Outcome(ok=False, retry_after=retry_after)
 
     async def _apply(
-        self, step: Callable[[AccountState], tuple[AccountState, Sequence[Event]]]
-    ) -> bool:
-        """Run a tracker step and commit its result; False if the commit failed.
+        self,
+        step: Callable[[AccountState], tuple[AccountState, Sequence[Event]]],
+        *,
+        heals: bool = True,
+    ) -> StoreError | None:
+        """Run a tracker step and commit its result; the StoreError if the commit failed.
 
         Most polls change nothing (the same page as last time): with no events and a state
-        equal to the committed one there is nothing to write, and no commit is made.
+        equal to the committed one there is nothing to write, and no commit is made. A failed
+        commit keeps the last committed state: the next one diffs against it, so what was
+        missed is announced once the store takes commits again. That includes the failure
+        counts toward account.down: while no commit succeeds, no account.down can be queued
+        either (the outbox is in the store); ``up``, the poll errors and the store alerts
+        say it instead. A successful commit with ``heals`` logs that commits work again.
         """
         async with self._lock:
             new, events = step(self.state)
             if not events and new == self.state:
-                return True
+                return None
             try:
                 await self._store.call(
                     self._store.store.commit, self.name, self.provider, self.state, new, events
                 )
             except StoreError as err:
                 self._telemetry.store_errors[self.provider] += 1
-                log.error(  # noqa: TRY400 - the message says it all; no traceback
+                # An error when commits start failing; the repeats are counted, not logged.
+                emit = log.debug if self._commit_failed else log.error
+                self._commit_failed = True
+                emit(
                     "store.commit_failed", provider=self.provider, account=self.name, error=str(err)
                 )
-                return False
+                return err
+            if self._commit_failed and heals:
+                self._commit_failed = False
+                log.info("store.commit_recovered", provider=self.provider, account=self.name)
             self.state = new.saved()  # committed: the rows it carried are written
         for event in events:
             self._telemetry.events[event.event] += 1
         if events:
             self._on_events()
-        return True
+        return None
 
     def _keep_gauges(self, obs: Observation) -> None:
         for gauge in obs.gauges:

@@ -7,8 +7,10 @@ so that it can be stored, announced and served, and never stop an account or /me
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from decimal import Decimal
@@ -99,12 +101,10 @@ async def fixture_daemon(url: str, tmp_path: Path) -> AsyncIterator[Daemon]:
 
 
 def outbox(path: Path) -> list[Event]:
-    """Every event the store holds in its outbox, read back from its JSON."""
-    store = Store(path)
-    try:
-        rows = store._db.execute("SELECT body FROM outbox ORDER BY seq").fetchall()
-    finally:
-        store.close()
+    """Every event the store holds in its outbox, read back from its JSON (read-only: the
+    running daemon holds the state)."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        rows = db.execute("SELECT body FROM outbox ORDER BY seq").fetchall()
     return [Event.from_json(body) for (body,) in rows]
 
 
@@ -144,11 +144,7 @@ class TestWestWallet:
             if e.event == "deposit.detected"
         }
         assert detected == {"2": SURROGATE, "3": "h3"}
-        stored = Store(tmp_path / "state.db")
-        try:
-            state = stored.load()["ww"]
-        finally:
-            stored.close()
+        state = (await daemon.store.call(daemon.store.store.load))["ww"]
         assert state.known(Direction.DEPOSIT, "2")
         assert state.known(Direction.DEPOSIT, "3")
 

@@ -25,7 +25,7 @@ from tests.hostile.harness import (
     serve,
     started,
 )
-from walletwatch.store import Store
+from walletwatch.app import Daemon
 from walletwatch.tracker import AccountState
 
 LONG_INT = "1" + "7" * 5000  # past Python's 4300-digit int parsing limit
@@ -117,13 +117,10 @@ async def fixture_url(server: HostileServer) -> AsyncIterator[str]:
         yield url
 
 
-def rows(path: Path) -> AccountState:
-    """The account's state as committed to the store."""
-    store = Store(path)
-    try:
-        return store.load()["acct"]
-    finally:
-        store.close()
+async def rows(daemon: Daemon) -> AccountState:
+    """The account's state as committed to the store (read through the daemon: it holds it)."""
+    states = await daemon.store.call(daemon.store.store.load)
+    return states["acct"]
 
 
 def kept(state: AccountState) -> AccountState:
@@ -155,7 +152,7 @@ async def test_malformed_answer_is_a_failed_poll(
             for s in family.samples
         }
         before = watcher.state
-        stored = rows(config.state_path)
+        stored = await rows(daemon)
 
         for key, answer in bad.items():
             if answer is not None:
@@ -175,7 +172,7 @@ async def test_malformed_answer_is_a_failed_poll(
             sample = {**labels, "currency": currency}
             assert daemon.registry.get_sample_value("walletwatch_balance", sample) == value
         assert kept(watcher.state) == kept(before)
-        assert kept(rows(config.state_path)) == kept(stored)
+        assert kept(await rows(daemon)) == kept(stored)
         errors = daemon.telemetry.poll_errors
         assert sum(errors[(provider.name, "acct", e, "bad_payload")] for e in failed) == len(failed)
     finally:

@@ -30,6 +30,8 @@ NAMES = {
     "WalletwatchRateLimited": ("provider",),
     "WalletwatchAbsent": ("instance",),
     "WalletwatchInternalError": ("provider", "account"),
+    "WalletwatchStoreFailing": ("provider",),
+    "WalletwatchStateFileLost": ("instance",),
 }
 # Thresholds come from the metrics, so one rule serves every account.
 THRESHOLD_METRICS = {
