@@ -48,6 +48,8 @@ async def parked(clock: FakeClock) -> None:
 class RecordingSink:
     """A sink that keeps what it was given and can be told to fail."""
 
+    batch_size = 500
+
     def __init__(self, name: str) -> None:
         self.name = name
         self.batches: list[list[Event]] = []

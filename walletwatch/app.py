@@ -28,7 +28,7 @@ from walletwatch.http import Http
 from walletwatch.metrics import ReloadStatus, WalletwatchCollector
 from walletwatch.providers import REGISTRY
 from walletwatch.scheduler import Scheduler, Slots, TokenBucket, paced
-from walletwatch.sinks import Dispatcher, FileSink, StreamSink, WebhookSink
+from walletwatch.sinks import DELIVERY_GRACE, Dispatcher, FileSink, StreamSink, WebhookSink
 from walletwatch.store import AsyncStore, Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState
@@ -93,7 +93,6 @@ class Daemon:
         self._store: AsyncStore | None = None
         self._session: aiohttp.ClientSession | None = None
         self._dispatcher: Dispatcher | None = None
-        self._dispatch_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self._nonces: Nonces | None = None
         self._polling = False
@@ -147,7 +146,7 @@ class Daemon:
             self.watchers[account.name] = self._watcher(
                 account, states.get(account.name), store, session, nonces
             )
-        self._dispatch_task = asyncio.create_task(self._dispatcher.run(), name="dispatcher")
+        self._dispatcher.start()
         if serve:
             await self._serve()
         log.info(
@@ -351,13 +350,16 @@ class Daemon:
             await self._dispatcher.drain()
 
     async def close(self) -> None:
-        """Stop polling (in-flight polls finish), deliver what is queued, close everything."""
+        """Stop polling (in-flight polls finish), deliver for a bounded grace, close everything.
+
+        What the sinks could not deliver within DELIVERY_GRACE stays in the outbox for the
+        next start.
+        """
         await self.scheduler.stop(SHUTDOWN_GRACE)
         gc.unfreeze()
-        if self._dispatch_task is not None:
-            self._dispatch_task.cancel()
-            await asyncio.gather(self._dispatch_task, return_exceptions=True)
-        await self.deliver()
+        if self._dispatcher is not None:
+            # Bounded: SHUTDOWN_GRACE + DELIVERY_GRACE stays well inside TimeoutStopSec=30s.
+            await self._dispatcher.close(DELIVERY_GRACE)
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:
