@@ -76,7 +76,10 @@ def _config_secrets(config: WebhookConfig) -> Iterator[str]:
 
 def _url_secrets(raw: str) -> Iterator[str]:
     yield raw
-    url = URL(raw)
+    try:
+        url = URL(raw)
+    except ValueError:
+        return  # config validation lets no such URL through; the whole of it is masked
     yield from (url.raw_path_qs, url.path_qs, url.raw_query_string, url.query_string)
     if url.raw_path != "/":
         yield from (url.raw_path, url.path)
