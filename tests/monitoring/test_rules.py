@@ -29,6 +29,8 @@ NAMES = {
     "WalletwatchDataStale": ("provider", "account"),
     "WalletwatchRateLimited": ("provider",),
     "WalletwatchAbsent": ("instance",),
+    "WalletwatchEventsUndelivered": ("sink",),
+    "WalletwatchEventsParked": ("sink",),
 }
 # Thresholds come from the metrics, so one rule serves every account.
 THRESHOLD_METRICS = {
