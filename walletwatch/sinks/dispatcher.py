@@ -60,7 +60,8 @@ class _Lane:
     """One sink's delivery state: its backoff and the signals of its own loop."""
 
     sink: Sink
-    failures: int = 0
+    failures: int = 0  # attempts failed since the sink last caught up (for the logs)
+    streak: int = 0  # attempts failed in a row without delivering anything (for the backoff)
     retry_at: float = -math.inf  # a failing sink rests until then, woken or not
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one drain at a time per sink
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # new events for this sink
@@ -185,12 +186,16 @@ class Dispatcher:
             rest = lane.retry_at - self._clock.monotonic()
             if rest > 0:
                 return rest
+            progress: list[int] = []
             try:
-                await self._drain_one(lane.sink)
+                await self._drain_one(lane.sink, progress)
             except Exception as err:  # noqa: BLE001 - any sink failure: the outbox keeps the events
                 lane.failures += 1
+                # A receiver that takes most events but fails some keeps a short rest: only
+                # failures with nothing delivered in between lengthen it.
+                lane.streak = 1 if progress else lane.streak + 1
                 self._telemetry.delivery_failures[lane.sink.name] += 1
-                wait = min(MAX_REST, 2.0 ** min(lane.failures, 6))
+                wait = min(MAX_REST, 2.0 ** min(lane.streak, 6))
                 if isinstance(err, DeliveryError) and err.retry_after is not None:
                     wait = max(wait, err.retry_after)
                 lane.retry_at = self._clock.monotonic() + wait
@@ -200,11 +205,12 @@ class Dispatcher:
                 return wait
             if lane.failures:
                 log.info("sink.recovered", sink=lane.sink.name, failures=lane.failures)
-            lane.failures = 0
+            lane.failures = lane.streak = 0
             lane.retry_at = -math.inf
             return None
 
-    async def _drain_one(self, sink: Sink) -> None:
+    async def _drain_one(self, sink: Sink, progress: list[int]) -> None:
+        """Deliver batch after batch until none is left; ``progress`` gets each seq passed."""
         store = self._store.store
         while batch := await self._store.call(store.pending, sink.name, sink.batch_size):
             try:
@@ -212,12 +218,15 @@ class Dispatcher:
             except DeliveryError as err:
                 if err.delivered > 0:
                     await self._ack(sink, batch[err.delivered - 1][0])
+                    progress.append(batch[err.delivered - 1][0])
                 if not err.park:
                     raise
                 seq, event = batch[err.delivered]
                 await self._park(sink, seq, event, str(err))
+                progress.append(seq)
             else:
                 await self._ack(sink, batch[-1][0])
+                progress.append(batch[-1][0])
 
     async def _ack(self, sink: Sink, seq: int) -> None:
         await self._store.call(self._store.store.ack, sink.name, seq)
