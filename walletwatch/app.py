@@ -42,6 +42,11 @@ log = structlog.get_logger("walletwatch.app")
 SHUTDOWN_GRACE = 10.0
 """Seconds in-flight polls get to finish on SIGTERM before they are cancelled."""
 
+WEB_GRACE = 3.0
+"""Seconds requests being answered get on SIGTERM (aiohttp's default is 60 s). With the polls'
+SHUTDOWN_GRACE and the sinks' DELIVERY_GRACE, a stop takes at most 18 s and some cleanup,
+inside the unit's TimeoutStopSec=30s."""
+
 
 def check_supported(config: Config, providers: Mapping[str, ProviderFactory]) -> None:
     """Every account's provider has a client in this build."""
@@ -224,7 +229,9 @@ class Daemon:
         auth = BasicAuth(protect.basic_auth_users) if protect and protect.basic_auth_users else None
         tls = server_context(protect) if protect else None
         app = create_app(self.collector, self.watchers.values, auth, on_render=self._rendered)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=WEB_GRACE
+        )
         await self._runner.setup()
         listen = self.config.listen
         site = web.TCPSite(self._runner, listen.host, listen.port, ssl_context=tls)
@@ -358,7 +365,7 @@ class Daemon:
         await self.scheduler.stop(SHUTDOWN_GRACE)
         gc.unfreeze()
         if self._dispatcher is not None:
-            # Bounded: SHUTDOWN_GRACE + DELIVERY_GRACE stays well inside TimeoutStopSec=30s.
+            # Bounded: SHUTDOWN_GRACE + DELIVERY_GRACE + WEB_GRACE, inside TimeoutStopSec=30s.
             await self._dispatcher.close(DELIVERY_GRACE)
         if self._runner is not None:
             await self._runner.cleanup()
