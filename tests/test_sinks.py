@@ -160,20 +160,23 @@ class TestFileSink:
         assert path.read_text().splitlines()[:2] == [e.to_json() for e in make_events(0, 2)]
         assert path.read_text().count("hot-00000") == 1
 
-    async def test_event_after_a_partial_last_line_gets_its_own_line(self, tmp_path: Path) -> None:
-        """The first event written after a crash mid-write is a readable line, not glued on."""
+    async def test_a_partial_last_line_is_cut_before_the_next_write(self, tmp_path: Path) -> None:
+        """The fragment a crash mid-write left is removed; its event follows whole, once."""
         path = tmp_path / "events.jsonl"
         await FileSink(path).deliver(make_events(0, 2))
         with path.open("a", encoding="utf-8") as fh:
             fh.write(make_event(2).to_json()[:25])
         await FileSink(path).deliver(make_events(2, 2))
-        readable = []
-        for line in path.read_text().splitlines():
-            try:
-                readable.append(json.loads(line)["event_id"])
-            except ValueError:
-                continue
-        assert readable == [f"hot-{n:05d}" for n in range(4)]
+        assert file_ids(path) == [f"hot-{n:05d}" for n in range(4)]
+
+    async def test_an_overlong_last_line_is_kept_and_ended(self, tmp_path: Path) -> None:
+        """A last line longer than the tail read is no event of ours: kept, then a newline."""
+        path = tmp_path / "events.jsonl"
+        path.write_bytes(b"x" * (2 * 1024 * 1024))
+        await FileSink(path).deliver(make_events(0, 1))
+        lines = path.read_bytes().split(b"\n")
+        assert lines[0] == b"x" * (2 * 1024 * 1024)
+        assert json.loads(lines[1])["event_id"] == "hot-00000"
 
     @pytest.mark.parametrize(
         "junk",
