@@ -13,7 +13,7 @@ import pytest
 from tests.fakes import START, FakeClock
 from walletwatch.events import Event
 from walletwatch.sinks import DeliveryError, Dispatcher, FileSink, StreamSink
-from walletwatch.store import AsyncStore, Store
+from walletwatch.store import AsyncStore, Store, StoreError
 from walletwatch.tracker import AccountState
 
 
@@ -80,6 +80,19 @@ class FlakySink(RecordingSink):
         self.batches.append(list(events[:1]))
         if len(events) > 1:
             raise DeliveryError("busy", delivered=1)
+
+
+class FailingAckStore(Store):
+    """A store whose first cursor move fails, as on a full disk."""
+
+    failed = False
+
+    def ack(self, sink: str, seq: int) -> None:
+        """Fail once, then move the cursor."""
+        if not self.failed:
+            self.failed = True
+            raise StoreError("cannot move the cursor: database or disk is full")
+        super().ack(sink, seq)
 
 
 @pytest.fixture(name="store")
@@ -324,6 +337,24 @@ class TestDispatcher:
             await clock.advance(rest)
         assert rests == [2.0, 2.0, 2.0]
         assert sink.ids == [f"hot-{n:05d}" for n in range(3)]
+
+    async def test_a_cursor_that_cannot_be_saved_resends_nothing(
+        self, tmp_path: Path, clock: FakeClock
+    ) -> None:
+        """When the ack fails (a full disk), the retry saves the cursor; no event goes twice."""
+        store = AsyncStore(FailingAckStore(tmp_path / "state.db"))
+        try:
+            sink = RecordingSink("memory")
+            dispatcher = Dispatcher(store, [sink], clock)
+            await dispatcher.prepare()
+            await commit(store, make_events(0, 2))
+            assert await dispatcher.drain() == 2.0
+            await clock.advance(2.0)
+            assert await dispatcher.drain() is None
+            assert sink.ids == ["hot-00000", "hot-00001"]
+            assert await store.call(store.store.pending, "memory") == []
+        finally:
+            store.close()
 
     async def test_concurrent_drains_deliver_once(
         self, store: AsyncStore, clock: FakeClock

@@ -62,6 +62,7 @@ class _Lane:
     sink: Sink
     failures: int = 0  # attempts failed since the sink last caught up (for the logs)
     streak: int = 0  # attempts failed in a row without delivering anything (for the backoff)
+    unacked: int | None = None  # delivered up to this seq, but the cursor is not saved yet
     retry_at: float = -math.inf  # a failing sink rests until then, woken or not
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one drain at a time per sink
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # new events for this sink
@@ -188,7 +189,7 @@ class Dispatcher:
                 return rest
             progress: list[int] = []
             try:
-                await self._drain_one(lane.sink, progress)
+                await self._drain_one(lane, progress)
             except Exception as err:  # noqa: BLE001 - any sink failure: the outbox keeps the events
                 lane.failures += 1
                 # A receiver that takes most events but fails some keeps a short rest: only
@@ -209,27 +210,36 @@ class Dispatcher:
             lane.retry_at = -math.inf
             return None
 
-    async def _drain_one(self, sink: Sink, progress: list[int]) -> None:
+    async def _drain_one(self, lane: _Lane, progress: list[int]) -> None:
         """Deliver batch after batch until none is left; ``progress`` gets each seq passed."""
-        store = self._store.store
-        while batch := await self._store.call(store.pending, sink.name, sink.batch_size):
+        sink, store = lane.sink, self._store.store
+        while True:
+            if lane.unacked is not None:
+                # Delivered, but the cursor could not be saved (a full disk): save it before
+                # reading the outbox again, rather than send those events a second time.
+                await self._ack(lane, lane.unacked)
+            batch = await self._store.call(store.pending, sink.name, sink.batch_size)
+            if not batch:
+                return
             try:
                 await sink.deliver([event for _, event in batch])
             except DeliveryError as err:
                 if err.delivered > 0:
-                    await self._ack(sink, batch[err.delivered - 1][0])
                     progress.append(batch[err.delivered - 1][0])
+                    await self._ack(lane, progress[-1])
                 if not err.park:
                     raise
                 seq, event = batch[err.delivered]
                 await self._park(sink, seq, event, str(err))
                 progress.append(seq)
             else:
-                await self._ack(sink, batch[-1][0])
                 progress.append(batch[-1][0])
+                await self._ack(lane, progress[-1])
 
-    async def _ack(self, sink: Sink, seq: int) -> None:
-        await self._store.call(self._store.store.ack, sink.name, seq)
+    async def _ack(self, lane: _Lane, seq: int) -> None:
+        lane.unacked = seq
+        await self._store.call(self._store.store.ack, lane.sink.name, seq)
+        lane.unacked = None
         self._recount.set()
 
     async def _park(self, sink: Sink, seq: int, event: Event, reason: str) -> None:
