@@ -17,11 +17,14 @@ memory growth left is the daemon's own.
 Sink faults (unless ``--no-sink-faults``): the daemon also delivers to a webhook receiver in
 this process that answers slowly (up to 2 s), or 503, or 400 (parked), or past the sink's 5 s
 timeout, or drops the connection. Disk faults (unless ``--no-disk-faults``): every
-DISK_CYCLE seconds the daemon process's RLIMIT_FSIZE is lowered to DISK_ROOM bytes above the
-events file's size for DISK_FULL seconds (SIGXFSZ ignored: writes fail with EFBIG as on a full
-disk; the state file cannot grow either), then lifted. At the end the daemon is stopped with
-SIGTERM (timed), and the events file, the outbox and the receiver are checked against each
-other: every event of the outbox once in the file as a whole line, the webhook's repeats.
+DISK_CYCLE seconds the daemon process's RLIMIT_FSIZE is lowered for DISK_FULL seconds, then
+lifted (SIGXFSZ ignored: writes fail with EFBIG as on a full disk). The events file starts
+with PAD bytes of earlier lines, so it is the largest file: in odd periods the limit is
+DISK_ROOM bytes above its size (only the events file fills up), in even ones DISK_ROOM above
+the state file's WAL (the whole disk is full: commits fail too). At the end the daemon is
+stopped with SIGTERM (timed), and the events file, the outbox and the receiver are checked
+against each other: every event of the outbox once in the file as a whole line, and the
+webhook's repeats.
 """
 
 from __future__ import annotations
@@ -63,7 +66,8 @@ WARMUP = 20.0  # seconds before the "start" sample: imports, first polls, pools 
 HOOK_TIMEOUT = 5.0  # the soak webhook's timeout; some answers come later than that
 DISK_CYCLE = 60.0  # seconds between the starts of two "disk full" periods
 DISK_FULL = 20.0  # seconds each lasts
-DISK_ROOM = 2048  # bytes the events file may still grow by while the disk is "full"
+DISK_ROOM = 2048  # bytes a file may still grow by while the disk is "full"
+PAD = 16 * 1024 * 1024  # earlier lines at the start of the events file, above any state size
 
 
 def free_port() -> int:
@@ -89,6 +93,8 @@ async def run_daemon(
     daemon = Daemon(config, clock=SystemClock(), stdout=sink)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    if disk and config.events_file is not None:
+        pad(config.events_file)
     await daemon.start()
     daemon.run_scheduler()
     filling = None
@@ -124,9 +130,17 @@ async def fill_and_free(events_file: Path, record: Path) -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
 
 
+def pad(events_file: Path) -> None:
+    """Put PAD bytes of earlier (made-up) event lines at the start of the events file."""
+    line = json.dumps({"event": "soak.padding", "event_id": "pad", "fields": "x" * 200}) + "\n"
+    with events_file.open("a", encoding="utf-8") as fh:
+        fh.write(line * (PAD // len(line)))
+
+
 def fill(events_file: Path, record: Path, periods: int, hard: int) -> None:
-    """Leave the events file DISK_ROOM bytes to grow by; note the period for the report."""
-    size = events_file.stat().st_size if events_file.exists() else 0
+    """Leave the events file (odd periods) or the WAL (even) DISK_ROOM bytes; note it."""
+    grows = events_file if periods % 2 else events_file.with_name("demo.db-wal")
+    size = grows.stat().st_size if grows.exists() else 0
     resource.setrlimit(resource.RLIMIT_FSIZE, (size + DISK_ROOM, hard))
     with contextlib.suppress(OSError):  # the record may not fit on the "full" disk: fine
         record.write_text(json.dumps({"full_periods": periods}))
@@ -346,22 +360,28 @@ def delivery(workdir: Path, receiver: Receiver | None, disk: bool) -> None:
     ids, unparseable = [], 0
     for line in raw.splitlines():
         try:
-            ids.append(json.loads(line)["event_id"])
+            event_id = json.loads(line)["event_id"]
         except (ValueError, KeyError, TypeError):
             unparseable += 1
+        else:
+            if event_id != "pad":
+                ids.append(event_id)
     written = Counter(ids)
     expected = outbox[: len(outbox) - pending.get("events_file", 0)]
     if disk and (workdir / "disk.json").exists():
         periods = json.loads((workdir / "disk.json").read_text())["full_periods"]
-        print(f"disk: {periods} full periods of {DISK_FULL:.0f} s (RLIMIT_FSIZE, EFBIG)")
+        print(
+            f"disk: {periods} full periods of {DISK_FULL:.0f} s (RLIMIT_FSIZE, EFBIG), odd ones"
+            " the events file only, even ones the whole disk"
+        )
     print(
         f"events: {len(outbox)} in the outbox, pending at stop {dict(sorted(pending.items()))},"
         f" parked {parked}"
     )
     whole = not raw or raw.endswith(b"\n")
     print(
-        f"events file: {len(ids)} lines, unparseable {unparseable}, ends with a newline "
-        f"{whole}, repeated {sum(n - 1 for n in written.values())},"
+        f"events file: {len(ids)} event lines (after the padding), unparseable {unparseable},"
+        f" ends with a newline {whole}, repeated {sum(n - 1 for n in written.values())},"
         f" missing {len(set(expected) - set(written))}, in outbox order {ids == expected}"
     )
     if receiver is not None:
