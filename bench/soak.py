@@ -20,8 +20,8 @@ timeout, or drops the connection. Disk faults (unless ``--no-disk-faults``): eve
 DISK_CYCLE seconds the daemon process's RLIMIT_FSIZE is lowered for DISK_FULL seconds, then
 lifted (SIGXFSZ ignored: writes fail with EFBIG as on a full disk). The events file starts
 with PAD bytes of earlier lines, so it is the largest file: in odd periods the limit is
-DISK_ROOM bytes above its size (only the events file fills up), in even ones DISK_ROOM above
-the state file's WAL (the whole disk is full: commits fail too). At the end the daemon is
+DISK_ROOM bytes above its size (only the events file fills up), in even ones DISK_ROOM (the
+whole disk is full: commits fail too). At the end the daemon is
 stopped with SIGTERM (timed), and the events file, the outbox and the receiver are checked
 against each other: every event of the outbox once in the file as a whole line, and the
 webhook's repeats.
@@ -133,14 +133,17 @@ async def fill_and_free(events_file: Path, record: Path) -> None:
 def pad(events_file: Path) -> None:
     """Put PAD bytes of earlier (made-up) event lines at the start of the events file."""
     line = json.dumps({"event": "soak.padding", "event_id": "pad", "fields": "x" * 200}) + "\n"
+    chunk = line * (1024 * 1024 // len(line))  # a MiB at a time: no peak RSS of its own
     with events_file.open("a", encoding="utf-8") as fh:
-        fh.write(line * (PAD // len(line)))
+        for _ in range(PAD // len(chunk)):
+            fh.write(chunk)
 
 
 def fill(events_file: Path, record: Path, periods: int, hard: int) -> None:
-    """Leave the events file (odd periods) or the WAL (even) DISK_ROOM bytes; note it."""
-    grows = events_file if periods % 2 else events_file.with_name("demo.db-wal")
-    size = grows.stat().st_size if grows.exists() else 0
+    """Leave the events file DISK_ROOM bytes (odd periods), or no file any (even); note it."""
+    # RLIMIT_FSIZE refuses a write past the offset, however large the file already is: at
+    # DISK_ROOM bytes the state file and its WAL cannot be written either.
+    size = events_file.stat().st_size if periods % 2 and events_file.exists() else 0
     resource.setrlimit(resource.RLIMIT_FSIZE, (size + DISK_ROOM, hard))
     with contextlib.suppress(OSError):  # the record may not fit on the "full" disk: fine
         record.write_text(json.dumps({"full_periods": periods}))
