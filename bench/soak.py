@@ -347,6 +347,7 @@ def soak(
         delivery(workdir, receiver, disk)
         if receiver is not None:
             receiver.shutdown()
+            receiver.server_close()
 
 
 def delivery(workdir: Path, receiver: Receiver | None, disk: bool) -> None:

@@ -304,6 +304,7 @@ class TestShutdownTime:
                 proc.kill()
                 proc.wait()
             server.shutdown()
+            server.server_close()
             log.close()
         assert code == 0
         assert took < 12.0, f"shutdown took {took:.1f} s"
