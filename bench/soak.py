@@ -1,6 +1,7 @@
 """Soak benchmark: the daemon against a faulty simulator, watching for resource growth.
 
 Run: .venv/bin/python bench/soak.py [--duration 600] [--faults SPEC] [--tick 3]
+        [--no-sink-faults] [--no-disk-faults]
 
 ``walletwatch simulate`` runs with the demo scenario and fault mode (by default about a third
 of requests fail: 5xx, garbage bodies, dropped connections, 429 storms, plus latency), and
@@ -12,6 +13,18 @@ start, at the end and at their peak, whether /metrics answered throughout, and w
 daemon saw (requests by code, failed polls by reason). Not a test: nothing is asserted.
 With ``--tick 3600`` the scenario stands still, so the daemon's data stops growing and any
 memory growth left is the daemon's own.
+
+Sink faults (unless ``--no-sink-faults``): the daemon also delivers to a webhook receiver in
+this process that answers slowly (up to 2 s), or 503, or 400 (parked), or past the sink's 5 s
+timeout, or drops the connection. Disk faults (unless ``--no-disk-faults``): every
+DISK_CYCLE seconds the daemon process's RLIMIT_FSIZE is lowered for DISK_FULL seconds, then
+lifted (SIGXFSZ ignored: writes fail with EFBIG as on a full disk). The events file starts
+with PAD bytes of earlier lines, so it is the largest file: in odd periods the limit is
+DISK_ROOM bytes above its size (only the events file fills up), in even ones DISK_ROOM (the
+whole disk is full: commits fail too). At the end the daemon is
+stopped with SIGTERM (timed), and the events file, the outbox and the receiver are checked
+against each other: every event of the outbox once in the file as a whole line, and the
+webhook's repeats.
 """
 
 from __future__ import annotations
@@ -19,23 +32,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
+import random
+import resource
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TextIO
 
 from walletwatch import logs
 from walletwatch.app import Daemon
 from walletwatch.cli import demo_config
-from walletwatch.config import Listen
+from walletwatch.config import Listen, Secret, WebhookConfig
 from walletwatch.types import SystemClock
 
 DEFAULT_FAULTS = (
@@ -44,6 +63,11 @@ DEFAULT_FAULTS = (
 SAMPLE_EVERY = 5.0  # seconds between /proc samples
 SCRAPE_EVERY = 2.0  # seconds between /metrics scrapes
 WARMUP = 20.0  # seconds before the "start" sample: imports, first polls, pools filling
+HOOK_TIMEOUT = 5.0  # the soak webhook's timeout; some answers come later than that
+DISK_CYCLE = 60.0  # seconds between the starts of two "disk full" periods
+DISK_FULL = 20.0  # seconds each lasts
+DISK_ROOM = 2048  # bytes a file may still grow by while the disk is "full"
+PAD = 16 * 1024 * 1024  # earlier lines at the start of the events file, above any state size
 
 
 def free_port() -> int:
@@ -56,16 +80,26 @@ def free_port() -> int:
 # The daemon process ------------------------------------------------------------------------
 
 
-async def run_daemon(sim_url: str, port: int, workdir: Path, sink: TextIO) -> None:
+async def run_daemon(
+    sim_url: str, port: int, workdir: Path, sink: TextIO, *, hook: str | None, disk: bool
+) -> None:
     """The demo config against ``sim_url``; writes ``{"tasks": n}`` to a file every second."""
     status = workdir / "status.json"
     config = demo_config(sim_url, Listen("127.0.0.1", port), workdir)
+    if hook is not None:
+        webhook = WebhookConfig("soak", Secret(hook), {}, None, HOOK_TIMEOUT)
+        config = dataclasses.replace(config, sinks=(webhook,))
     logs.configure("json", sink)
     daemon = Daemon(config, clock=SystemClock(), stdout=sink)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    if disk and config.events_file is not None:
+        pad(config.events_file)
     await daemon.start()
     daemon.run_scheduler()
+    filling = None
+    if disk and config.events_file is not None:
+        filling = asyncio.create_task(fill_and_free(config.events_file, workdir / "disk.json"))
     try:
         while not stop.is_set():
             tmp = status.with_suffix(".tmp")
@@ -74,7 +108,102 @@ async def run_daemon(sim_url: str, port: int, workdir: Path, sink: TextIO) -> No
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
     finally:
+        if filling is not None:
+            filling.cancel()
+            await asyncio.gather(filling, return_exceptions=True)
         await daemon.close()
+
+
+async def fill_and_free(events_file: Path, record: Path) -> None:
+    """Make the disk "full" for DISK_FULL seconds every DISK_CYCLE, through RLIMIT_FSIZE."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    periods = 0
+    try:
+        while True:
+            await asyncio.sleep(DISK_CYCLE - DISK_FULL)
+            periods += 1
+            fill(events_file, record, periods, hard)
+            await asyncio.sleep(DISK_FULL)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+
+
+def pad(events_file: Path) -> None:
+    """Put PAD bytes of earlier (made-up) event lines at the start of the events file."""
+    line = json.dumps({"event": "soak.padding", "event_id": "pad", "fields": "x" * 200}) + "\n"
+    chunk = line * (1024 * 1024 // len(line))  # a MiB at a time: no peak RSS of its own
+    with events_file.open("a", encoding="utf-8") as fh:
+        for _ in range(PAD // len(chunk)):
+            fh.write(chunk)
+
+
+def fill(events_file: Path, record: Path, periods: int, hard: int) -> None:
+    """Leave the events file DISK_ROOM bytes (odd periods), or no file any (even); note it."""
+    # RLIMIT_FSIZE refuses a write past the offset, however large the file already is: at
+    # DISK_ROOM bytes the state file and its WAL cannot be written either.
+    size = events_file.stat().st_size if periods % 2 and events_file.exists() else 0
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + DISK_ROOM, hard))
+    with contextlib.suppress(OSError):  # the record may not fit on the "full" disk: fine
+        record.write_text(json.dumps({"full_periods": periods}))
+
+
+# The webhook receiver ----------------------------------------------------------------------
+
+
+class Receiver(ThreadingHTTPServer):
+    """A webhook receiver with faults; records every event_id it answered 2xx."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Hook)
+        self.rng = random.Random(11)
+        self.lock = threading.Lock()
+        self.accepted: list[str] = []
+        self.outcomes: Counter[str] = Counter()
+
+    def outcome(self) -> str:
+        """This request's fate, drawn from a seeded mix."""
+        with self.lock:
+            roll = self.rng.random()
+        if roll < 0.70:
+            return "ok"
+        if roll < 0.82:
+            return "503"
+        if roll < 0.85:
+            return "400"
+        if roll < 0.93:
+            return "too_slow"
+        return "drop"
+
+
+class _Hook(BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        fate = self.server.outcome()
+        with self.server.lock:
+            self.server.outcomes[fate] += 1
+        if fate == "drop":
+            self.close_connection = True
+            return
+        time.sleep(random.uniform(0, 2.0) if fate == "ok" else 0)
+        if fate == "too_slow":
+            time.sleep(HOOK_TIMEOUT + 1)
+        status = {"ok": 200, "503": 503, "400": 400, "too_slow": 200}[fate]
+        with contextlib.suppress(OSError):
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            if status == 200 and fate == "ok":
+                with self.server.lock:
+                    self.server.accepted.append(json.loads(body)["event_id"])
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        """Quiet."""
 
 
 # Sampling ----------------------------------------------------------------------------------
@@ -142,6 +271,18 @@ def totals(text: str) -> tuple[Counter[str], Counter[str], float]:
     return codes, reasons, polls
 
 
+def sink_failures(text: str) -> Counter[str]:
+    """walletwatch_delivery_failures_total by sink, and failed commits as "store", from /metrics."""
+    found: Counter[str] = Counter()
+    for line in text.splitlines():
+        if line.startswith("walletwatch_delivery_failures_total{"):
+            sink = line.split('sink="', 1)[1].split('"', 1)[0]
+            found[sink] += int(float(line.rsplit(" ", 1)[1]))
+        elif line.startswith("walletwatch_store_errors_total{"):
+            found["store"] += int(float(line.rsplit(" ", 1)[1]))
+    return found
+
+
 def fmt(figures: dict[str, int]) -> str:
     """RSS (MB), tasks, fds and connections in a short form."""
     return (
@@ -159,8 +300,18 @@ def wait_until(predicate: Any, what: str, timeout: float = 20.0) -> None:
         time.sleep(0.1)
 
 
-def soak(duration: float, faults: str, tick: float = 3.0) -> None:
+def soak(
+    duration: float, faults: str, tick: float = 3.0, *, sink_faults: bool = True, disk: bool = True
+) -> None:
     """Run the soak and print the report."""
+    receiver = None
+    extra: list[str] = []
+    if sink_faults:
+        receiver = Receiver()
+        threading.Thread(target=receiver.serve_forever, daemon=True).start()
+        extra += ["--hook", f"http://127.0.0.1:{receiver.server_address[1]}/hook"]
+    if disk:
+        extra.append("--disk-faults")
     sim_port, port = free_port(), free_port()
     sim_url, metrics_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{port}/metrics"
     with tempfile.TemporaryDirectory(prefix="walletwatch-soak-") as tmp:
@@ -176,19 +327,74 @@ def soak(duration: float, faults: str, tick: float = 3.0) -> None:
         try:
             wait_until(lambda: scrape(sim_url + "/_sim/requests") is not None, "the simulator")
             daemon = subprocess.Popen(  # noqa: S603 - this script, as the daemon process
-                [sys.executable, __file__, "--daemon", sim_url, str(port), str(workdir)],
+                [sys.executable, __file__, "--daemon", sim_url, str(port), str(workdir), *extra],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
             wait_until(lambda: scrape(metrics_url) is not None, "the daemon")
             report(daemon.pid, status, metrics_url, duration, faults)
         finally:
-            for process in (daemon, sim):
-                if process is not None:
-                    process.terminate()
-                    process.wait(timeout=30)
+            stopped = None
             if daemon is not None:
-                print(f"daemon exit code after SIGTERM: {daemon.returncode}")
+                t0 = time.monotonic()
+                daemon.terminate()
+                daemon.wait(timeout=60)
+                stopped = time.monotonic() - t0
+            sim.terminate()
+            sim.wait(timeout=30)
+            if daemon is not None:
+                print(f"daemon exit code after SIGTERM: {daemon.returncode}, in {stopped:.2f} s")
+        delivery(workdir, receiver, disk)
+        if receiver is not None:
+            receiver.shutdown()
+            receiver.server_close()
+
+
+def delivery(workdir: Path, receiver: Receiver | None, disk: bool) -> None:
+    """Check the events file, the outbox and the receiver against each other; print it."""
+    with contextlib.closing(sqlite3.connect(workdir / "demo.db")) as db:
+        outbox = [row[0] for row in db.execute("SELECT event_id FROM outbox ORDER BY seq")]
+        cursors = dict(db.execute("SELECT sink, seq FROM cursors").fetchall())
+        pending = {
+            sink: db.execute("SELECT COUNT(*) FROM outbox WHERE seq > ?", (seq,)).fetchone()[0]
+            for sink, seq in cursors.items()
+        }
+        parked = db.execute("SELECT COUNT(*) FROM parked").fetchone()[0]
+    raw = (workdir / "events.jsonl").read_bytes() if (workdir / "events.jsonl").exists() else b""
+    ids, unparseable = [], 0
+    for line in raw.splitlines():
+        try:
+            event_id = json.loads(line)["event_id"]
+        except (ValueError, KeyError, TypeError):
+            unparseable += 1
+        else:
+            if event_id != "pad":
+                ids.append(event_id)
+    written = Counter(ids)
+    expected = outbox[: len(outbox) - pending.get("events_file", 0)]
+    if disk and (workdir / "disk.json").exists():
+        periods = json.loads((workdir / "disk.json").read_text())["full_periods"]
+        print(
+            f"disk: {periods} full periods of {DISK_FULL:.0f} s (RLIMIT_FSIZE, EFBIG), odd ones"
+            " the events file only, even ones the whole disk"
+        )
+    print(
+        f"events: {len(outbox)} in the outbox, pending at stop {dict(sorted(pending.items()))},"
+        f" parked {parked}"
+    )
+    whole = not raw or raw.endswith(b"\n")
+    print(
+        f"events file: {len(ids)} event lines (after the padding), unparseable {unparseable},"
+        f" ends with a newline {whole}, repeated {sum(n - 1 for n in written.values())},"
+        f" missing {len(set(expected) - set(written))}, in outbox order {ids == expected}"
+    )
+    if receiver is not None:
+        got = Counter(receiver.accepted)
+        print(
+            f"webhook: {sum(receiver.outcomes.values())} requests "
+            f"{dict(sorted(receiver.outcomes.items()))}, {len(got)} events accepted, "
+            f"{sum(n - 1 for n in got.values())} accepted twice"
+        )
 
 
 def report(pid: int, status: Path, metrics_url: str, duration: float, faults: str) -> None:
@@ -235,6 +441,8 @@ def report(pid: int, status: Path, metrics_url: str, duration: float, faults: st
         f"requests without a 200: {failed_requests} ({failed_requests / max(requests, 1):.0%});"
         " garbage bodies come with 200 and fail as bad_payload"
     )
+    failed = dict(sorted(sink_failures(last_text).items()))
+    print(f"failed deliveries by sink, failed commits: {failed}")
     errors = sum(reasons.values())
     print(
         f"polls: {polls:.0f}, failed: {errors} ({errors / max(polls, 1):.0%}), "
@@ -250,14 +458,28 @@ def main() -> None:
     parser.add_argument(
         "--tick", type=float, default=3.0, help="seconds per scenario step (3600: data stays put)"
     )
+    parser.add_argument("--no-sink-faults", action="store_true", help="no faulty webhook receiver")
+    parser.add_argument("--no-disk-faults", action="store_true", help="no full-disk periods")
     parser.add_argument("--daemon", nargs=3, metavar=("SIM_URL", "PORT", "WORKDIR"))
+    parser.add_argument("--hook", help=argparse.SUPPRESS)
+    parser.add_argument("--disk-faults", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.daemon:
         sim_url, port, workdir = args.daemon
         with Path(os.devnull).open("w") as sink:
-            asyncio.run(run_daemon(sim_url, int(port), Path(workdir), sink))
+            asyncio.run(
+                run_daemon(
+                    sim_url, int(port), Path(workdir), sink, hook=args.hook, disk=args.disk_faults
+                )
+            )
         return
-    soak(args.duration, args.faults, args.tick)
+    soak(
+        args.duration,
+        args.faults,
+        args.tick,
+        sink_faults=not args.no_sink_faults,
+        disk=not args.no_disk_faults,
+    )
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ import pytest
 
 from tests.fakes import START, FakeClock
 from walletwatch.events import Event
-from walletwatch.sinks import Dispatcher, FileSink, StreamSink
-from walletwatch.store import AsyncStore, Store
+from walletwatch.sinks import DeliveryError, Dispatcher, FileSink, StreamSink
+from walletwatch.store import AsyncStore, Store, StoreError
 from walletwatch.tracker import AccountState
 
 
@@ -48,6 +48,8 @@ async def parked(clock: FakeClock) -> None:
 class RecordingSink:
     """A sink that keeps what it was given and can be told to fail."""
 
+    batch_size = 500
+
     def __init__(self, name: str) -> None:
         self.name = name
         self.batches: list[list[Event]] = []
@@ -67,6 +69,30 @@ class RecordingSink:
         if self.failing:
             raise OSError("disk on fire")
         self.batches.append(list(events))
+
+
+class FlakySink(RecordingSink):
+    """Delivers the first event of every batch, then fails on the next (if there is one)."""
+
+    async def deliver(self, events: Sequence[Event]) -> None:
+        """Take one event; refuse the rest of the batch for now."""
+        self.attempts += 1
+        self.batches.append(list(events[:1]))
+        if len(events) > 1:
+            raise DeliveryError("busy", delivered=1)
+
+
+class FailingAckStore(Store):
+    """A store whose first cursor move fails, as on a full disk."""
+
+    failed = False
+
+    def ack(self, sink: str, seq: int) -> None:
+        """Fail once, then move the cursor."""
+        if not self.failed:
+            self.failed = True
+            raise StoreError("cannot move the cursor: database or disk is full")
+        super().ack(sink, seq)
 
 
 @pytest.fixture(name="store")
@@ -147,20 +173,23 @@ class TestFileSink:
         assert path.read_text().splitlines()[:2] == [e.to_json() for e in make_events(0, 2)]
         assert path.read_text().count("hot-00000") == 1
 
-    async def test_event_after_a_partial_last_line_gets_its_own_line(self, tmp_path: Path) -> None:
-        """The first event written after a crash mid-write is a readable line, not glued on."""
+    async def test_a_partial_last_line_is_cut_before_the_next_write(self, tmp_path: Path) -> None:
+        """The fragment a crash mid-write left is removed; its event follows whole, once."""
         path = tmp_path / "events.jsonl"
         await FileSink(path).deliver(make_events(0, 2))
         with path.open("a", encoding="utf-8") as fh:
             fh.write(make_event(2).to_json()[:25])
         await FileSink(path).deliver(make_events(2, 2))
-        readable = []
-        for line in path.read_text().splitlines():
-            try:
-                readable.append(json.loads(line)["event_id"])
-            except ValueError:
-                continue
-        assert readable == [f"hot-{n:05d}" for n in range(4)]
+        assert file_ids(path) == [f"hot-{n:05d}" for n in range(4)]
+
+    async def test_an_overlong_last_line_is_kept_and_ended(self, tmp_path: Path) -> None:
+        """A last line longer than the tail read is no event of ours: kept, then a newline."""
+        path = tmp_path / "events.jsonl"
+        path.write_bytes(b"x" * (2 * 1024 * 1024))
+        await FileSink(path).deliver(make_events(0, 1))
+        lines = path.read_bytes().split(b"\n")
+        assert lines[0] == b"x" * (2 * 1024 * 1024)
+        assert json.loads(lines[1])["event_id"] == "hot-00000"
 
     @pytest.mark.parametrize(
         "junk",
@@ -292,6 +321,41 @@ class TestDispatcher:
         await commit(store, make_events(1, 1))
         assert await dispatcher.drain() == 2.0
 
+    async def test_a_sink_that_makes_progress_keeps_a_short_rest(
+        self, store: AsyncStore, clock: FakeClock
+    ) -> None:
+        """Failures with deliveries in between rest 2 s each; only a dead streak backs off."""
+        sink = FlakySink("flaky")
+        dispatcher = Dispatcher(store, [sink], clock)
+        await dispatcher.prepare()
+        await commit(store, make_events(0, 4))
+        rests = []
+        for _ in range(3):  # one event delivered, then a failure, each time
+            rest = await dispatcher.drain()
+            assert rest is not None
+            rests.append(rest)
+            await clock.advance(rest)
+        assert rests == [2.0, 2.0, 2.0]
+        assert sink.ids == [f"hot-{n:05d}" for n in range(3)]
+
+    async def test_a_cursor_that_cannot_be_saved_resends_nothing(
+        self, tmp_path: Path, clock: FakeClock
+    ) -> None:
+        """When the ack fails (a full disk), the retry saves the cursor; no event goes twice."""
+        store = AsyncStore(FailingAckStore(tmp_path / "state.db"))
+        try:
+            sink = RecordingSink("memory")
+            dispatcher = Dispatcher(store, [sink], clock)
+            await dispatcher.prepare()
+            await commit(store, make_events(0, 2))
+            assert await dispatcher.drain() == 2.0
+            await clock.advance(2.0)
+            assert await dispatcher.drain() is None
+            assert sink.ids == ["hot-00000", "hot-00001"]
+            assert await store.call(store.store.pending, "memory") == []
+        finally:
+            store.close()
+
     async def test_concurrent_drains_deliver_once(
         self, store: AsyncStore, clock: FakeClock
     ) -> None:
@@ -364,7 +428,6 @@ class TestDispatcher:
             await clock.advance(1.9)
             assert (sink.attempts, clock.sleepers) == (1, 1)
             await clock.advance(0.1)
-            assert clock.sleepers == 0
             await asyncio.wait_for(sink.called.wait(), timeout=10)
             assert sink.ids == ["hot-00000", "hot-00001"]
             sink.called.clear()

@@ -28,7 +28,7 @@ from walletwatch.http import Http
 from walletwatch.metrics import ReloadStatus, WalletwatchCollector
 from walletwatch.providers import REGISTRY
 from walletwatch.scheduler import Scheduler, Slots, TokenBucket, paced
-from walletwatch.sinks import Dispatcher, FileSink, StreamSink, WebhookSink
+from walletwatch.sinks import DELIVERY_GRACE, Dispatcher, FileSink, StreamSink, WebhookSink
 from walletwatch.store import MEMORY, AsyncStore, StateFileLost, Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState
@@ -41,6 +41,11 @@ log = structlog.get_logger("walletwatch.app")
 
 SHUTDOWN_GRACE = 10.0
 """Seconds in-flight polls get to finish on SIGTERM before they are cancelled."""
+
+WEB_GRACE = 3.0
+"""Seconds requests being answered get on SIGTERM (aiohttp's default is 60 s). With the polls'
+SHUTDOWN_GRACE and the sinks' DELIVERY_GRACE, a stop takes at most 18 s and some cleanup,
+inside the unit's TimeoutStopSec=30s."""
 
 
 def check_supported(config: Config, providers: Mapping[str, ProviderFactory]) -> None:
@@ -93,7 +98,6 @@ class Daemon:
         self._store: AsyncStore | None = None
         self._session: aiohttp.ClientSession | None = None
         self._dispatcher: Dispatcher | None = None
-        self._dispatch_task: asyncio.Task[None] | None = None
         self._file_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self._nonces: Nonces | None = None
@@ -150,7 +154,7 @@ class Daemon:
             self.watchers[account.name] = self._watcher(
                 account, states.get(account.name), store, session, nonces
             )
-        self._dispatch_task = asyncio.create_task(self._dispatcher.run(), name="dispatcher")
+        self._dispatcher.start()
         if serve:
             await self._serve()
         log.info(
@@ -254,7 +258,9 @@ class Daemon:
         auth = BasicAuth(protect.basic_auth_users) if protect and protect.basic_auth_users else None
         tls = server_context(protect) if protect else None
         app = create_app(self.collector, self.watchers.values, auth, on_render=self._rendered)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=WEB_GRACE
+        )
         await self._runner.setup()
         listen = self.config.listen
         site = web.TCPSite(self._runner, listen.host, listen.port, ssl_context=tls)
@@ -387,16 +393,19 @@ class Daemon:
             await self._dispatcher.drain()
 
     async def close(self) -> None:
-        """Stop polling (in-flight polls finish), deliver what is queued, close everything."""
+        """Stop polling (in-flight polls finish), deliver for a bounded grace, close everything.
+
+        What the sinks could not deliver within DELIVERY_GRACE stays in the outbox for the
+        next start.
+        """
         await self.scheduler.stop(SHUTDOWN_GRACE)
         gc.unfreeze()
         if self._file_task is not None:
             self._file_task.cancel()
             await asyncio.gather(self._file_task, return_exceptions=True)
-        if self._dispatch_task is not None:
-            self._dispatch_task.cancel()
-            await asyncio.gather(self._dispatch_task, return_exceptions=True)
-        await self.deliver()
+        if self._dispatcher is not None:
+            # Bounded: SHUTDOWN_GRACE + DELIVERY_GRACE + WEB_GRACE, inside TimeoutStopSec=30s.
+            await self._dispatcher.close(DELIVERY_GRACE)
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:

@@ -20,7 +20,16 @@ Messages never contain credentials.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every non-empty secret in it replaced by ``***``, longest first."""
+    # Longest first: a short secret inside a longer one (a token inside a URL) must not be
+    # replaced first, or the rest of the longer one would stay visible.
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 class WalletwatchError(Exception):

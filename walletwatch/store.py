@@ -380,6 +380,20 @@ class Store:
             raise StoreError(f"cannot count the outbox: {err}") from err
         return int(row[0])
 
+    def pending_counts(self, sinks: Sequence[str]) -> dict[str, int]:
+        """How many events each sink has not acknowledged yet, in one read."""
+        try:
+            return {
+                sink: int(
+                    self._db.execute(
+                        "SELECT COUNT(*) FROM outbox WHERE seq > ?", (self._cursor(sink),)
+                    ).fetchone()[0]
+                )
+                for sink in sinks
+            }
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot count the outbox: {err}") from err
+
     def ack(self, sink: str, seq: int) -> None:
         """The sink has delivered every event up to seq."""
         try:

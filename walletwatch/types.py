@@ -91,5 +91,6 @@ class Sink(Protocol):
     """Somewhere alert events go; ``deliver`` raises to have the batch retried."""
 
     name: str
+    batch_size: int  # events one deliver() gets; acknowledged when it returns
 
     async def deliver(self, events: Sequence[Event]) -> None: ...

@@ -32,6 +32,8 @@ NAMES = {
     "WalletwatchInternalError": ("provider", "account"),
     "WalletwatchStoreFailing": ("provider",),
     "WalletwatchStateFileLost": ("instance",),
+    "WalletwatchEventsUndelivered": ("sink",),
+    "WalletwatchEventsParked": ("sink",),
 }
 # Thresholds come from the metrics, so one rule serves every account.
 THRESHOLD_METRICS = {

@@ -58,6 +58,7 @@ from walletwatch.errors import (
     ProviderError,
     Rejected,
     Unavailable,
+    redact,
 )
 from walletwatch.http import Response
 from walletwatch.model import Balance, Direction, Gauge, Observation, State, Transfer
@@ -137,10 +138,7 @@ MIN_HIDDEN = 8  # real keys are far longer; masking shorter strings would garble
 
 def _shown(value: Any, hide: Collection[str]) -> str:
     text = "" if value is None else str(value)
-    for secret in hide:
-        if len(secret) >= MIN_HIDDEN:
-            text = text.replace(secret, "***")
-    return text[:120]
+    return redact(text, (secret for secret in hide if len(secret) >= MIN_HIDDEN))[:120]
 
 
 def error_fields(body: Any, hide: Collection[str] = ()) -> dict[str, str]:

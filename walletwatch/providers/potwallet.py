@@ -25,7 +25,7 @@ from yarl import URL
 
 from walletwatch.config import AccountConfig
 from walletwatch.context import ProviderContext
-from walletwatch.errors import AuthFailed, BadPayload, ProviderError, RateLimited, Rejected
+from walletwatch.errors import AuthFailed, BadPayload, ProviderError, RateLimited, Rejected, redact
 from walletwatch.model import Balance, Direction, Gauge, Observation, State, Transfer
 from walletwatch.providers import parse
 from walletwatch.tracker import AccountState
@@ -85,14 +85,6 @@ def request_url(base_url: str, path: str, query: Mapping[str, str] | None = None
     if query:
         raw += "?" + urlencode(query, quote_via=quote)
     return str(URL(raw))
-
-
-def redact(text: str, secrets: Collection[str]) -> str:
-    """``text`` with every non-empty secret replaced by ``***``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
 
 
 def failure(message: Any, where: str, secrets: Collection[str] = ()) -> ProviderError:

@@ -21,7 +21,7 @@ from coincurve import PrivateKey
 
 from walletwatch.config import AccountConfig
 from walletwatch.context import ProviderContext
-from walletwatch.errors import AuthFailed, BadPayload, ConfigError, Rejected
+from walletwatch.errors import AuthFailed, BadPayload, ConfigError, Rejected, redact
 from walletwatch.http import Response
 from walletwatch.model import Balance, Direction, Gauge, Observation, State, Transfer
 from walletwatch.providers import parse
@@ -72,14 +72,6 @@ def request_body(
     return json.dumps({"header": header, **(fields or {})}).encode()
 
 
-def redacted(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret in it replaced by ``***``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
 def check_success(
     payload: Any, where: str, *, secrets: Iterable[str] = (), auth: bool = False
 ) -> Mapping[str, Any]:
@@ -95,7 +87,7 @@ def check_success(
         raise BadPayload(f"{where}: no boolean 'success' field")
     message = body.get("message")
     text = message if isinstance(message, str) else ""
-    error = f"{where}: success false: {redacted(text, secrets)[:120]!r}"  # mask, then cut
+    error = f"{where}: success false: {redact(text, secrets)[:120]!r}"  # mask, then cut
     if auth or any(word in text.lower() for word in AUTH_WORDS):
         raise AuthFailed(error)
     raise Rejected(error)

@@ -15,7 +15,7 @@ from typing import Any
 
 from walletwatch.config import AccountConfig
 from walletwatch.context import ProviderContext
-from walletwatch.errors import AuthFailed, BadPayload, RateLimited, Rejected
+from walletwatch.errors import AuthFailed, BadPayload, RateLimited, Rejected, redact
 from walletwatch.model import Balance, Direction, Observation, State, Transfer
 from walletwatch.providers import parse
 from walletwatch.tracker import AccountState
@@ -56,9 +56,7 @@ def check_error(payload: Any, where: str, secrets: Collection[str] = ()) -> Mapp
         return body
     if not isinstance(error, str):
         raise BadPayload(f"{where}: no 'error' field")
-    for secret in secrets:
-        if secret:
-            error = error.replace(secret, "***")
+    error = redact(error, secrets)
     message = f"{where}: error {error[:60]!r}"
     if error in AUTH_ERRORS:
         raise AuthFailed(message)

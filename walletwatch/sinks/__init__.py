@@ -1,0 +1,43 @@
+"""Where alert events go: stdout, the events file, webhooks, and the dispatcher that feeds them.
+
+Events reach a sink only from the store's outbox, after the commit that produced them, and a
+sink's cursor moves only past what it has delivered. Each sink drains on its own, so one slow
+or failing sink never delays another. A crash between delivering and moving the cursor would
+repeat the tail of a batch; the events file drops those repeats by event_id, so every fact is
+written to it once. A webhook is acknowledged event by event; a receiver may still see a
+repeat of the one request in flight at a crash or at the end of the shutdown grace
+(at-least-once), and drops it by the same event_id.
+"""
+
+from __future__ import annotations
+
+from walletwatch.sinks.dispatcher import (
+    DELIVERY_GRACE,
+    MAX_REST,
+    DeliveryError,
+    Dispatcher,
+)
+from walletwatch.sinks.files import FileSink, StreamSink
+from walletwatch.sinks.webhook import (
+    SIGNATURE_HEADER,
+    Verdict,
+    WebhookSink,
+    signature,
+    verdict,
+    webhook_secrets,
+)
+
+__all__ = [
+    "DELIVERY_GRACE",
+    "MAX_REST",
+    "SIGNATURE_HEADER",
+    "DeliveryError",
+    "Dispatcher",
+    "FileSink",
+    "StreamSink",
+    "Verdict",
+    "WebhookSink",
+    "signature",
+    "verdict",
+    "webhook_secrets",
+]
