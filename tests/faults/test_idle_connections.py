@@ -63,7 +63,8 @@ class Daemon:
 
     def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         """Every sample of /metrics, keyed by name and sorted labels."""
-        with urllib.request.urlopen(f"{self.url}/metrics", timeout=SCRAPE_TIMEOUT) as answer:
+        url = f"{self.url}/metrics"
+        with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT) as answer:  # noqa: S310
             text = answer.read().decode()
         return {
             (sample.name, tuple(sorted(sample.labels.items()))): sample.value
@@ -218,9 +219,10 @@ class TestIdleConnections:
             assert _polls(samples) >= _polls(before) + 4  # two endpoints a second
             still_open = [s for s in idle + slow if not _closed(s)]
             assert still_open == []
-            assert samples[("walletwatch_web_connections", ())] <= samples[
-                ("walletwatch_web_connections_limit", ())
-            ]
+            assert (
+                samples[("walletwatch_web_connections", ())]
+                <= samples[("walletwatch_web_connections_limit", ())]
+            )
             closed = sum(
                 v
                 for (name, _), v in samples.items()
