@@ -8,7 +8,7 @@ import errno
 from structlog.testing import capture_logs
 
 from tests.fakes import FakeClock
-from walletwatch.throttle import Throttle, exception_handler
+from walletwatch.throttle import Throttle, exception_handler, throttled_logger
 
 
 class TestThrottle:
@@ -102,3 +102,34 @@ class TestExceptionHandler:
             loop.close()
         assert "SECRET" not in repr(logs)
         assert logs[0]["exception"] == "ValueError"
+
+
+class TestThrottledLogger:
+    def test_a_flood_of_request_errors_is_one_line_without_traceback(self) -> None:
+        """aiohttp's per-request error logs become one line per interval, counted, no traceback."""
+        clock = FakeClock()
+        logger = throttled_logger("test.server", Throttle(clock.monotonic, 60), "web.request_error")
+        with capture_logs() as logs:
+            for n in range(500):
+                error = ValueError(f"bad header {n}")
+                logger.error("Error handling request from %s", "127.0.0.1", exc_info=error)
+            clock.mono += 60
+            logger.error("Error handling request from %s", "127.0.0.2")
+        assert logs == [
+            {
+                "event": "web.request_error",
+                "log_level": "error",
+                "message": "Error handling request from 127.0.0.1",
+                "exception": "ValueError",
+                "count": 1,
+                "interval": 60,
+            },
+            {
+                "event": "web.request_error",
+                "log_level": "error",
+                "message": "Error handling request from 127.0.0.2",
+                "exception": None,
+                "count": 1,
+                "interval": 60,
+            },
+        ]

@@ -32,7 +32,7 @@ from walletwatch.scheduler import Scheduler, Slots, TokenBucket, paced
 from walletwatch.sinks import Dispatcher, FileSink, StreamSink, WebhookSink
 from walletwatch.store import AsyncStore, Store
 from walletwatch.telemetry import Telemetry
-from walletwatch.throttle import Throttle, exception_handler
+from walletwatch.throttle import Throttle, exception_handler, throttled_logger
 from walletwatch.tracker import AccountState
 from walletwatch.types import Clock, ProviderFactory, Sink
 from walletwatch.watcher import AccountWatcher
@@ -247,7 +247,13 @@ class Daemon:
             first=[listener.middleware],
         )
         self._runner = runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_TIMEOUT
+            app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+            # aiohttp logs each malformed request with its traceback: a flood of them would
+            # flood the log.
+            logger=throttled_logger("walletwatch.web.server", throttle, "web.request_error"),
         )
         await runner.setup()
         server = runner.server

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -79,3 +80,43 @@ def exception_handler(
             )
 
     return handle
+
+
+class ThrottledHandler(logging.Handler):
+    """Hands a stdlib logger's records to structlog as ``event``, each kind once per interval.
+
+    A kind is the logger, the message's template and the exception's type; the line carries
+    the first message and exception type of its kind, and the count, never a traceback.
+    """
+
+    def __init__(self, throttle: Throttle, event: str, logger: Any = None) -> None:
+        super().__init__()
+        self._throttle = throttle
+        self._event = event
+        self._log = logger if logger is not None else structlog.get_logger("walletwatch.loop")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Log ``record`` if a line of its kind is due."""
+        kind = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else None
+        count = self._throttle.hit((record.name, str(record.msg), kind))
+        if count is not None:
+            level = record.levelname.lower()
+            method = getattr(self._log, level if level in _LEVELS else "error")
+            method(
+                self._event,
+                message=record.getMessage(),
+                exception=kind,
+                count=count,
+                interval=self._throttle.interval,
+            )
+
+
+_LEVELS = frozenset({"debug", "info", "warning", "error", "critical"})
+
+
+def throttled_logger(name: str, throttle: Throttle, event: str) -> logging.Logger:
+    """A stdlib logger of its own (not in logging's registry) writing through ``throttle``."""
+    # Not getLogger(): one per daemon, not a process-wide one gaining a handler per start.
+    logger = logging.Logger(name, logging.INFO)  # noqa: LOG001
+    logger.addHandler(ThrottledHandler(throttle, event))
+    return logger

@@ -3,7 +3,8 @@
 `walletwatch run` runs as a child process under an open files limit of LIMIT (hard and soft:
 it cannot raise it), polling the simulator's WestWallet every second. The test opens IDLE
 connections that send nothing and SLOW ones that send a request a byte at a time, more than
-the limit allows, and keeps scraping /metrics meanwhile. Before the fix, accept() ran out of
+the limit allows, and keeps scraping /metrics meanwhile; MALFORMED requests before them
+would each have logged a traceback. Before the fix, accept() ran out of
 descriptors: polls failed with reason="connection", /metrics stopped answering, and asyncio
 logged "socket.accept() out of system resource" without end.
 """
@@ -39,6 +40,7 @@ LIMIT = 256
 """The child's open files limit: the flood below needs more than that."""
 IDLE = 300
 SLOW = 20
+MALFORMED = 50
 WAIT = 15.0  # the longest the daemon may take to start and poll before the test fails
 SCRAPE_TIMEOUT = 2.0
 
@@ -186,6 +188,10 @@ class TestIdleConnections:
         """Polls keep succeeding, /metrics answers in time, idle and slow clients are cut off,
         and the log holds a few lines about it."""
         port = int(daemon.url.rsplit(":", 1)[1])
+        for sock in _connect(port, MALFORMED):  # each logged with a traceback by aiohttp
+            with sock, contextlib.suppress(OSError):
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n")
+                sock.recv(64)
         before = daemon.scrape()
         stop = threading.Event()
         slow = _connect(port, SLOW)
