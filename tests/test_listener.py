@@ -209,6 +209,13 @@ class TestCap:
         assert server.stats.open <= 3
         assert [line["event"] for line in logs] == ["web.connection_evicted"]
         assert logs[0]["count"] == 1
+        for writer in server.writers:
+            writer.close()
+        await asyncio.sleep(0.05)
+        assert server.stats.open == 0
+        idle = [await server.connect() for _ in range(3)]  # the cap is whole again
+        await asyncio.sleep(0.05)
+        assert (server.stats.open, server.stats.dropped["evicted"]) == (3, 1)
 
     async def test_full_of_busy_connections_refuses(self, server: Server) -> None:
         """At the cap with every connection handling a request, a new one gets a 503 and EOF."""

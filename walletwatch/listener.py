@@ -154,6 +154,7 @@ class Listener:
         self._header_timeout = header_timeout
         # Oldest first: the first idle one is the one to close to make room.
         self._conns: dict[_Connection, None] = {}
+        self._closing = 0  # of them, closed by the listener and not yet gone
         self._by_transport: dict[asyncio.BaseTransport, _Connection] = {}
         self._socks: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -199,7 +200,7 @@ class Listener:
 
     def close(self) -> None:
         """Stop accepting (open connections are aiohttp's to shut down)."""
-        loop = asyncio.get_event_loop()
+        loop = asyncio.get_running_loop()
         if self._retry is not None:
             self._retry.cancel()
         for sock in self._socks:
@@ -225,8 +226,8 @@ class Listener:
         finally:
             conn.busy = False
             # The most recently active last: the last to be closed to make room.
-            self._conns.pop(conn, None)
-            if conn.sock.fileno() != -1:
+            if conn in self._conns:  # not gone meanwhile
+                del self._conns[conn]
                 self._conns[conn] = None
 
     def _accept(self, listening: socket.socket) -> None:
@@ -246,24 +247,16 @@ class Listener:
                 self._admit(sock)
 
     def _open(self) -> int:
-        return sum(1 for conn in self._conns if not conn.closing)
+        return len(self._conns) - self._closing
 
     def _make_room(self) -> bool:
         """Close the longest-idle connection that is not handling a request, if any."""
-        self._prune()
-        if self._open() < self.stats.limit:
-            return True
         for conn in self._conns:
             if not conn.busy and not conn.closing and conn.transport is not None:
                 self._close(conn, "evicted")
                 self._log("web.connection_evicted", "warning")
                 return True
         return False
-
-    def _prune(self) -> None:
-        """Forget connections whose socket closed unseen (a TLS handshake that failed)."""
-        for conn in [conn for conn in self._conns if conn.sock.fileno() == -1]:
-            self._lost(conn)
 
     def _refuse(self, sock: socket.socket) -> None:
         if self._tls is None:
@@ -313,6 +306,7 @@ class Listener:
 
     def _close(self, conn: _Connection, reason: str) -> None:
         conn.closing = True
+        self._closing += 1
         self.stats.dropped[reason] += 1
         if conn.timer is not None:
             conn.timer.cancel()
@@ -324,7 +318,9 @@ class Listener:
         if conn.timer is not None:
             conn.timer.cancel()
             conn.timer = None
-        self._conns.pop(conn, None)
+        if conn in self._conns:  # not lost already (a failed handshake, then close())
+            del self._conns[conn]
+            self._closing -= conn.closing
         if conn.transport is not None:
             self._by_transport.pop(conn.transport, None)
         self.stats.open = len(self._conns)
