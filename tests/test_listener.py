@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
+import structlog
 from aiohttp import web
 from structlog.testing import capture_logs
 
@@ -213,6 +214,7 @@ class TestCap:
         """At the cap, a new connection closes the longest-idle one and is served."""
         idle = [await server.connect() for _ in range(3)]
         await until(lambda: server.stats.open == 3)
+        structlog.reset_defaults()  # whatever level an earlier in-process CLI test set
         with capture_logs() as logs:
             reader, writer = await server.connect()
             assert (await answer(reader, writer)).endswith(b"ok")
@@ -234,6 +236,7 @@ class TestCap:
         for _, writer in busy:
             writer.write(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
         await until(lambda: server.handling == 3)
+        structlog.reset_defaults()  # whatever level an earlier in-process CLI test set
         with capture_logs() as logs:
             refused = [await server.connect() for _ in range(5)]
             answers = [await closed(reader, 2) for reader, _ in refused]

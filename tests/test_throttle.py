@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 
+import structlog
 from structlog.testing import capture_logs
 
 from tests.fakes import FakeClock
@@ -71,6 +72,7 @@ class TestExceptionHandler:
             "exception": OSError(errno.EMFILE, "Too many open files"),
         }
         try:
+            structlog.reset_defaults()  # whatever level an earlier in-process CLI test set
             with capture_logs() as logs:
                 for _ in range(5000):
                     handler(loop, context)
@@ -96,6 +98,7 @@ class TestExceptionHandler:
         handler = exception_handler(Throttle(FakeClock().monotonic, 60))
         loop = asyncio.new_event_loop()
         try:
+            structlog.reset_defaults()  # whatever level an earlier in-process CLI test set
             with capture_logs() as logs:
                 handler(loop, {"message": "boom", "exception": ValueError("token=SECRET")})
         finally:
@@ -109,6 +112,7 @@ class TestThrottledLogger:
         """aiohttp's per-request error logs become one line per interval, counted, no traceback."""
         clock = FakeClock()
         logger = throttled_logger("test.server", Throttle(clock.monotonic, 60), "web.request_error")
+        structlog.reset_defaults()  # whatever level an earlier in-process CLI test set
         with capture_logs() as logs:
             for n in range(500):
                 error = ValueError(f"bad header {n}")
