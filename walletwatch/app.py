@@ -25,12 +25,14 @@ from walletwatch.config import AccountConfig, Config
 from walletwatch.context import Nonces, ProviderContext, Shared
 from walletwatch.errors import ConfigError
 from walletwatch.http import Http
+from walletwatch.listener import HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, Listener, raise_open_files
 from walletwatch.metrics import ReloadStatus, WalletwatchCollector
 from walletwatch.providers import REGISTRY
 from walletwatch.scheduler import Scheduler, Slots, TokenBucket, paced
 from walletwatch.sinks import DELIVERY_GRACE, Dispatcher, FileSink, StreamSink, WebhookSink
 from walletwatch.store import MEMORY, AsyncStore, StateFileLost, Store
 from walletwatch.telemetry import Telemetry
+from walletwatch.throttle import Throttle, exception_handler, throttled_logger
 from walletwatch.tracker import AccountState
 from walletwatch.types import Clock, ProviderFactory, Sink
 from walletwatch.watcher import AccountWatcher
@@ -39,6 +41,8 @@ from walletwatch.webauth import BasicAuth, server_context
 
 log = structlog.get_logger("walletwatch.app")
 
+LOG_INTERVAL = 60.0
+"""Seconds between two lines of the same repeating error (each line counts the others)."""
 SHUTDOWN_GRACE = 10.0
 """Seconds in-flight polls get to finish on SIGTERM before they are cancelled."""
 
@@ -100,6 +104,7 @@ class Daemon:
         self._dispatcher: Dispatcher | None = None
         self._file_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
+        self._listener: Listener | None = None
         self._nonces: Nonces | None = None
         self._polling = False
         self._renders_frozen = False  # True once a render after the last freeze was frozen too
@@ -254,18 +259,51 @@ class Daemon:
             self._dispatcher.wake()
 
     async def _serve(self) -> None:
+        """Serve the web app on ``listen``, its connections capped and cut off when idle.
+
+        The open files limit is raised first, and the web server gets what it leaves beside a
+        reserve for polling (listener.py). Repeating event loop errors are logged once a minute.
+        """
         protect = self.config.web
         auth = BasicAuth(protect.basic_auth_users) if protect and protect.basic_auth_users else None
         tls = server_context(protect) if protect else None
-        app = create_app(self.collector, self.watchers.values, auth, on_render=self._rendered)
-        self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=WEB_GRACE
+        throttle = Throttle(self.clock.monotonic, LOG_INTERVAL)
+        asyncio.get_running_loop().set_exception_handler(exception_handler(throttle))
+        files = raise_open_files()
+        self.telemetry.web.limit = files.connections
+        self._listener = listener = Listener(self.telemetry.web, tls=tls, throttle=throttle)
+        app = create_app(
+            self.collector,
+            self.watchers.values,
+            auth,
+            on_render=self._rendered,
+            first=[listener.middleware],
         )
-        await self._runner.setup()
+        self._runner = runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+            shutdown_timeout=WEB_GRACE,
+            # aiohttp logs each malformed request with its traceback: a flood of them would
+            # flood the log.
+            logger=throttled_logger("walletwatch.web.server", throttle, "web.request_error"),
+        )
+        await runner.setup()
+        server = runner.server
+        if server is None:
+            raise RuntimeError("aiohttp runner set up without a server")
         listen = self.config.listen
-        site = web.TCPSite(self._runner, listen.host, listen.port, ssl_context=tls)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        await listener.start(listen.host, listen.port, server)
+        self.port = listener.port
+        log.info(
+            "web.listening",
+            open_files=files.limit,
+            open_files_at_start=files.found,
+            connections=files.connections,
+            header_timeout=HEADER_TIMEOUT,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+        )
 
     @property
     def store(self) -> AsyncStore:
@@ -406,6 +444,8 @@ class Daemon:
         if self._dispatcher is not None:
             # Bounded: SHUTDOWN_GRACE + DELIVERY_GRACE + WEB_GRACE, inside TimeoutStopSec=30s.
             await self._dispatcher.close(DELIVERY_GRACE)
+        if self._listener is not None:
+            self._listener.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:

@@ -227,6 +227,21 @@ BUCKET_WAIT = Family(
 BUCKET_RATE_LIMITED = Family(
     "bucket_rate_limited", "counter", "HTTP 429s charged to the bucket.", BUCKET
 )
+WEB_CONNECTIONS = Family("web_connections", "gauge", "Connections open to the web server.")
+WEB_CONNECTIONS_LIMIT = Family(
+    "web_connections_limit",
+    "gauge",
+    "Connections the web server keeps open at most (the open files limit less polling's reserve).",
+)
+WEB_CONNECTIONS_CLOSED = Family(
+    "web_connections_closed",
+    "counter",
+    "Connections the web server closed itself: header_timeout, evicted (to make room), refused.",
+    Labels("reason"),
+)
+WEB_ACCEPT_ERRORS = Family(
+    "web_accept_errors", "counter", "Failed accept() calls (out of descriptors or memory)."
+)
 RELOAD_OK = Family(
     "config_last_reload_successful", "gauge", "1 if the last configuration reload succeeded."
 )
@@ -261,7 +276,10 @@ TELEMETRY_FAMILIES = (
         EVENTS_PARKED,
     ),
     *(BUCKET_RATE, BUCKET_MAX_RATE, BUCKET_REQUESTS, BUCKET_WAIT, BUCKET_RATE_LIMITED),
+    *(WEB_CONNECTIONS, WEB_CONNECTIONS_LIMIT, WEB_CONNECTIONS_CLOSED, WEB_ACCEPT_ERRORS),
 )
+WEB_CLOSE_REASONS = ("evicted", "header_timeout", "refused")
+"""The reasons of web_connections_closed_total: each is served from the start, at 0."""
 RELOAD_FAMILIES = (RELOAD_OK, RELOAD_TIME)
 
 SLICE = 2000
@@ -655,9 +673,21 @@ class _Render:
             lines[DELIVERY_FAILURES].append(DELIVERY_FAILURES.line(labels, failures))
             parked = _count(t.events_parked[sink])
             lines[EVENTS_PARKED].append(EVENTS_PARKED.line(labels, parked))
+        self._web(t)
         yield
 
         yield from self._buckets(t, keys)
+
+    def _web(self, t: Telemetry) -> None:
+        """The web server's connections: open, the cap, and those it closed, by reason."""
+        web, lines = t.web, self.lines
+        lines[WEB_CONNECTIONS].append(WEB_CONNECTIONS.line("", _count(web.open)))
+        lines[WEB_CONNECTIONS_LIMIT].append(WEB_CONNECTIONS_LIMIT.line("", _count(web.limit)))
+        for reason in sorted({*WEB_CLOSE_REASONS, *web.dropped}):
+            labels = WEB_CONNECTIONS_CLOSED.labels.template % self.escaped[reason]
+            value = _count(web.dropped[reason])
+            lines[WEB_CONNECTIONS_CLOSED].append(WEB_CONNECTIONS_CLOSED.line(labels, value))
+        lines[WEB_ACCEPT_ERRORS].append(WEB_ACCEPT_ERRORS.line("", _count(web.accept_errors)))
 
     def _counters(
         self,

@@ -57,6 +57,17 @@ class BucketStats:
 
 
 @dataclass(slots=True)
+class WebConnections:
+    """The web server's connections: how many are open, the cap, and those it closed."""
+
+    open: int = 0
+    limit: int = 0  # the cap; 0 until the server listens
+    # Closed by walletwatch, by reason: header_timeout, evicted (to make room), refused.
+    dropped: Counter[str] = field(default_factory=Counter)
+    accept_errors: int = 0  # accept() failures (out of descriptors or memory)
+
+
+@dataclass(slots=True)
 class Telemetry:
     """Everything walletwatch counts about its own work."""
 
@@ -75,6 +86,7 @@ class Telemetry:
     events_parked: Counter[str] = field(default_factory=Counter)
     # Rate-limit buckets by name: a credential_id, or provider@host.
     buckets: dict[str, BucketStats] = field(default_factory=dict)
+    web: WebConnections = field(default_factory=WebConnections)
 
     def request(self, provider: str, endpoint: str, code: str, seconds: float) -> None:
         """Count one HTTP exchange (code ``error`` when no response came)."""

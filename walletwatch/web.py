@@ -8,11 +8,12 @@ import gc
 import html
 import ipaddress
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.openmetrics.exposition import UNDERSCORES
 
@@ -31,10 +32,12 @@ def create_app(
     watchers: Callable[[], Iterable[AccountWatcher]],
     auth: BasicAuth | None = None,
     on_render: Callable[[], None] = lambda: None,
+    first: Sequence[Middleware] = (),
 ) -> web.Application:
     """Build the aiohttp application (every path but /healthz behind ``auth`` when given).
 
     ``on_render`` is called after each /metrics render, once the renderer's caches hold it.
+    ``first`` are middlewares that see every request before the others (the listener's).
     """
     renders = Renders()
 
@@ -69,7 +72,7 @@ def create_app(
     async def index(_: web.Request) -> web.Response:
         return web.Response(text=render_index(watchers()), content_type="text/html")
 
-    app = web.Application(middlewares=[] if auth is None else [middleware(auth)])
+    app = web.Application(middlewares=[*first, *([] if auth is None else [middleware(auth)])])
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -39,14 +39,16 @@ CLOCK = frozenset(
         "walletwatch_config_last_reload_success_timestamp_seconds",
     }
 )
+# Values that depend on the host (its open files limit) or on the scraper's connections.
+HOST = frozenset({"walletwatch_web_connections", "walletwatch_web_connections_limit"})
 # Values that measure durations (latency histograms, time spent waiting).
 DURATION_SUFFIXES = ("_seconds_bucket", "_seconds_sum", "_seconds_total")
 SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?P<labels>\{.*\})? (?P<value>\S+)$")
 
 
 def volatile(name: str) -> bool:
-    """Whether a sample's value depends on the clock or on timing."""
-    return name in CLOCK or name.endswith(DURATION_SUFFIXES)
+    """Whether a sample's value depends on the clock, on timing or on the host."""
+    return name in CLOCK or name in HOST or name.endswith(DURATION_SUFFIXES)
 
 
 def normalize(exposition: str) -> str:

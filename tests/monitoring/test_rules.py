@@ -34,6 +34,7 @@ NAMES = {
     "WalletwatchStateFileLost": ("instance",),
     "WalletwatchEventsUndelivered": ("sink",),
     "WalletwatchEventsParked": ("sink",),
+    "WalletwatchWebConnectionsExhausted": ("instance",),
 }
 # Thresholds come from the metrics, so one rule serves every account.
 THRESHOLD_METRICS = {
