@@ -43,7 +43,7 @@ SIM_RATE_LIMIT = 1000.0  # per key, in the simulator: it answers, it does not th
 
 
 def write_config(
-    sim: SimProcess, path: Path, accounts: int, change: int, version: int, every: bool = False
+    sim: SimProcess, path: Path, accounts: int, change: int, version: int, *, every: bool = False
 ) -> None:
     """Config ``version``: the plan's accounts, ``change`` of them swapped and re-timed.
 
@@ -55,6 +55,7 @@ def write_config(
     chosen = everyone[:accounts]
     if version % 2 == 1:
         chosen = everyone[change:accounts] + everyone[accounts:]
+    retimed = [every or (version > 0 and i % (accounts // change) == 0) for i in range(accounts)]
     data: dict[str, Any] = {
         "listen": "127.0.0.1:0",
         "state_path": "state.db",
@@ -65,7 +66,7 @@ def write_config(
                 "provider": provider,
                 "base_url": sim.base_url(provider),
                 "credentials": KINDS[provider].credentials(key),
-                "interval": "61s" if every or (version and i % (accounts // change) == 0) else "60s",
+                "interval": "61s" if retimed[i] else "60s",
             }
             for i, (name, provider, key) in enumerate(chosen)
         ],
