@@ -15,7 +15,7 @@ from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import structlog
 import yaml
@@ -212,9 +212,10 @@ class Reloader:
     sending one per changed file, say) costs two reloads, not one each.
     """
 
-    def __init__(self, daemon: Daemon, path: Path) -> None:
+    def __init__(self, daemon: Daemon, path: Path, load: Loader = load_config) -> None:
         self._daemon = daemon
         self._path = path
+        self._load = load
         self._task: asyncio.Task[None] | None = None
         self._again = False
         self.runs = 0  # reloads started, for tests and benchmarks
@@ -233,7 +234,7 @@ class Reloader:
         while again:
             self._again = False
             self.runs += 1
-            await reload_config(self._daemon, self._path)
+            await reload_config(self._daemon, self._path, self._load)
             again = self._again
 
     async def idle(self) -> None:
@@ -248,7 +249,13 @@ class Reloader:
             await asyncio.gather(self._task, return_exceptions=True)
 
 
-async def reload_config(daemon: Daemon, path: Path) -> None:
+class Loader(Protocol):
+    """Reads and validates a config file (load_config, or a stand-in in tests)."""
+
+    def __call__(self, path: Path, *, shard: Shard | None = None) -> Config: ...
+
+
+async def reload_config(daemon: Daemon, path: Path, load: Loader = load_config) -> None:
     """SIGHUP: apply ``path`` to the running daemon, or log its problems and keep the old one."""
     notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
     log.info("config.reloading", path=str(path))
@@ -256,7 +263,7 @@ async def reload_config(daemon: Daemon, path: Path) -> None:
         # Read and validated in a worker thread: at 10,000 accounts that is a second or more
         # of CPU, which on the loop stalled /healthz, the polls and the watchdog as long.
         # The running shard (--shard, or the file's at start) stays until a restart.
-        new = await asyncio.to_thread(load_config, path, shard=daemon.config.shard)
+        new = await asyncio.to_thread(load, path, shard=daemon.config.shard)
         restart = await daemon.reload(new)
     except ConfigError as err:
         daemon.failed_reload()
