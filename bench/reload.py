@@ -9,7 +9,7 @@ real SIGHUPs handled as ``walletwatch run`` handles them (cli.Reloader). Each ne
 removes ``--change`` accounts, adds ``--change`` others and changes the interval of
 ``--change`` more. A ticker task sleeping 5 ms at a time measures the event loop's lateness.
 
-Prints, for one reload, for five SIGHUPs sent 50 ms apart (they coalesce), and for a
+Prints, for five seconds of polling without a reload (the floor), for one reload, for five SIGHUPs sent 50 ms apart (they coalesce), and for a
 reload that changes every account: the longest loop stall (target <= 100 ms), the p99
 stall, the reload's duration and how many reloads ran. Not a test: nothing is asserted.
 """
@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 from scale import PROVIDERS, add_accounts, every_polled, plan
-from simproc import KINDS, SimProcess, percentile, simulator, ticker
+from simproc import KINDS, GcPauses, SimProcess, percentile, simulator, ticker
 
 from walletwatch import logs
 from walletwatch.app import Daemon
@@ -83,6 +83,7 @@ class Phase:
     stalls: list[float]
     seconds: float
     runs: int
+    gc: tuple[float, int]  # the collector's longest pause meanwhile, and its generation
 
 
 async def phase(
@@ -92,20 +93,21 @@ async def phase(
     stalls: list[float] = []
     stop = asyncio.Event()
     tick = asyncio.create_task(ticker(stalls, stop))
-    await asyncio.sleep(settle)
-    runs = reloader.runs
-    began = time.perf_counter()
-    for i in range(signals):
-        if i:
-            await asyncio.sleep(gap)
-        os.kill(os.getpid(), signal.SIGHUP)
-    await asyncio.sleep(0.01)  # the signal's handler runs on the loop's next turn
-    await reloader.idle()
-    seconds = time.perf_counter() - began
-    await asyncio.sleep(settle)
+    with GcPauses() as pauses:
+        await asyncio.sleep(settle)
+        runs = reloader.runs
+        began = time.perf_counter()
+        for i in range(signals):
+            if i:
+                await asyncio.sleep(gap)
+            os.kill(os.getpid(), signal.SIGHUP)
+        await asyncio.sleep(0.01)  # the signal's handler runs on the loop's next turn
+        await reloader.idle()
+        seconds = time.perf_counter() - began
+        await asyncio.sleep(settle)
     stop.set()
     await tick
-    return Phase(name, stalls, seconds, reloader.runs - runs)
+    return Phase(name, stalls, seconds, reloader.runs - runs, pauses.longest())
 
 
 async def run(args: argparse.Namespace) -> list[Phase]:
@@ -126,6 +128,7 @@ async def run(args: argparse.Namespace) -> list[Phase]:
                 began = time.perf_counter()
                 await every_polled(daemon)
                 print(f"every account polled in {time.perf_counter() - began:.1f}s", flush=True)
+                phases.append(await phase("no reload (polling only)", reloader, 0, settle=5.0))
                 write_config(sim, path, args.accounts, args.change, 1)
                 phases.append(await phase("one reload", reloader, 1))
                 write_config(sim, path, args.accounts, args.change, 2)
@@ -145,7 +148,8 @@ def report(phases: list[Phase]) -> None:
         print(
             f"{p.name}: longest loop stall {max(p.stalls) * 1e3:.0f} ms, "
             f"p99 {percentile(p.stalls, 0.99) * 1e3:.1f} ms; "
-            f"{p.runs} reload(s) in {p.seconds:.2f}s"
+            f"{p.runs} reload(s) in {p.seconds:.2f}s; "
+            f"longest collector pause {p.gc[0] * 1e3:.0f} ms (generation {p.gc[1]})"
         )
 
 

@@ -15,7 +15,7 @@ from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, TextIO
 
 import structlog
 import yaml
@@ -24,6 +24,7 @@ from walletwatch import __version__, logs
 from walletwatch.app import Daemon
 from walletwatch.config import Config, Listen, load_config, parse_config
 from walletwatch.errors import ConfigError, WalletwatchError
+from walletwatch.loader import load_config_apart
 from walletwatch.notify import notify, watchdog, watchdog_period
 from walletwatch.shard import Shard, parse_shard
 from walletwatch.sim import Simulator, start
@@ -212,10 +213,9 @@ class Reloader:
     sending one per changed file, say) costs two reloads, not one each.
     """
 
-    def __init__(self, daemon: Daemon, path: Path, load: Loader = load_config) -> None:
+    def __init__(self, daemon: Daemon, path: Path) -> None:
         self._daemon = daemon
         self._path = path
-        self._load = load
         self._task: asyncio.Task[None] | None = None
         self._again = False
         self.runs = 0  # reloads started, for tests and benchmarks
@@ -234,7 +234,7 @@ class Reloader:
         while again:
             self._again = False
             self.runs += 1
-            await reload_config(self._daemon, self._path, self._load)
+            await reload_config(self._daemon, self._path)
             again = self._again
 
     async def idle(self) -> None:
@@ -249,21 +249,15 @@ class Reloader:
             await asyncio.gather(self._task, return_exceptions=True)
 
 
-class Loader(Protocol):
-    """Reads and validates a config file (load_config, or a stand-in in tests)."""
-
-    def __call__(self, path: Path, *, shard: Shard | None = None) -> Config: ...
-
-
-async def reload_config(daemon: Daemon, path: Path, load: Loader = load_config) -> None:
+async def reload_config(daemon: Daemon, path: Path) -> None:
     """SIGHUP: apply ``path`` to the running daemon, or log its problems and keep the old one."""
     notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
     log.info("config.reloading", path=str(path))
     try:
-        # Read and validated in a worker thread: at 10,000 accounts that is a second or more
-        # of CPU, which on the loop stalled /healthz, the polls and the watchdog as long.
+        # Read apart from the loop: at 10,000 accounts that is a second or more of CPU,
+        # which on the loop stalled /healthz, the polls and the watchdog as long.
         # The running shard (--shard, or the file's at start) stays until a restart.
-        new = await asyncio.to_thread(load, path, shard=daemon.config.shard)
+        new = await load_config_apart(path, shard=daemon.config.shard)
         restart = await daemon.reload(new)
     except ConfigError as err:
         daemon.failed_reload()

@@ -229,6 +229,11 @@ def load_config(
 
     ``shard`` (``--shard``) overrides the file's ``shard:``.
     """
+    return validate_config(path, read_yaml(path), environ=environ, shard=shard)
+
+
+def read_yaml(path: Path) -> Mapping[Any, object]:
+    """The YAML mapping in the file at ``path``, unvalidated; ConfigError if there is none."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
@@ -248,6 +253,17 @@ def load_config(
         raise ConfigError([f"{path}: the file is empty"])
     if not isinstance(data, Mapping):
         raise ConfigError([f"{path}: expected a mapping at the top level, got {describe(data)}"])
+    return data
+
+
+def validate_config(
+    path: Path,
+    data: Mapping[Any, object],
+    *,
+    environ: Mapping[str, str] | None = None,
+    shard: Shard | None = None,
+) -> Config:
+    """The Config of ``data``, read from the file at ``path``; ConfigError lists every problem."""
     _refuse_exposed_secrets(path, data)
     environ = os.environ if environ is None else environ
     return parse_config(data, base_dir=path.absolute().parent, environ=environ, shard=shard)

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import yaml
 from structlog.testing import capture_logs
 
 from tests.test_reload import body, fixture_logging, fixture_sim, fixture_sim_url, write
 from walletwatch.app import RELOAD_SLICE, Daemon
 from walletwatch.cli import Reloader, reload_config
-from walletwatch.config import Config, load_config
-from walletwatch.shard import Shard
 from walletwatch.types import SystemClock
 
 __all__ = ["fixture_logging", "fixture_sim", "fixture_sim_url"]  # fixtures, used by name
@@ -22,25 +24,31 @@ __all__ = ["fixture_logging", "fixture_sim", "fixture_sim_url"]  # fixtures, use
 BOUND = 10.0  # seconds any wait in these tests may take before it counts as a hang
 
 
-class GatedLoader:
-    """load_config that blocks its thread until ``release()``, counting its calls."""
+class Fifo:
+    """A config "file" that is a named pipe: reading it blocks until the test writes to it."""
 
-    def __init__(self) -> None:
-        self.calls = 0
-        self.entered = threading.Event()
-        self._gate = threading.Event()
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        os.mkfifo(path, 0o600)
 
-    def __call__(self, path: Path, *, shard: Shard | None = None) -> Config:
-        """Wait for the gate, then load for real."""
-        self.calls += 1
-        self.entered.set()
-        if not self._gate.wait(BOUND):
-            raise TimeoutError("the gate was never opened")
-        return load_config(path, environ={}, shard=shard)
+    def write_later(self, texts: list[str]) -> threading.Thread:
+        """Write each text in turn to the next reader of the pipe, from a thread."""
 
-    def release(self) -> None:
-        """Let every call through from now on."""
-        self._gate.set()
+        def serve() -> None:
+            for text in texts:
+                # Opening for writing blocks until a reader opens the pipe.
+                fd = os.open(self.path, os.O_WRONLY)
+                with os.fdopen(fd, "w") as pipe:
+                    pipe.write(text)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        return thread
+
+
+def text(data: object) -> str:
+    """A config body as YAML."""
+    return yaml.safe_dump(data)
 
 
 @pytest.fixture(name="daemon")
@@ -54,57 +62,81 @@ async def fixture_daemon(sim_url: str, tmp_path: Path) -> AsyncIterator[Daemon]:
     await daemon.close()
 
 
-async def entered(loader: GatedLoader) -> None:
-    """Wait (without blocking the loop) until the loader's thread is inside it."""
-    assert await asyncio.to_thread(loader.entered.wait, BOUND)
-
-
 class TestOffTheLoop:
-    """Reading and validating the new file happens in a worker thread."""
+    """Reading and validating the new file never holds the event loop."""
 
-    async def test_a_blocked_loader_leaves_the_loop_running(
+    async def test_a_blocking_read_leaves_the_loop_running(
         self, sim_url: str, daemon: Daemon, tmp_path: Path
     ) -> None:
-        """While the loader is stuck, other tasks keep running; the reload then applies."""
-        path = tmp_path / "config.yaml"
-        write(path, body(sim_url, ["hot", "cold"]))
-        loader = GatedLoader()
-        reload = asyncio.create_task(reload_config(daemon, path, loader))
-        try:
-            await entered(loader)
-            ticks = 0
-            for _ in range(5):  # the loop turns while the loader holds its thread
-                await asyncio.sleep(0.01)
-                ticks += 1
-            assert ticks == 5
-            assert not reload.done()
-        finally:
-            loader.release()
+        """While the file's read blocks (a FIFO nobody writes yet), other tasks keep running;
+        the reload applies once the content comes."""
+        fifo = Fifo(tmp_path / "config.fifo")
+        reload = asyncio.create_task(reload_config(daemon, fifo.path))
+        began = time.monotonic()
+        for _ in range(20):  # 0.2 s of 10 ms sleeps, each on time though the read blocks
+            await asyncio.sleep(0.01)
+        assert time.monotonic() - began < 1.0
+        assert not reload.done()
+        writer = fifo.write_later([text(body(sim_url, ["hot", "cold"]))])
         await asyncio.wait_for(reload, BOUND)
+        writer.join(BOUND)
         assert set(daemon.watchers) == {"hot", "cold"}
+
+    async def test_the_loop_is_never_held_long(
+        self, sim_url: str, daemon: Daemon, tmp_path: Path
+    ) -> None:
+        """Reloading a 2,000-account file, no 5 ms sleep of another task wakes 100 ms late."""
+        data = body(sim_url, ["hot"])
+        template = data["accounts"][0]
+        data["accounts"] += [{**template, "name": f"acct-{i:04d}"} for i in range(2000)]
+        path = tmp_path / "config.yaml"
+        write(path, data)
+        late: list[float] = []
+        stop = asyncio.Event()
+
+        async def tick() -> None:
+            loop = asyncio.get_running_loop()
+            while not stop.is_set():
+                before = loop.time()
+                await asyncio.sleep(0.005)
+                late.append(loop.time() - before - 0.005)
+
+        ticker = asyncio.create_task(tick())
+        await asyncio.wait_for(reload_config(daemon, path), BOUND)
+        stop.set()
+        await ticker
+        assert len(daemon.watchers) == 2001
+        assert max(late) < 0.1
 
 
 class TestCoalescing:
     """SIGHUPs during a reload cause exactly one more reload after it."""
 
-    async def test_five_requests_during_a_reload_make_one_more(
+    async def test_five_signals_during_a_reload_make_one_more(
         self, sim_url: str, daemon: Daemon, tmp_path: Path
     ) -> None:
-        """A reload blocked in its loader, four more requests: two reloads in all, the last
-        reading the file as it was after the requests."""
-        path = tmp_path / "config.yaml"
-        write(path, body(sim_url, ["hot", "cold"]))
-        loader = GatedLoader()
-        reloader = Reloader(daemon, path, loader)
-        with capture_logs() as logs:
-            reloader.request()
-            await entered(loader)
-            for _ in range(4):
-                reloader.request()
-            write(path, body(sim_url, ["cold"]))  # what the queued reload must see
-            loader.release()
-            await asyncio.wait_for(reloader.idle(), BOUND)
-        assert loader.calls == 2
+        """Real SIGHUPs: one starts a reload whose read blocks, four more come meanwhile;
+        two reloads run in all, the second reading the file as written after the signals."""
+        fifo = Fifo(tmp_path / "config.fifo")
+        reloader = Reloader(daemon, fifo.path)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, reloader.request)
+        try:
+            with capture_logs() as logs:
+                for _ in range(5):
+                    os.kill(os.getpid(), signal.SIGHUP)
+                    await asyncio.sleep(0.01)
+                # One text per reader: a writer racing ahead could hand the second text
+                # to the first reader before it closes the pipe.
+                first = fifo.write_later([text(body(sim_url, ["hot", "cold"]))])
+                await asyncio.to_thread(first.join, BOUND)
+                async with asyncio.timeout(BOUND):
+                    while reloader.runs < 2:  # noqa: ASYNC110 - a count, no event to wait on
+                        await asyncio.sleep(0.01)
+                fifo.write_later([text(body(sim_url, ["cold"]))])
+                await asyncio.wait_for(reloader.idle(), BOUND)
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
         assert reloader.runs == 2
         assert set(daemon.watchers) == {"cold"}
         assert [e["event"] for e in logs if e["event"].startswith("config.reload")] == [
@@ -121,20 +153,12 @@ class TestCoalescing:
         """Coalescing holds only during a reload: one that comes later is a reload of its own."""
         path = tmp_path / "config.yaml"
         write(path, body(sim_url, ["hot", "cold"]))
-        reloader = Reloader(daemon, path, GatedLoaderOpen())
+        reloader = Reloader(daemon, path)
         reloader.request()
         await asyncio.wait_for(reloader.idle(), BOUND)
         reloader.request()
         await asyncio.wait_for(reloader.idle(), BOUND)
         assert reloader.runs == 2
-
-
-class GatedLoaderOpen(GatedLoader):
-    """A GatedLoader open from the start."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.release()
 
 
 class TestSlices:
