@@ -9,9 +9,10 @@ real SIGHUPs handled as ``walletwatch run`` handles them (cli.Reloader). Each ne
 removes ``--change`` accounts, adds ``--change`` others and changes the interval of
 ``--change`` more. A ticker task sleeping 5 ms at a time measures the event loop's lateness.
 
-Prints, for five seconds of polling without a reload (the floor), for one reload, for five SIGHUPs sent 50 ms apart (they coalesce), and for a
-reload that changes every account: the longest loop stall (target <= 100 ms), the p99
-stall, the reload's duration and how many reloads ran. Not a test: nothing is asserted.
+Prints, for five seconds of polling without a reload (the floor), for one reload, for five
+SIGHUPs sent 50 ms apart (they coalesce), and for a reload that changes every account: the
+longest loop stall (target <= 100 ms), the p99 stall, the reload's duration, how many
+reloads ran and the collector's longest pause. Not a test: nothing is asserted.
 """
 
 from __future__ import annotations
