@@ -32,7 +32,7 @@ from walletwatch.sinks import Dispatcher, FileSink, StreamSink, WebhookSink
 from walletwatch.store import AsyncStore, Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState
-from walletwatch.types import Clock, ProviderFactory, Sink
+from walletwatch.types import Clock, ProviderFactory, Sink, Timer
 from walletwatch.watcher import AccountWatcher
 from walletwatch.web import create_app
 from walletwatch.webauth import BasicAuth, server_context
@@ -42,6 +42,12 @@ log = structlog.get_logger("walletwatch.app")
 SHUTDOWN_GRACE = 10.0
 """Seconds in-flight polls get to finish on SIGTERM before they are cancelled."""
 
+
+CLOCK_CHECK = 5.0
+"""Seconds between two measurements of the system wall clock against the daemon's own."""
+CLOCK_TOLERANCE = 30.0
+"""A wall-clock step larger than this (seconds) is reported. NTP slews far less; the shortest
+stuck thresholds are minutes, so a smaller step would not change what walletwatch reports."""
 
 RELOAD_SLICE = 250
 """Accounts a reload compares, stops or builds between two turns of the event loop.
@@ -119,6 +125,8 @@ class Daemon:
         self._polling = False
         self._renders_frozen = False  # True once a render after the last freeze was frozen too
         self._reloading = asyncio.Lock()
+        self._clock_timer: Timer | None = None
+        self._clock_jumped = False
         self.port: int | None = None
         self._started = False  # start() completed: close() then announces the stop
 
@@ -267,6 +275,30 @@ class Daemon:
         for watcher in self.watchers.values():
             self.scheduler.start(watcher, watcher.endpoints)
         self._freeze()
+        self._watch_clock()
+
+    def _watch_clock(self) -> None:
+        """Measure the wall clock's offset now and every CLOCK_CHECK seconds."""
+        self.check_clock()
+        self._clock_timer = self.clock.call_later(CLOCK_CHECK, self._watch_clock)
+
+    def check_clock(self) -> None:
+        """Export the system wall clock's offset; log once when it steps out of, or back in,
+        tolerance. The daemon's own time does not follow the step (types.SystemClock)."""
+        offset = self.clock.wall_offset()
+        self.telemetry.clock_offset = offset
+        jumped = abs(offset) > CLOCK_TOLERANCE
+        if jumped and not self._clock_jumped:
+            log.warning(
+                "clock.jumped",
+                offset_seconds=round(offset, 3),
+                tolerance_seconds=CLOCK_TOLERANCE,
+                note="the system wall clock was stepped; ages, stuck checks, pruning and "
+                "timestamps keep walletwatch's steady time; a restart adopts the new time",
+            )
+        elif self._clock_jumped and not jumped:
+            log.info("clock.rejoined", offset_seconds=round(offset, 3))
+        self._clock_jumped = jumped
 
     def _freeze(self) -> None:
         """Keep what the daemon built to run out of the cyclic collector's full passes.
@@ -390,6 +422,8 @@ class Daemon:
 
     async def close(self) -> None:
         """Stop polling (in-flight polls finish), deliver what is queued, close everything."""
+        if self._clock_timer is not None:
+            self._clock_timer.cancel()
         await self.scheduler.stop(SHUTDOWN_GRACE)
         gc.unfreeze()
         if self._dispatch_task is not None:

@@ -74,6 +74,8 @@ class Telemetry:
     events_parked: Counter[str] = field(default_factory=Counter)
     # Rate-limit buckets by name: a credential_id, or provider@host.
     buckets: dict[str, BucketStats] = field(default_factory=dict)
+    # The system's wall clock less the daemon's steady one (types.SystemClock), last measured.
+    clock_offset: float = 0.0
 
     def request(self, provider: str, endpoint: str, code: str, seconds: float) -> None:
         """Count one HTTP exchange (code ``error`` when no response came)."""
