@@ -34,7 +34,7 @@ from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState
 from walletwatch.types import Clock, ProviderFactory, Sink, Timer
 from walletwatch.watcher import AccountWatcher
-from walletwatch.web import create_app
+from walletwatch.web import HOLD, create_app
 from walletwatch.webauth import BasicAuth, server_context
 
 log = structlog.get_logger("walletwatch.app")
@@ -340,7 +340,8 @@ class Daemon:
         them, and only the states of the accounts started are loaded: at 10,000 accounts a
         reload done in one go stalled polls, scrapes and the watchdog for seconds.
         """
-        if self._store is None or self._session is None or self._nonces is None:
+        store, session, nonces = self._store, self._session, self._nonces
+        if store is None or session is None or nonces is None:
             raise RuntimeError("reload before start")
         try:
             check_supported(new, self._providers)
@@ -363,39 +364,17 @@ class Daemon:
             self.config = new = dataclasses.replace(new, **kept)
             before = {a.name: a for a in old.accounts}
             after = {a.name: a for a in new.accounts}
-            gone: list[str] = []
-            started: list[AccountConfig] = []
-            for names in _slices(list(before.keys() | after.keys())):
-                for name in names:
-                    was, now = before.get(name), after.get(name)
-                    if was != now:
-                        gone.extend((name,) if was is not None else ())
-                        started.extend((now,) if now is not None else ())
-                await _yield()
-            for names in _slices(gone):
-                await asyncio.gather(*(self.scheduler.stop_poller(name) for name in names))
-                for name in names:
-                    del self.watchers[name]
-                await _yield()
-            store = self._store
-            states = await store.call(store.store.load, [a.name for a in started])
-            for accounts in _slices(started):
-                for account in accounts:
-                    watcher = self._watcher(
-                        account, states.pop(account.name, None), store, self._session, self._nonces
-                    )
-                    self.watchers[account.name] = watcher
-                    if self._polling:
-                        self.scheduler.start(watcher, watcher.endpoints)
-                await _yield()
-            self.reload_status.successful = True
-            self.reload_status.success_time = self.clock.time()
-            if self._polling:
-                # Only what the reload built joins the frozen heap: thawing it all for a
-                # full collection, as start-up does, stalls the loop for most of a second at
-                # 10,000 accounts. What a removed watcher held is freed by reference counting.
-                gc.freeze()
-                self._renders_frozen = False
+            # No collection during the slices: what they build (10,000 watchers, at most)
+            # set off full passes of 100-200 ms over the unfrozen heap. It is frozen at the
+            # end with what it built; a watcher dropped has no cycles, it is freed at once.
+            with HOLD.held():
+                await self._apply(before, after, store, session, nonces)
+                self.reload_status.successful = True
+                self.reload_status.success_time = self.clock.time()
+                if self._polling:
+                    gc.collect(1)  # the young generations only: milliseconds
+                    gc.freeze()
+                    self._renders_frozen = False
         log.info(
             "config.reloaded",
             added=sorted(after.keys() - before.keys()),
@@ -404,6 +383,39 @@ class Daemon:
             restart_needed=list(restart),
         )
         return restart
+
+    async def _apply(
+        self,
+        before: Mapping[str, AccountConfig],
+        after: Mapping[str, AccountConfig],
+        store: AsyncStore,
+        session: aiohttp.ClientSession,
+        nonces: Nonces,
+    ) -> None:
+        """Stop the accounts gone or changed, start those new or changed, a slice at a time."""
+        gone: list[str] = []
+        started: list[AccountConfig] = []
+        for names in _slices(list(before.keys() | after.keys())):
+            for name in names:
+                was, now = before.get(name), after.get(name)
+                if was != now:
+                    gone.extend((name,) if was is not None else ())
+                    started.extend((now,) if now is not None else ())
+            await _yield()
+        for names in _slices(gone):
+            await asyncio.gather(*(self.scheduler.stop_poller(name) for name in names))
+            for name in names:
+                del self.watchers[name]
+            await _yield()
+        states = await store.call(store.store.load, [a.name for a in started])
+        for accounts in _slices(started):
+            for account in accounts:
+                state = states.pop(account.name, None)
+                watcher = self._watcher(account, state, store, session, nonces)
+                self.watchers[account.name] = watcher
+                if self._polling:
+                    self.scheduler.start(watcher, watcher.endpoints)
+            await _yield()
 
     async def poll_once(self) -> None:
         """Poll every endpoint of every account once, then deliver the events."""
