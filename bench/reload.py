@@ -118,7 +118,13 @@ async def run(args: argparse.Namespace) -> list[Phase]:
         await add_accounts(sim, args.accounts + args.change)
         with tempfile.TemporaryDirectory(prefix="walletwatch-reload-") as tmp:
             path = Path(tmp) / "config.yaml"
+            # Every version is written before the daemon starts: dumping 1.8 MB of YAML here,
+            # on the loop, would stall it (and pile up polls) just before a phase measures.
+            versions = {name: Path(tmp) / f"{name}.yaml" for name in ("one", "five", "every")}
             write_config(sim, path, args.accounts, args.change, 0)
+            write_config(sim, versions["one"], args.accounts, args.change, 1)
+            write_config(sim, versions["five"], args.accounts, args.change, 2)
+            write_config(sim, versions["every"], args.accounts, args.change, 2, every=True)
             print(f"config file: {path.stat().st_size / 1e6:.1f} MB", flush=True)
             daemon = Daemon(load_config(path), clock=SystemClock())
             await daemon.start(serve=True)
@@ -130,11 +136,11 @@ async def run(args: argparse.Namespace) -> list[Phase]:
                 await every_polled(daemon)
                 print(f"every account polled in {time.perf_counter() - began:.1f}s", flush=True)
                 phases.append(await phase("no reload (polling only)", reloader, 0, settle=5.0))
-                write_config(sim, path, args.accounts, args.change, 1)
+                versions["one"].replace(path)
                 phases.append(await phase("one reload", reloader, 1))
-                write_config(sim, path, args.accounts, args.change, 2)
+                versions["five"].replace(path)
                 phases.append(await phase("five SIGHUPs 50 ms apart", reloader, 5))
-                write_config(sim, path, args.accounts, args.change, 2, every=True)
+                versions["every"].replace(path)
                 phases.append(await phase("one reload changing every account", reloader, 1))
                 assert len(daemon.watchers) == args.accounts
             finally:
