@@ -30,12 +30,21 @@ class FakeClock:
     def __init__(self, start: float = START) -> None:
         self.wall = start
         self.mono = 1000.0
+        self.offset = 0.0  # the system's wall clock less ``wall`` (see jump)
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
 
     def time(self) -> float:
         """Virtual seconds since the epoch."""
         return self.wall
+
+    def wall_offset(self) -> float:
+        """How far the (virtual) system wall clock has been stepped away from ``time()``."""
+        return self.offset
+
+    def jump(self, seconds: float) -> None:
+        """Step the system's wall clock by ``seconds``: as SystemClock, ``time()`` stays steady."""
+        self.offset += seconds
 
     def monotonic(self) -> float:
         """Virtual monotonic seconds."""

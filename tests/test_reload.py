@@ -197,7 +197,7 @@ class TestReload:
         await daemon.reload(new)
         assert not daemon.scheduler.polling("cold")
         assert daemon.scheduler.polling("hot")
-        assert cold() is None  # thawed for the reload: what it dropped was collected
+        assert cold() is None  # what a reload drops is freed, frozen heap or not
         assert gc.get_freeze_count() > 0
         assert up(daemon, "cold") is None
         assert "cold" not in daemon.watchers

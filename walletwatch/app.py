@@ -10,9 +10,9 @@ import asyncio
 import dataclasses
 import gc
 import random
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -34,9 +34,9 @@ from walletwatch.store import MEMORY, AsyncStore, StateFileLost, Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.throttle import Throttle, exception_handler, throttled_logger
 from walletwatch.tracker import AccountState
-from walletwatch.types import Clock, ProviderFactory, Sink
+from walletwatch.types import Clock, ProviderFactory, Sink, Timer
 from walletwatch.watcher import AccountWatcher
-from walletwatch.web import create_app
+from walletwatch.web import HOLD, create_app
 from walletwatch.webauth import BasicAuth, server_context
 
 log = structlog.get_logger("walletwatch.app")
@@ -50,6 +50,32 @@ WEB_GRACE = 3.0
 """Seconds requests being answered get on SIGTERM (aiohttp's default is 60 s). With the polls'
 SHUTDOWN_GRACE and the sinks' DELIVERY_GRACE, a stop takes at most 18 s and some cleanup,
 inside the unit's TimeoutStopSec=30s."""
+
+
+CLOCK_CHECK = 5.0
+"""Seconds between two measurements of the system wall clock against the daemon's own."""
+CLOCK_TOLERANCE = 30.0
+"""A wall-clock step larger than this (seconds) is reported. NTP slews far less; the shortest
+stuck thresholds are minutes, so a smaller step would not change what walletwatch reports."""
+
+RELOAD_SLICE = 250
+"""Accounts a reload compares, stops or builds between two turns of the event loop.
+
+Building a watcher takes about 0.1 ms, so a slice keeps the loop busy some 25 ms.
+"""
+
+T = TypeVar("T")
+
+
+def _slices(items: Sequence[T], size: int = RELOAD_SLICE) -> Iterator[Sequence[T]]:
+    """``items`` in consecutive slices of at most ``size``."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+async def _yield() -> None:
+    """Let every other ready task and callback run before going on."""
+    await asyncio.sleep(0)
 
 
 def check_supported(config: Config, providers: Mapping[str, ProviderFactory]) -> None:
@@ -109,6 +135,8 @@ class Daemon:
         self._polling = False
         self._renders_frozen = False  # True once a render after the last freeze was frozen too
         self._reloading = asyncio.Lock()
+        self._clock_timer: Timer | None = None
+        self._clock_jumped = False
         self.port: int | None = None
         self._started = False  # start() completed: close() then announces the stop
 
@@ -327,6 +355,32 @@ class Daemon:
         for watcher in self.watchers.values():
             self.scheduler.start(watcher, watcher.endpoints)
         self._freeze()
+        self._watch_clock()
+
+    def _watch_clock(self) -> None:
+        """Measure the wall clock's offset now and every CLOCK_CHECK seconds."""
+        self.check_clock()
+        self._clock_timer = self.clock.call_later(CLOCK_CHECK, self._watch_clock)
+
+    def check_clock(self) -> None:
+        """Export the system wall clock's offset; log when it leaves or rejoins tolerance.
+
+        The daemon's own time does not follow a step (types.SystemClock); only this says so.
+        """
+        offset = self.clock.wall_offset()
+        self.telemetry.clock_offset = offset
+        jumped = abs(offset) > CLOCK_TOLERANCE
+        if jumped and not self._clock_jumped:
+            log.warning(
+                "clock.jumped",
+                offset_seconds=round(offset, 3),
+                tolerance_seconds=CLOCK_TOLERANCE,
+                note="the system wall clock was stepped; ages, stuck checks, pruning and "
+                "timestamps keep walletwatch's steady time; a restart adopts the new time",
+            )
+        elif self._clock_jumped and not jumped:
+            log.info("clock.rejoined", offset_seconds=round(offset, 3))
+        self._clock_jumped = jumped
 
     def _freeze(self) -> None:
         """Keep what the daemon built to run out of the cyclic collector's full passes.
@@ -363,8 +417,13 @@ class Daemon:
         rebuilt from its committed state. No event is announced twice: every watcher starts
         from what the store committed with its events. Top-level settings other than the
         accounts and defaults keep their running values until a restart.
+
+        The work goes in slices of RELOAD_SLICE accounts with the event loop free between
+        them, and only the states of the accounts started are loaded: at 10,000 accounts a
+        reload done in one go stalled polls, scrapes and the watchdog for seconds.
         """
-        if self._store is None or self._session is None or self._nonces is None:
+        store, session, nonces = self._store, self._session, self._nonces
+        if store is None or session is None or nonces is None:
             raise RuntimeError("reload before start")
         try:
             check_supported(new, self._providers)
@@ -387,25 +446,17 @@ class Daemon:
             self.config = new = dataclasses.replace(new, **kept)
             before = {a.name: a for a in old.accounts}
             after = {a.name: a for a in new.accounts}
-            gone = [name for name, a in before.items() if after.get(name) != a]
-            gc.unfreeze()
-            for name in gone:
-                await self.scheduler.stop_poller(name)
-                del self.watchers[name]
-            store = self._store
-            states = await store.call(store.store.load)
-            started = [a for name, a in after.items() if before.get(name) != a]
-            for account in started:
-                watcher = self._watcher(
-                    account, states.get(account.name), store, self._session, self._nonces
-                )
-                self.watchers[account.name] = watcher
+            # No collection during the slices: what they build (10,000 watchers, at most)
+            # set off full passes of 100-200 ms over the unfrozen heap. It is frozen at the
+            # end, uncollected (collecting even the young generation that now holds all of
+            # it took 150 ms); a watcher dropped has no cycles, it is freed at once.
+            with HOLD.held():
+                await self._apply(before, after, store, session, nonces)
+                self.reload_status.successful = True
+                self.reload_status.success_time = self.clock.time()
                 if self._polling:
-                    self.scheduler.start(watcher, watcher.endpoints)
-            self.reload_status.successful = True
-            self.reload_status.success_time = self.clock.time()
-            if self._polling:
-                self._freeze()
+                    gc.freeze()
+                    self._renders_frozen = False
         log.info(
             "config.reloaded",
             added=sorted(after.keys() - before.keys()),
@@ -414,6 +465,39 @@ class Daemon:
             restart_needed=list(restart),
         )
         return restart
+
+    async def _apply(
+        self,
+        before: Mapping[str, AccountConfig],
+        after: Mapping[str, AccountConfig],
+        store: AsyncStore,
+        session: aiohttp.ClientSession,
+        nonces: Nonces,
+    ) -> None:
+        """Stop the accounts gone or changed, start those new or changed, a slice at a time."""
+        gone: list[str] = []
+        started: list[AccountConfig] = []
+        for names in _slices(list(before.keys() | after.keys())):
+            for name in names:
+                was, now = before.get(name), after.get(name)
+                if was != now:
+                    gone.extend((name,) if was is not None else ())
+                    started.extend((now,) if now is not None else ())
+            await _yield()
+        for names in _slices(gone):
+            await asyncio.gather(*(self.scheduler.stop_poller(name) for name in names))
+            for name in names:
+                del self.watchers[name]
+            await _yield()
+        states = await store.call(store.store.load, [a.name for a in started])
+        for accounts in _slices(started):
+            for account in accounts:
+                state = states.pop(account.name, None)
+                watcher = self._watcher(account, state, store, session, nonces)
+                self.watchers[account.name] = watcher
+                if self._polling:
+                    self.scheduler.start(watcher, watcher.endpoints)
+            await _yield()
 
     async def poll_once(self) -> None:
         """Poll every endpoint of every account once, then deliver the events."""
@@ -436,6 +520,8 @@ class Daemon:
         What the sinks could not deliver within DELIVERY_GRACE stays in the outbox for the
         next start.
         """
+        if self._clock_timer is not None:
+            self._clock_timer.cancel()
         await self.scheduler.stop(SHUTDOWN_GRACE)
         gc.unfreeze()
         if self._file_task is not None:

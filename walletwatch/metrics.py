@@ -250,6 +250,11 @@ RELOAD_TIME = Family(
     "gauge",
     "Time of the last successful configuration (re)load.",
 )
+CLOCK_OFFSET = Family(
+    "clock_offset_seconds",
+    "gauge",
+    "System wall clock less walletwatch's steady time: a step since start (restart adopts it).",
+)
 
 # Provider-specific gauges (model.Gauge): each name is a family labelled by account, provider
 # and the gauge's own labels; these are their help texts.
@@ -385,6 +390,8 @@ class WalletwatchCollector(Collector):
         if self._reload is not None:
             out.reload(self._reload)
             yield from _parts(out.families(openmetrics, RELOAD_FAMILIES), escaping)
+        out.lines[CLOCK_OFFSET] = [CLOCK_OFFSET.line("", _number(self._telemetry.clock_offset))]
+        yield from _parts(out.families(openmetrics, (CLOCK_OFFSET,)), escaping)
         if openmetrics:
             yield b"# EOF\n"
 

@@ -131,6 +131,18 @@ def _holder(fd: int) -> str:
 T = TypeVar("T")
 
 
+# ?1 is NULL for every account, else the names wanted as one JSON array.
+_SELECT_TRANSFERS = (
+    "SELECT * FROM transfers WHERE ?1 IS NULL OR account IN (SELECT value FROM json_each(?1))"
+)
+_SELECT_BALANCES = (
+    "SELECT * FROM balances WHERE ?1 IS NULL OR account IN (SELECT value FROM json_each(?1))"
+)
+_SELECT_ACCOUNTS = (
+    "SELECT * FROM accounts WHERE ?1 IS NULL OR name IN (SELECT value FROM json_each(?1))"
+)
+
+
 class Store:
     """Synchronous access to the state database (use from one thread)."""
 
@@ -240,18 +252,21 @@ class Store:
         if self._lock is not None:
             self._lock.release()
 
-    def load(self) -> dict[str, AccountState]:
-        """Every account's state as last committed."""
+    def load(self, names: Sequence[str] | None = None) -> dict[str, AccountState]:
+        """Every account's state as last committed, or only those of the accounts ``names``."""
         try:
-            return self._load()
+            return self._load(names)
         except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as err:
             raise StoreError(f"{self.path}: the state file is unreadable: {err!r}") from err
 
-    def _load(self) -> dict[str, AccountState]:
+    def _load(self, names: Sequence[str] | None) -> dict[str, AccountState]:
+        # A reload loads only the accounts it starts: reading all 10,000 would hold the GIL
+        # against the event loop for seconds to build states it throws away.
+        args = (None if names is None else json.dumps(list(names)),)  # NULL: every account
         whole: dict[str, dict[tuple[Direction, str], TrackedTransfer]] = {}
         settled: dict[str, dict[Direction, dict[str, Settled]]] = {}
         shared: dict[object, Any] = {}
-        for row in self._db.execute("SELECT * FROM transfers"):
+        for row in self._db.execute(_SELECT_TRANSFERS, args):
             tracked = _transfer_from_row(row, shared)
             t = tracked.transfer
             if t.state.final:
@@ -260,7 +275,7 @@ class Store:
             else:
                 whole.setdefault(row[0], {})[t.key] = tracked
         balances: dict[str, dict[str, TrackedBalance]] = {}
-        for row in self._db.execute("SELECT * FROM balances"):
+        for row in self._db.execute(_SELECT_BALANCES, args):
             balances.setdefault(row[0], {})[row[1]] = TrackedBalance(
                 balance=Balance(row[1], Decimal(row[2]), _dec(row[3])),
                 low=bool(row[4]),
@@ -268,7 +283,7 @@ class Store:
                 low_crossings=row[6],
             )
         states = {}
-        for name, _provider, body in self._db.execute("SELECT * FROM accounts"):
+        for name, _provider, body in self._db.execute(_SELECT_ACCOUNTS, args):
             state = _state_from_json(
                 json.loads(body), whole.get(name, {}), settled.get(name, {}), balances.get(name, {})
             )

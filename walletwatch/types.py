@@ -27,17 +27,39 @@ class Clock(Protocol):
     """Wall time for timestamps, monotonic time for scheduling, sleeping and timers."""
 
     def time(self) -> float: ...
+    def wall_offset(self) -> float: ...
     def monotonic(self) -> float: ...
     async def sleep(self, seconds: float) -> None: ...
     def call_later(self, seconds: float, callback: Callable[[], object]) -> Timer: ...
 
 
 class SystemClock:
-    """The real clock."""
+    """The real clock, its wall time steady: set from the system's at start, then monotonic.
+
+    A step of the system's wall clock (``date -s``, a VM or laptop resumed, a first NTP sync
+    after a wrong RTC) would otherwise age every in-flight transfer by the step at once: +2
+    days fired a critical withdrawal.stuck for a withdrawal a minute old, and +100 days
+    pruned settled history. The monotonic clock is slewed by NTP (so it keeps the wall
+    clock's pace) but never stepped. A step shows in ``wall_offset``, which the daemon
+    reports; a restart adopts the new wall time.
+    """
+
+    def __init__(
+        self,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._wall = wall
+        self._monotonic = monotonic
+        self._origin = wall() - monotonic()
 
     def time(self) -> float:
-        """Seconds since the epoch."""
-        return time.time()
+        """Seconds since the epoch, by the system's wall clock at start and monotonic since."""
+        return self._origin + self._monotonic()
+
+    def wall_offset(self) -> float:
+        """How far the system's wall clock is now ahead of ``time()`` (behind if negative)."""
+        return self._wall() - self.time()
 
     def monotonic(self) -> float:
         """The event loop's monotonic time."""

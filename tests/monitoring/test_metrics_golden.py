@@ -37,6 +37,7 @@ CLOCK = frozenset(
     {
         "walletwatch_last_success_timestamp_seconds",
         "walletwatch_config_last_reload_success_timestamp_seconds",
+        "walletwatch_clock_offset_seconds",
     }
 )
 # Values that depend on the host (its open files limit) or on the scraper's connections.

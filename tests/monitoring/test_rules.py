@@ -35,6 +35,7 @@ NAMES = {
     "WalletwatchEventsUndelivered": ("sink",),
     "WalletwatchEventsParked": ("sink",),
     "WalletwatchWebConnectionsExhausted": ("instance",),
+    "WalletwatchClockJumped": ("instance",),
 }
 # Thresholds come from the metrics, so one rule serves every account.
 THRESHOLD_METRICS = {
