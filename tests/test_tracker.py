@@ -15,10 +15,12 @@ from walletwatch.model import Balance, Direction, Observation, State, Transfer
 from walletwatch.tracker import (
     AccountState,
     Total,
+    TotalKey,
     TrackedTransfer,
     TransferKey,
     fail,
     observe,
+    to_look_up,
 )
 
 DEP, WD = Direction.DEPOSIT, Direction.WITHDRAWAL
@@ -163,7 +165,8 @@ class TestTransfers:
             "withdrawal.completed",
             "withdrawal.status_changed",
         ]
-        assert state.totals[("BTC", WD, State.OK)].count == 1
+        total = state.totals[("BTC", WD, State.OK)]
+        assert (total.count, total.corrections) == (2, 1)  # net: counted once
 
     def test_unknown_status_is_not_success(self) -> None:
         """An unrecognized status stays in flight and is never counted as ok."""
@@ -467,15 +470,44 @@ class TestProperties:
 
     @settings(max_examples=100, deadline=None)
     @given(st.lists(ACTION, max_size=30))
-    def test_final_events_match_totals(
+    def test_net_totals_are_the_transfers_settled_now(
         self, actions: list[tuple[Direction, int, State, str, str]]
     ) -> None:
-        """Counted settlements equal the final events emitted."""
-        state, events = run(replay(actions))
-        finals = sum(
-            1 for e in events if e.event.split(".")[1] in {"confirmed", "completed", "failed"}
-        )
-        assert finals == sum(t.count for t in state.totals.values())
+        """Counted less corrected is, per final state, the transfers in that state now."""
+        observations = replay(actions)
+        state, _ = run(observations)
+        now: dict[TotalKey, Total] = {}
+        latest: dict[tuple[Direction, str], Transfer] = {}
+        for obs in observations:
+            latest.update((t.key, t) for t in obs.transfers)
+        for t in latest.values():
+            if t.state.final:
+                key = (t.currency, t.direction, t.state)
+                held = now.get(key, Total())
+                now[key] = Total(held.count + 1, held.amount + t.amount)
+        net = {
+            key: Total(t.count - t.corrections, t.amount - t.corrected)
+            for key, t in state.totals.items()
+            if t.count - t.corrections
+        }
+        assert net == now
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.lists(ACTION, max_size=30))
+    def test_counters_never_decrease(
+        self, actions: list[tuple[Direction, int, State, str, str]]
+    ) -> None:
+        """Every field of every total only grows, step after step."""
+        state = AccountState()
+        for i, obs in enumerate(replay(actions)):
+            new, _ = observe(state, obs, POLICY, START + i)
+            for key, old in state.totals.items():
+                total = new.totals[key]
+                assert total.count >= old.count
+                assert total.amount >= old.amount
+                assert total.corrections >= old.corrections
+                assert total.corrected >= old.corrected
+            state = new
 
 
 # Differential test: the tracker decides from compact settled entries exactly as it does from
@@ -535,7 +567,8 @@ class TestCompactIsFaithful:
         compact_events: list[Event] = []
         reference_events: list[Event] = []
         for i, obs in enumerate(observations):
-            compact, events = observe(compact, obs, STUCK_SOON, START + i)
+            looked_up = {k: compact_records[k].transfer for k in to_look_up(compact, obs)}
+            compact, events = observe(compact, obs, STUCK_SOON, START + i, looked_up)
             compact_records.update(compact.unsaved)
             compact = compact.saved()
             compact_events.extend(events)

@@ -68,6 +68,8 @@ class Telemetry:
     scheduler_delay: dict[str, Histogram] = field(default_factory=dict)
     events: Counter[str] = field(default_factory=Counter)
     store_errors: Counter[str] = field(default_factory=Counter)
+    # Records set aside as malformed, by (provider, account, endpoint).
+    malformed: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     # Event delivery, by sink name (set and counted by sinks.Dispatcher).
     outbox_pending: dict[str, int] = field(default_factory=dict)
     delivery_failures: Counter[str] = field(default_factory=Counter)

@@ -89,25 +89,32 @@ _SETS = tuple(frozenset(s for s in State if m & _BIT[s]) for m in range(_STUCK))
 """Every possible ``settled`` set, indexed by its bits: shared, never one per transfer."""
 _PLAIN: Mapping[State, str] = {s: s.value for s in State}
 _STATES: Mapping[str, State] = {s.value: s for s in State}
-_FP_MASK = (1 << 60) - 1  # 60 bits: an int of two 30-bit digits, 32 bytes instead of 48
+_HALF = 30
+_HALF_MASK = (1 << _HALF) - 1  # two halves of 30 bits: an int of two digits, 32 bytes
+
+
+def money_print(t: Transfer) -> int:
+    """A 30-bit hash of the money fields of a transfer: currency, amount, fee and address."""
+    fee = None if t.fee is None else str(t.fee)
+    return hash((t.currency, str(t.amount), fee, t.address)) & _HALF_MASK
 
 
 def fingerprint(t: Transfer) -> int:
-    """A 60-bit hash of the transfer's fields that no tracker rule reads.
+    """A 60-bit hash of the transfer's fields that no rule compares exactly.
 
+    The high half is ``money_print``, the low half hashes txid, confirmations and details.
     Python's hash, randomized per process for strings: never persisted (a loaded state
     computes it afresh from the row). Amounts go in as their text, which hashes several
-    times faster than a Decimal; "1.50" and "1.5" then differ, which costs one silent row
-    update if a provider ever changes how it writes an amount, and nothing else. Two
-    different transfers collide with odds of 2**-60 (ints hash by value: confirmations -1
-    and -2 collide always). A collision can only hide a change to these quiet fields
-    (currency, amount, fee, address, txid, confirmations, details), never to the state,
-    status or times, which ``_unchanged`` compares exactly: no event depends on it, and the
-    stored row keeps the old values until the transfer next changes.
+    times faster than a Decimal; "1.50" and "1.5" then differ, which costs one look-up of
+    the stored row (see ``to_look_up``) and one silent row update, and nothing else. A
+    change collides with odds of 2**-30 per half (ints hash by value: confirmations -1 and
+    -2 collide always). A collision of the quiet half only delays a row update; one of the
+    money half would hide an amendment of a settled transfer, about once in a billion
+    amendments: the price of keeping the compact entry at one int, not two. State, status
+    and times are compared exactly (``_unchanged``).
     """
-    fee = None if t.fee is None else str(t.fee)
-    fields = (t.currency, str(t.amount), fee, t.address, t.txid, t.confirmations, t.details)
-    return hash(fields) & _FP_MASK
+    quiet = hash((t.txid, t.confirmations, t.details)) & _HALF_MASK
+    return (money_print(t) << _HALF) | quiet
 
 
 def settled_set(states: Iterable[State]) -> frozenset[State]:
@@ -158,13 +165,22 @@ class TrackedBalance:
 
 @dataclass(frozen=True, slots=True)
 class Total:
-    """How many transfers reached one final state, and their summed amount."""
+    """How many transfers reached one final state, their summed amount, and corrections.
+
+    Every field only grows (they are counters). A transfer that leaves the state again, or
+    moves to another currency, is one ``corrections``; an amount that is lowered, or that of
+    a transfer leaving, is added to ``corrected``. Net: ``count - corrections`` transfers
+    are in the state now, summing ``amount - corrected``.
+    """
 
     count: int = 0
     amount: Decimal = Decimal(0)
+    corrections: int = 0
+    corrected: Decimal = Decimal(0)
 
 
 _NO_ROWS: Mapping[TransferKey, TrackedTransfer] = MappingProxyType({})
+_NO_PREVIOUS: Mapping[TransferKey, Transfer] = MappingProxyType({})
 _UNKNOWN_FLOORS = (-math.inf,) * len(Direction)
 _DIRECTION_INDEX: Mapping[Direction, int] = {d: i for i, d in enumerate(Direction)}
 
@@ -340,18 +356,24 @@ class _Ledger:
 
 
 def observe(
-    state: AccountState, obs: Observation, policy: Policy, now: float
+    state: AccountState,
+    obs: Observation,
+    policy: Policy,
+    now: float,
+    previous: Mapping[TransferKey, Transfer] = _NO_PREVIOUS,
 ) -> tuple[AccountState, list[Event]]:
     """Fold one successful poll of one endpoint into the state.
 
-    An observation that changes nothing gives back ``state`` itself.
+    ``previous`` holds the stored records of the transfers ``to_look_up`` names (settled
+    ones whose money fields changed: the compact entries do not keep them). An observation
+    that changes nothing gives back ``state`` itself.
     """
     out = _Emitter(policy, now)
     balances = state.balances
     if obs.balances is not None:
         balances = _balances(state.balances, obs.balances, policy, out)
     ledger = _Ledger(state)
-    totals = _transfers(ledger, state, obs, policy, out)
+    totals = _transfers(ledger, state, obs, out, previous)
     _stuck(ledger, obs.directions, policy, out)
     failures = state.failures
     if failures.get(obs.endpoint) != 0:
@@ -391,6 +413,21 @@ def observe(
         gone, floors = plan
         new = _forget(new, gone, floors) if gone else replace(new, prune_floor=floors)
     return new, out.events
+
+
+def to_look_up(state: AccountState, obs: Observation) -> tuple[TransferKey, ...]:
+    """Settled transfers in ``obs`` whose money fields changed: observe() needs their records.
+
+    The compact entries keep a hash of currency, amount, fee and address, not the values;
+    an amendment is rare, so the shell reads the few records from the store instead.
+    """
+    keys: list[TransferKey] = []
+    for t in obs.transfers:
+        settled = state.settled.get(t.direction)
+        entry = None if settled is None else settled.get(t.id)
+        if entry is not None and entry[_FP] >> _HALF != money_print(t):
+            keys.append(t.key)
+    return tuple(keys)
 
 
 def fail(
@@ -474,14 +511,18 @@ def _balances(
 
 
 def _transfers(
-    ledger: _Ledger, state: AccountState, obs: Observation, policy: Policy, out: _Emitter
+    ledger: _Ledger,
+    state: AccountState,
+    obs: Observation,
+    out: _Emitter,
+    previous: Mapping[TransferKey, Transfer],
 ) -> Mapping[TotalKey, Total]:
     """Merge observed transfers into ``ledger``, emitting what is new after the baseline.
 
-    Returns the totals: ``state.totals`` itself when nothing settled.
+    Returns the totals: ``state.totals`` itself when nothing settled or changed.
     """
-    totals: dict[TotalKey, Total] | None = None
-    currencies = policy.currencies
+    totals = _Totals(state.totals)
+    currencies = out.policy.currencies
     for t in obs.transfers:
         direction = t.direction
         if direction not in obs.directions or (
@@ -489,65 +530,176 @@ def _transfers(
         ):
             continue
         prev = ledger.get(direction, t.id)
-        if isinstance(prev, tuple):  # settled, compact: the common case, kept cheap
-            if _unchanged(prev, t):
-                continue
-            old_state, old_status = prev[_STATE], prev[_STATUS]
-            first_seen, revision = prev[_FIRST_SEEN], prev[_REVISION]
-            stuck, settled = bool(prev[_FLAGS] & _STUCK), prev[_FLAGS] & ~_STUCK
-        elif prev is not None:
-            if prev.transfer == t:
-                continue
-            old_state, old_status = prev.transfer.state, prev.transfer.status
-            first_seen, revision, stuck = prev.first_seen, prev.revision, prev.stuck
-            settled = sum(_BIT[s] for s in prev.settled)
         silent = direction not in state.baselined
         final = t.state.final
         bit = _BIT[t.state] if final else 0
         if prev is None:
             if _forgotten(state, t):
                 continue  # pruned long ago, showing up again on a history page: not news
-            ledger.put(TrackedTransfer(transfer=t, first_seen=out.now, settled=_SETS[bit]))
+            # ``settled`` holds the states a transfer was counted in: none in a baseline.
+            counted = _SETS[0 if silent else bit]
+            ledger.put(TrackedTransfer(transfer=t, first_seen=out.now, settled=counted))
             if silent:
                 continue
             out.transfer(f"{direction}.detected", t, "detected")
             if final:
-                totals = dict(state.totals) if totals is None else totals
-                _settle(t, None, totals, out)
+                totals.add((t.currency, direction, t.state), t.amount)
+                _announce(t, None, out)
             continue
+        before: Transfer | None  # the money fields it had; None if they could not be read
+        if isinstance(prev, tuple):  # settled, compact: the common case, kept cheap
+            if _unchanged(prev, t):
+                continue
+            old_state, old_status = _STATES[prev[_STATE]], prev[_STATUS]
+            first_seen, revision = prev[_FIRST_SEEN], prev[_REVISION]
+            stuck, settled = bool(prev[_FLAGS] & _STUCK), prev[_FLAGS] & ~_STUCK
+            # Unchanged money fields need no stored row; changed ones the shell looked up.
+            same = prev[_FP] >> _HALF == money_print(t)
+            before = t if same else previous.get(t.key)
+        else:
+            if prev.transfer == t:
+                continue
+            old_state, old_status = prev.transfer.state, prev.transfer.status
+            first_seen, revision, stuck = prev.first_seen, prev.revision, prev.stuck
+            settled = sum(_BIT[s] for s in prev.settled)
+            before = prev.transfer
         moved = old_state != t.state or old_status != t.status
-        ledger.put(TrackedTransfer(t, first_seen, revision + moved, stuck, _SETS[settled | bit]))
-        if not moved or silent:
+        amended = old_state.final and (before is None or _money(before) != _money(t))
+        if silent:
+            ledger.put(TrackedTransfer(t, first_seen, revision + moved, stuck, _SETS[settled]))
             continue
-        if final and t.state != old_state:
-            if not settled & bit:  # a settlement is one fact, even if it flaps
-                totals = dict(state.totals) if totals is None else totals
-                _settle(t, old_state, totals, out)
-        elif direction is Direction.WITHDRAWAL:
-            out.transfer(
-                "withdrawal.status_changed",
-                t,
-                "status",
-                revision + 1,
-                t.status,
-                previous_state=str(old_state),
-                previous_status=old_status,
+        ledger.put(
+            TrackedTransfer(
+                t, first_seen, revision + (moved or amended), stuck, _SETS[settled | bit]
             )
-    return totals if totals is not None else state.totals
+        )
+        _changes(
+            t,
+            old_state,
+            old_status=old_status,
+            revision=revision + 1,
+            settled=settled,
+            before=before,
+            amended=amended,
+            totals=totals,
+            out=out,
+        )
+    return totals.result()
 
 
-def _settle(
-    t: Transfer, previous: str | None, totals: dict[TotalKey, Total], out: _Emitter
+def _changes(
+    t: Transfer,
+    old_state: State,
+    *,
+    old_status: str,
+    revision: int,
+    settled: int,
+    before: Transfer | None,
+    amended: bool,
+    totals: _Totals,
+    out: _Emitter,
 ) -> None:
-    """Emit a transfer's final event and count it."""
+    """The events and counts of a known transfer that changed, after the baseline.
+
+    ``revision`` is the transfer's new one: it tells apart facts that repeat (a deposit
+    reversed twice is two facts). ``settled`` holds, as bits, the states it was counted in;
+    ``before`` its money fields before, or None if they could not be read.
+    """
+    direction, final = t.direction, t.state.final
+    counted = old_state.final and bool(settled & _BIT[old_state])
+    old = before if before is not None else t  # unreadable: count as if unchanged
+    if amended:
+        out.transfer(
+            "transfer.amended",
+            t,
+            "amended",
+            revision,
+            previous_currency=None if before is None else before.currency,
+            previous_amount=None if before is None else before.amount,
+            previous_fee=None if before is None else before.fee,
+            previous_address=None if before is None else before.address,
+        )
+    if direction is Direction.DEPOSIT and old_state is State.OK and t.state is not State.OK:
+        out.transfer(
+            "deposit.reversed",
+            t,
+            "reversed",
+            revision,
+            previous_state=str(old_state),
+            previous_status=old_status,
+        )
+    if t.state != old_state:
+        if counted:  # it leaves a state it was counted in: the count is corrected
+            totals.correct((old.currency, direction, old_state), old.amount)
+        if final:
+            totals.add((t.currency, direction, t.state), t.amount)
+            if not settled & _BIT[t.state]:  # a settlement is announced once, even if it flaps
+                _announce(t, old_state, out)
+    elif counted and amended and before is not None:
+        key = (t.currency, direction, t.state)
+        if before.currency != t.currency:
+            totals.correct((before.currency, direction, t.state), before.amount)
+            totals.add(key, t.amount)
+        elif t.amount > before.amount:
+            totals.add(key, t.amount - before.amount, count=0)
+        elif t.amount < before.amount:
+            totals.correct(key, before.amount - t.amount, count=0)
+    moved = old_state != t.state or old_status != t.status
+    if moved and not (final and t.state != old_state) and direction is Direction.WITHDRAWAL:
+        out.transfer(
+            "withdrawal.status_changed",
+            t,
+            "status",
+            revision,
+            t.status,
+            previous_state=str(old_state),
+            previous_status=old_status,
+        )
+
+
+def _money(t: Transfer) -> tuple[str, Decimal, Decimal | None, str | None]:
+    """The fields of a transfer whose change in a final state is an amendment."""
+    return (t.currency, t.amount, t.fee, t.address)
+
+
+class _Totals:
+    """The totals of one step: the state's mapping, copied on the first change only."""
+
+    def __init__(self, totals: Mapping[TotalKey, Total]) -> None:
+        self._base = totals
+        self._new: dict[TotalKey, Total] | None = None
+
+    def _copy(self) -> dict[TotalKey, Total]:
+        if self._new is None:
+            self._new = dict(self._base)
+        return self._new
+
+    def add(self, key: TotalKey, amount: Decimal, count: int = 1) -> None:
+        """Count ``count`` transfers and ``amount`` more in ``key``."""
+        totals = self._copy()
+        total = totals.get(key, Total())
+        totals[key] = replace(total, count=total.count + count, amount=total.amount + amount)
+
+    def correct(self, key: TotalKey, amount: Decimal, count: int = 1) -> None:
+        """Count ``count`` transfers and ``amount`` as taken back from ``key``."""
+        totals = self._copy()
+        total = totals.get(key, Total())
+        totals[key] = replace(
+            total, corrections=total.corrections + count, corrected=total.corrected + amount
+        )
+
+    def result(self) -> Mapping[TotalKey, Total]:
+        """The new totals; the state's own mapping if nothing changed."""
+        return self._new if self._new is not None else self._base
+
+
+def _announce(t: Transfer, previous: State | None, out: _Emitter) -> None:
+    """Emit a transfer's final event."""
     name = FINAL_EVENT[(t.direction, t.state)]
     fields: dict[str, Any] = {}
     if previous is not None:
         fields["previous_state"] = str(previous)
     out.transfer(name, t, t.state, **fields)
-    key = (t.currency, t.direction, t.state)
-    total = totals.get(key, Total())
-    totals[key] = Total(count=total.count + 1, amount=total.amount + t.amount)
 
 
 def _stuck(

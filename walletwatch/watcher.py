@@ -16,11 +16,11 @@ import structlog
 from walletwatch.config import AccountConfig, ProviderSettings
 from walletwatch.errors import BadPayload, ProviderError, RateLimited, Unavailable
 from walletwatch.events import Event
-from walletwatch.model import Direction, Gauge, Observation
+from walletwatch.model import Direction, Gauge, Observation, Transfer
 from walletwatch.scheduler import Outcome, TokenBucket
 from walletwatch.store import AsyncStore, StoreError
 from walletwatch.telemetry import Telemetry
-from walletwatch.tracker import AccountState, fail, observe
+from walletwatch.tracker import AccountState, TransferKey, fail, observe, to_look_up
 from walletwatch.types import Clock, Provider
 
 log = structlog.get_logger("walletwatch.watcher")
@@ -77,6 +77,7 @@ class AccountWatcher:
         self.down_after = config.down_after
         self.buckets = tuple(buckets)  # the scheduler starts a poll when these have a slot
         self._directions: dict[str, frozenset[Direction]] = {}  # what each endpoint covers
+        self._set_aside: dict[str, frozenset[tuple[str, str]]] = {}  # malformed, last poll
 
     def __repr__(self) -> str:
         return f"AccountWatcher({self.provider}:{self.name})"
@@ -121,8 +122,10 @@ class AccountWatcher:
         except Exception as err:  # a parser bug must not kill the daemon
             log.exception("poll.crashed", provider=self.provider, account=self.name)
             return await self._failed(endpoint, BadPayload(f"unexpected {type(err).__name__}"))
+        self._malformed(endpoint, obs)
+        previous = await self._previous(obs)
         now = self._clock.time()
-        if not await self._apply(lambda s: observe(s, obs, self.config, now)):
+        if not await self._apply(lambda s: observe(s, obs, self.config, now, previous)):
             return Outcome(ok=False)
         health = self.health.get(endpoint)
         if health is None:
@@ -191,6 +194,41 @@ class AccountWatcher:
         if events:
             self._on_events()
         return True
+
+    def _malformed(self, endpoint: str, obs: Observation) -> None:
+        """Count the records an answer set aside; warn of those its last answer did not have."""
+        if not obs.malformed and endpoint not in self._set_aside:
+            return
+        self._telemetry.malformed[(self.provider, self.name, endpoint)] += len(obs.malformed)
+        before = self._set_aside.pop(endpoint, frozenset())
+        now = frozenset((bad.where, bad.problem) for bad in obs.malformed)
+        if now:
+            self._set_aside[endpoint] = now
+        for bad in obs.malformed:
+            if (bad.where, bad.problem) not in before:
+                log.warning(
+                    "poll.malformed_record",
+                    provider=self.provider,
+                    account=self.name,
+                    endpoint=endpoint,
+                    transfer_id=bad.transfer_id,
+                    where=bad.where,
+                    problem=bad.problem,
+                )
+
+    async def _previous(self, obs: Observation) -> dict[TransferKey, Transfer]:
+        """The stored records of the settled transfers in ``obs`` whose money changed."""
+        keys = to_look_up(self.state, obs)
+        if not keys:
+            return {}
+        try:
+            return await self._store.call(self._store.store.transfers, self.name, keys)
+        except StoreError as err:  # the amendment is still reported, without the old values
+            self._telemetry.store_errors[self.provider] += 1
+            log.error(  # noqa: TRY400 - the message says it all; no traceback
+                "store.read_failed", provider=self.provider, account=self.name, error=str(err)
+            )
+            return {}
 
     def _keep_gauges(self, obs: Observation) -> None:
         for gauge in obs.gauges:
