@@ -29,6 +29,7 @@ NAMES = {
     "WalletwatchDataStale": ("provider", "account"),
     "WalletwatchRateLimited": ("provider",),
     "WalletwatchAbsent": ("instance",),
+    "WalletwatchMalformedRecords": ("provider", "account", "endpoint"),
 }
 # Thresholds come from the metrics, so one rule serves every account.
 THRESHOLD_METRICS = {
