@@ -4,27 +4,70 @@ Nothing here does I/O or reads a clock. States are immutable; an unchanged trans
 balance keeps its identity in the new state, so the store can write only what changed, and
 an observation that changes nothing gives back the very same state.
 
-Settled transfers are most of what an account remembers, so they are kept compact (see
-``Settled``): a plain tuple of atomic values each, which CPython's cyclic GC stops tracking,
-in one dict per direction keyed by id. Transfers in flight stay whole (``TrackedTransfer``):
-providers, metrics and the stuck rule read them.
+How transfers are held, whole in flight and compact once settled, is ``walletwatch.ledger``;
+its names the store and the tests use are re-exported here.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from operator import itemgetter
 from types import MappingProxyType
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 from walletwatch.events import Event, event_id
+from walletwatch.ledger import (
+    BIT,
+    CREATED,
+    FIRST_SEEN,
+    FLAGS,
+    FP,
+    HALF,
+    REVISION,
+    SETS,
+    STATE,
+    STATES,
+    STATUS,
+    STUCK_BIT,
+    UPDATED,
+    Ledger,
+    Settled,
+    TrackedTransfer,
+    TransferKey,
+    compact,
+    fingerprint,
+    money_print,
+    settled_set,
+    unchanged,
+)
 from walletwatch.model import Balance, Direction, Observation, State, Transfer
 
-TransferKey = tuple[Direction, str]
+__all__ = [
+    "FINAL_EVENT",
+    "KEEP_NEWEST",
+    "AccountState",
+    "Policy",
+    "Settled",
+    "Total",
+    "TotalKey",
+    "TrackedBalance",
+    "TrackedTransfer",
+    "TransferKey",
+    "compact",
+    "fail",
+    "fingerprint",
+    "is_stuck",
+    "money_print",
+    "observe",
+    "prune",
+    "prune_floors",
+    "settled_set",
+    "to_look_up",
+]
+
 TotalKey = tuple[str, Direction, State]
 
 
@@ -44,113 +87,6 @@ class Policy(Protocol):
     @property
     def retention(self) -> float: ...
     def stuck_after(self, direction: str) -> float: ...
-
-
-@dataclass(frozen=True, slots=True)
-class TrackedTransfer:
-    """A transfer with what walletwatch knows about it beyond the provider's view."""
-
-    transfer: Transfer
-    first_seen: float
-    revision: int = 0
-    stuck: bool = False
-    settled: frozenset[State] = frozenset()
-
-    @property
-    def started_at(self) -> float:
-        """When the transfer began: the provider's created_at, else when it was first seen."""
-        created = self.transfer.created_at
-        return created if created is not None else self.first_seen
-
-
-Settled = tuple[int, str, str, int, int, float, float | None, float | None]
-"""A settled transfer, compact: (fingerprint, state, status, revision, flags, first_seen,
-created_at, updated_at).
-
-It holds what the tracker decides with later: whether a newly observed Transfer differs from
-the one seen (``fingerprint`` of the fields no rule reads; state, status and the times are
-compared exactly), the state and status it would move from, its revision, ``flags`` (the
-states it settled in as bits, and whether it was stuck) and the times pruning reads. State
-and status are plain interned strings shared by every transfer; no Transfer, Decimal or set
-is kept. The store keeps the full row (see ``AccountState.unsaved``).
-"""
-_FP: Final = 0
-_STATE: Final = 1
-_STATUS: Final = 2
-_REVISION: Final = 3
-_FLAGS: Final = 4
-_FIRST_SEEN: Final = 5
-_CREATED: Final = 6
-_UPDATED: Final = 7
-
-_BIT: Mapping[str, int] = {s: 1 << i for i, s in enumerate(State)}
-_STUCK = 1 << len(State)
-_SETS = tuple(frozenset(s for s in State if m & _BIT[s]) for m in range(_STUCK))
-"""Every possible ``settled`` set, indexed by its bits: shared, never one per transfer."""
-_PLAIN: Mapping[State, str] = {s: s.value for s in State}
-_STATES: Mapping[str, State] = {s.value: s for s in State}
-_HALF = 30
-_HALF_MASK = (1 << _HALF) - 1  # two halves of 30 bits: an int of two digits, 32 bytes
-
-
-def money_print(t: Transfer) -> int:
-    """A 30-bit hash of the money fields of a transfer: currency, amount, fee and address."""
-    fee = None if t.fee is None else str(t.fee)
-    return hash((t.currency, str(t.amount), fee, t.address)) & _HALF_MASK
-
-
-def fingerprint(t: Transfer) -> int:
-    """A 60-bit hash of the transfer's fields that no rule compares exactly.
-
-    The high half is ``money_print``, the low half hashes txid, confirmations and details.
-    Python's hash, randomized per process for strings: never persisted (a loaded state
-    computes it afresh from the row). Amounts go in as their text, which hashes several
-    times faster than a Decimal; "1.50" and "1.5" then differ, which costs one look-up of
-    the stored row (see ``to_look_up``) and one silent row update, and nothing else. A
-    change collides with odds of 2**-30 per half (ints hash by value: confirmations -1 and
-    -2 collide always). A collision of the quiet half only delays a row update; one of the
-    money half would hide an amendment of a settled transfer, about once in a billion
-    amendments: the price of keeping the compact entry at one int, not two. State, status
-    and times are compared exactly (``_unchanged``).
-    """
-    quiet = hash((t.txid, t.confirmations, t.details)) & _HALF_MASK
-    return (money_print(t) << _HALF) | quiet
-
-
-def settled_set(states: Iterable[State]) -> frozenset[State]:
-    """The shared frozenset holding ``states``."""
-    return _SETS[sum(_BIT[s] for s in set(states))]
-
-
-def _intern(text: str) -> str:
-    return sys.intern(text) if type(text) is str else text
-
-
-def compact(tracked: TrackedTransfer) -> Settled:
-    """The compact entry of a settled transfer."""
-    t = tracked.transfer
-    flags = sum(_BIT[s] for s in tracked.settled) | (_STUCK if tracked.stuck else 0)
-    return (
-        fingerprint(t),
-        _PLAIN[t.state],
-        _intern(t.status),
-        tracked.revision,
-        flags,
-        tracked.first_seen,
-        t.created_at,
-        t.updated_at,
-    )
-
-
-def _unchanged(entry: Settled, t: Transfer) -> bool:
-    """True if ``t`` is the transfer ``entry`` was made from (``prev.transfer == t``)."""
-    return (
-        entry[_STATE] == t.state
-        and entry[_STATUS] == t.status
-        and entry[_CREATED] == t.created_at
-        and entry[_UPDATED] == t.updated_at
-        and entry[_FP] == fingerprint(t)
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +170,7 @@ class AccountState:
         if tracked is not None:
             return tracked.transfer.state
         entry = self.settled.get(direction, {}).get(transfer_id)
-        return None if entry is None else _STATES[entry[_STATE]]
+        return None if entry is None else STATES[entry[STATE]]
 
     def saved(self) -> AccountState:
         """This state without the records kept for the store: what to keep once committed."""
@@ -293,68 +229,6 @@ class _Emitter:
         self.emit(name, (t.direction, t.id, *extra_id), **extra, **core)
 
 
-class _Ledger:
-    """The transfers of one step: the state's mappings, copied on the first write only."""
-
-    def __init__(self, state: AccountState) -> None:
-        self.full = state.transfers
-        self.settled = state.settled
-        self.unsaved: dict[TransferKey, TrackedTransfer] = {}
-        self.touched: set[Direction] = set()
-        self._full: dict[TransferKey, TrackedTransfer] | None = None
-        self._outer: dict[Direction, Mapping[str, Settled]] | None = None
-        self._inner: dict[Direction, dict[str, Settled]] = {}
-
-    def get(self, direction: Direction, transfer_id: str) -> TrackedTransfer | Settled | None:
-        """The entry of a transfer, whole or compact; None if unknown."""
-        settled = self.settled.get(direction)  # a key is in one mapping only
-        entry = None if settled is None else settled.get(transfer_id)
-        return entry if entry is not None else self.full.get((direction, transfer_id))
-
-    def put(self, tracked: TrackedTransfer) -> None:
-        """Record a new or changed transfer: whole while in flight, else compact."""
-        t = tracked.transfer
-        key = (t.direction, t.id)
-        self.touched.add(t.direction)
-        if t.state.in_flight:
-            self._whole()[key] = tracked
-            settled = self.settled.get(t.direction)
-            if settled is not None and t.id in settled:
-                del self._compact(t.direction)[t.id]
-        else:
-            if key in self.full:
-                del self._whole()[key]
-            self._compact(t.direction)[t.id] = compact(tracked)
-            self.unsaved[key] = tracked
-
-    def _whole(self) -> dict[TransferKey, TrackedTransfer]:
-        if self._full is None:
-            self.full = self._full = dict(self.full)
-        return self._full
-
-    def _compact(self, direction: Direction) -> dict[str, Settled]:
-        if self._outer is None:
-            self.settled = self._outer = dict(self.settled)
-        inner = self._inner.get(direction)
-        if inner is None:
-            inner = self._inner[direction] = dict(self._outer.get(direction, {}))
-            self._outer[direction] = inner
-        return inner
-
-    def floors(self, floors: tuple[float, ...]) -> tuple[float, ...]:
-        """``floors`` forgotten for the directions this step changed."""
-        return tuple(
-            -math.inf if d in self.touched else floor
-            for d, floor in zip(Direction, floors, strict=True)
-        )
-
-    def finish(self) -> None:
-        """Drop the directions this step left without a settled transfer."""
-        for direction, inner in self._inner.items():
-            if not inner and self._outer is not None:
-                del self._outer[direction]
-
-
 def observe(
     state: AccountState,
     obs: Observation,
@@ -372,7 +246,7 @@ def observe(
     balances = state.balances
     if obs.balances is not None:
         balances = _balances(state.balances, obs.balances, policy, out)
-    ledger = _Ledger(state)
+    ledger = Ledger(state.transfers, state.settled)
     totals = _transfers(ledger, state, obs, out, previous)
     _stuck(ledger, obs.directions, policy, out)
     failures = state.failures
@@ -425,7 +299,7 @@ def to_look_up(state: AccountState, obs: Observation) -> tuple[TransferKey, ...]
     for t in obs.transfers:
         settled = state.settled.get(t.direction)
         entry = None if settled is None else settled.get(t.id)
-        if entry is not None and entry[_FP] >> _HALF != money_print(t):
+        if entry is not None and entry[FP] >> HALF != money_print(t):
             keys.append(t.key)
     return tuple(keys)
 
@@ -511,7 +385,7 @@ def _balances(
 
 
 def _transfers(
-    ledger: _Ledger,
+    ledger: Ledger,
     state: AccountState,
     obs: Observation,
     out: _Emitter,
@@ -532,12 +406,12 @@ def _transfers(
         prev = ledger.get(direction, t.id)
         silent = direction not in state.baselined
         final = t.state.final
-        bit = _BIT[t.state] if final else 0
+        bit = BIT[t.state] if final else 0
         if prev is None:
             if _forgotten(state, t):
                 continue  # pruned long ago, showing up again on a history page: not news
             # ``settled`` holds the states a transfer was counted in: none in a baseline.
-            counted = _SETS[0 if silent else bit]
+            counted = SETS[0 if silent else bit]
             ledger.put(TrackedTransfer(transfer=t, first_seen=out.now, settled=counted))
             if silent:
                 continue
@@ -548,29 +422,29 @@ def _transfers(
             continue
         before: Transfer | None  # the money fields it had; None if they could not be read
         if isinstance(prev, tuple):  # settled, compact: the common case, kept cheap
-            if _unchanged(prev, t):
+            if unchanged(prev, t):
                 continue
-            old_state, old_status = _STATES[prev[_STATE]], prev[_STATUS]
-            first_seen, revision = prev[_FIRST_SEEN], prev[_REVISION]
-            stuck, settled = bool(prev[_FLAGS] & _STUCK), prev[_FLAGS] & ~_STUCK
+            old_state, old_status = STATES[prev[STATE]], prev[STATUS]
+            first_seen, revision = prev[FIRST_SEEN], prev[REVISION]
+            stuck, settled = bool(prev[FLAGS] & STUCK_BIT), prev[FLAGS] & ~STUCK_BIT
             # Unchanged money fields need no stored row; changed ones the shell looked up.
-            same = prev[_FP] >> _HALF == money_print(t)
+            same = prev[FP] >> HALF == money_print(t)
             before = t if same else previous.get(t.key)
         else:
             if prev.transfer == t:
                 continue
             old_state, old_status = prev.transfer.state, prev.transfer.status
             first_seen, revision, stuck = prev.first_seen, prev.revision, prev.stuck
-            settled = sum(_BIT[s] for s in prev.settled)
+            settled = sum(BIT[s] for s in prev.settled)
             before = prev.transfer
         moved = old_state != t.state or old_status != t.status
         amended = old_state.final and (before is None or _money(before) != _money(t))
         if silent:
-            ledger.put(TrackedTransfer(t, first_seen, revision + moved, stuck, _SETS[settled]))
+            ledger.put(TrackedTransfer(t, first_seen, revision + moved, stuck, SETS[settled]))
             continue
         ledger.put(
             TrackedTransfer(
-                t, first_seen, revision + (moved or amended), stuck, _SETS[settled | bit]
+                t, first_seen, revision + (moved or amended), stuck, SETS[settled | bit]
             )
         )
         _changes(
@@ -606,7 +480,7 @@ def _changes(
     ``before`` its money fields before, or None if they could not be read.
     """
     direction, final = t.direction, t.state.final
-    counted = old_state.final and bool(settled & _BIT[old_state])
+    counted = old_state.final and bool(settled & BIT[old_state])
     old = before if before is not None else t  # unreadable: count as if unchanged
     if amended:
         out.transfer(
@@ -633,7 +507,7 @@ def _changes(
             totals.correct((old.currency, direction, old_state), old.amount)
         if final:
             totals.add((t.currency, direction, t.state), t.amount)
-            if not settled & _BIT[t.state]:  # a settlement is announced once, even if it flaps
+            if not settled & BIT[t.state]:  # a settlement is announced once, even if it flaps
                 _announce(t, old_state, out)
     elif counted and amended and before is not None:
         key = (t.currency, direction, t.state)
@@ -702,9 +576,7 @@ def _announce(t: Transfer, previous: State | None, out: _Emitter) -> None:
     out.transfer(name, t, t.state, **fields)
 
 
-def _stuck(
-    ledger: _Ledger, directions: frozenset[Direction], policy: Policy, out: _Emitter
-) -> None:
+def _stuck(ledger: Ledger, directions: frozenset[Direction], policy: Policy, out: _Emitter) -> None:
     """Mark and announce, once each, in-flight transfers older than their threshold.
 
     Several at once are announced in key order, whatever order the state holds them in (a
@@ -787,7 +659,7 @@ def _scan(
 
     Beyond the KEEP_NEWEST newest, a settled transfer with a creation time goes once its
     last sign of life is before ``before``; the floor is the earliest last sign of life of
-    those that stay. A transfer that changes, or a new one, forgets the floor (``_Ledger``).
+    those that stay. A transfer that changes, or a new one, forgets the floor (``Ledger``).
     """
     settled = state.settled.get(direction, {})
     mine = [(key[1], t) for key, t in state.transfers.items() if key[0] == direction]
@@ -799,8 +671,8 @@ def _scan(
         life = _life(t.state.final, t.created_at, t.updated_at, tracked.first_seen)
         ranked.append((tracked.started_at, transfer_id, life, t.created_at))
     for transfer_id, entry in settled.items():
-        created, first_seen = entry[_CREATED], entry[_FIRST_SEEN]
-        life = _life(True, created, entry[_UPDATED], first_seen)
+        created, first_seen = entry[CREATED], entry[FIRST_SEEN]
+        life = _life(True, created, entry[UPDATED], first_seen)
         started = created if created is not None else first_seen
         ranked.append((started, transfer_id, life, created))
     ranked.sort(key=itemgetter(0, 1), reverse=True)
