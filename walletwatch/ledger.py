@@ -42,8 +42,8 @@ Settled = tuple[int, str, str, int, int, float, float | None, float | None]
 created_at, updated_at).
 
 It holds what the tracker decides with later: whether a newly observed Transfer differs from
-the one seen (``fingerprint`` of the fields no rule reads; state, status and the times are
-compared exactly), the state and status it would move from, its revision, ``flags`` (the
+the one seen (``fingerprint`` of the other fields, its high half those an amendment
+reports; state, status and the times are compared exactly), the state and status it would move from, its revision, ``flags`` (the
 states it settled in as bits, and whether it was stuck) and the times pruning reads. State
 and status are plain interned strings shared by every transfer; no Transfer, Decimal or set
 is kept. The store keeps the full row (see ``AccountState.unsaved``).

@@ -399,11 +399,12 @@ def _transfers(
     currencies = out.policy.currencies
     for t in obs.transfers:
         direction = t.direction
-        if direction not in obs.directions or (
-            currencies is not None and t.currency not in currencies
-        ):
+        if direction not in obs.directions:
             continue
         prev = ledger.get(direction, t.id)
+        # A known transfer moved to a currency not watched is an amendment, not noise.
+        if prev is None and currencies is not None and t.currency not in currencies:
+            continue
         silent = direction not in state.baselined
         final = t.state.final
         bit = BIT[t.state] if final else 0
