@@ -28,7 +28,7 @@ class TrackedTransfer:
     first_seen: float
     revision: int = 0
     stuck: bool = False
-    settled: frozenset[State] = frozenset()
+    settled: frozenset[State] = frozenset()  # the final states it was counted in
 
     @property
     def started_at(self) -> float:
@@ -43,10 +43,11 @@ created_at, updated_at).
 
 It holds what the tracker decides with later: whether a newly observed Transfer differs from
 the one seen (``fingerprint`` of the other fields, its high half those an amendment
-reports; state, status and the times are compared exactly), the state and status it would move from, its revision, ``flags`` (the
-states it settled in as bits, and whether it was stuck) and the times pruning reads. State
-and status are plain interned strings shared by every transfer; no Transfer, Decimal or set
-is kept. The store keeps the full row (see ``AccountState.unsaved``).
+reports; state, status and the times are compared exactly), the state and status it would
+move from, its revision, ``flags`` (the states it was counted in as bits, and whether it
+was stuck) and the times pruning reads. State and status are plain interned strings
+shared by every transfer; no Transfer, Decimal or set is kept. The store keeps the full
+row (see ``AccountState.unsaved``).
 """
 FP: Final = 0
 STATE: Final = 1

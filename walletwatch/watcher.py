@@ -77,7 +77,7 @@ class AccountWatcher:
         self.down_after = config.down_after
         self.buckets = tuple(buckets)  # the scheduler starts a poll when these have a slot
         self._directions: dict[str, frozenset[Direction]] = {}  # what each endpoint covers
-        self._set_aside: dict[str, frozenset[tuple[str, str]]] = {}  # malformed, last poll
+        self._set_aside: dict[str, frozenset[tuple[str | None, str]]] = {}  # malformed last poll
 
     def __repr__(self) -> str:
         return f"AccountWatcher({self.provider}:{self.name})"
@@ -201,11 +201,13 @@ class AccountWatcher:
             return
         self._telemetry.malformed[(self.provider, self.name, endpoint)] += len(obs.malformed)
         before = self._set_aside.pop(endpoint, frozenset())
-        now = frozenset((bad.where, bad.problem) for bad in obs.malformed)
-        if now:
-            self._set_aside[endpoint] = now
-        for bad in obs.malformed:
-            if (bad.where, bad.problem) not in before:
+        # Not by place: a record moves down the list as newer transfers arrive. Records
+        # without an id and with the same fault are then one (each is still counted).
+        keys = [(bad.transfer_id, bad.problem.removeprefix(bad.where)) for bad in obs.malformed]
+        if keys:
+            self._set_aside[endpoint] = frozenset(keys)
+        for bad, key in zip(obs.malformed, keys, strict=True):
+            if key not in before:
                 log.warning(
                     "poll.malformed_record",
                     provider=self.provider,

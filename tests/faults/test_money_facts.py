@@ -306,7 +306,7 @@ class TestMalformedRecords:
         session: aiohttp.ClientSession,
         tmp_path: Path,
     ) -> None:
-        """A -5 deposit and one without an id are logged and counted; the good one is announced."""
+        """A -5 deposit and one without an id are logged once and counted; the rest is used."""
         config = westwallet_config(tmp_path)
         account = config.accounts[0]
         client = WestWallet(
@@ -331,6 +331,8 @@ class TestMalformedRecords:
             assert (await ww.drive(clock, watcher.poll("deposits"))).ok
             # The same answer again: counted again, not logged again.
             assert (await ww.drive(clock, watcher.poll("deposits"))).ok
+            listed.insert(0, ww.item(4))  # a new deposit moves the bad ones down the list
+            assert (await ww.drive(clock, watcher.poll("deposits"))).ok
         warned = [entry for entry in logs if entry["event"] == "poll.malformed_record"]
         assert [(e["log_level"], e["transfer_id"], e["endpoint"]) for e in warned] == [
             ("warning", "2", "deposits"),
@@ -338,7 +340,7 @@ class TestMalformedRecords:
         ]
         assert {(e["provider"], e["account"]) for e in warned} == {("westwallet", "main")}
         assert all(ww.SECRET not in str(e) and ww.API_KEY not in str(e) for e in logs)
-        assert telemetry.malformed[("westwallet", "main", "deposits")] == 4
+        assert telemetry.malformed[("westwallet", "main", "deposits")] == 6
         total = watcher.state.totals[("BTC", DEP, State.OK)]
         assert (total.count, total.amount) == (1, Decimal("0.25"))
         assert watcher.health["deposits"].ok
