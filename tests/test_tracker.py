@@ -15,10 +15,12 @@ from walletwatch.model import Balance, Direction, Observation, State, Transfer
 from walletwatch.tracker import (
     AccountState,
     Total,
+    TotalKey,
     TrackedTransfer,
     TransferKey,
     fail,
     observe,
+    to_look_up,
 )
 
 DEP, WD = Direction.DEPOSIT, Direction.WITHDRAWAL
@@ -163,7 +165,8 @@ class TestTransfers:
             "withdrawal.completed",
             "withdrawal.status_changed",
         ]
-        assert state.totals[("BTC", WD, State.OK)].count == 1
+        total = state.totals[("BTC", WD, State.OK)]
+        assert (total.count, total.corrections) == (2, 1)  # net: counted once
 
     def test_unknown_status_is_not_success(self) -> None:
         """An unrecognized status stays in flight and is never counted as ok."""
@@ -467,15 +470,44 @@ class TestProperties:
 
     @settings(max_examples=100, deadline=None)
     @given(st.lists(ACTION, max_size=30))
-    def test_final_events_match_totals(
+    def test_net_totals_are_the_transfers_settled_now(
         self, actions: list[tuple[Direction, int, State, str, str]]
     ) -> None:
-        """Counted settlements equal the final events emitted."""
-        state, events = run(replay(actions))
-        finals = sum(
-            1 for e in events if e.event.split(".")[1] in {"confirmed", "completed", "failed"}
-        )
-        assert finals == sum(t.count for t in state.totals.values())
+        """Counted less corrected is, per final state, the transfers in that state now."""
+        observations = replay(actions)
+        state, _ = run(observations)
+        now: dict[TotalKey, Total] = {}
+        latest: dict[tuple[Direction, str], Transfer] = {}
+        for obs in observations:
+            latest.update((t.key, t) for t in obs.transfers)
+        for t in latest.values():
+            if t.state.final:
+                key = (t.currency, t.direction, t.state)
+                held = now.get(key, Total())
+                now[key] = Total(held.count + 1, held.amount + t.amount)
+        net = {
+            key: Total(t.count - t.corrections, t.amount - t.corrected)
+            for key, t in state.totals.items()
+            if t.count - t.corrections
+        }
+        assert net == now
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.lists(ACTION, max_size=30))
+    def test_counters_never_decrease(
+        self, actions: list[tuple[Direction, int, State, str, str]]
+    ) -> None:
+        """Every field of every total only grows, step after step."""
+        state = AccountState()
+        for i, obs in enumerate(replay(actions)):
+            new, _ = observe(state, obs, POLICY, START + i)
+            for key, old in state.totals.items():
+                total = new.totals[key]
+                assert total.count >= old.count
+                assert total.amount >= old.amount
+                assert total.corrections >= old.corrections
+                assert total.corrected >= old.corrected
+            state = new
 
 
 # Differential test: the tracker decides from compact settled entries exactly as it does from
@@ -535,7 +567,8 @@ class TestCompactIsFaithful:
         compact_events: list[Event] = []
         reference_events: list[Event] = []
         for i, obs in enumerate(observations):
-            compact, events = observe(compact, obs, STUCK_SOON, START + i)
+            looked_up = {k: compact_records[k].transfer for k in to_look_up(compact, obs)}
+            compact, events = observe(compact, obs, STUCK_SOON, START + i, looked_up)
             compact_records.update(compact.unsaved)
             compact = compact.saved()
             compact_events.extend(events)
@@ -546,3 +579,94 @@ class TestCompactIsFaithful:
             assert all(t.transfer.state.in_flight for t in compact.transfers.values())
         assert compact_events == reference_events
         assert whole(compact, compact_records) == reference
+
+
+def run_stored(
+    steps: Sequence[Observation], policy: FakePolicy = POLICY
+) -> tuple[AccountState, list[Event]]:
+    """``run``, handing observe() the records it asks for as the watcher reads them."""
+    state, events = AccountState(), list[Event]()
+    records: dict[TransferKey, Transfer] = {}
+    for i, obs in enumerate(steps):
+        previous = {key: records[key] for key in to_look_up(state, obs)}
+        state, new = observe(state, obs, policy, START + i, previous)
+        records.update((key, tracked.transfer) for key, tracked in state.unsaved.items())
+        state = state.saved()
+        events.extend(new)
+    return state, events
+
+
+def settled_deposit(**changes: object) -> Transfer:
+    """Deposit "1", ok, with ``changes``."""
+    return replace(tx("1", State.OK), **changes)  # type: ignore[arg-type]
+
+
+class TestMoneyFacts:
+    """Reversals, amendments and their corrections, one rule at a time."""
+
+    def test_fee_and_address_changes_are_amendments(self) -> None:
+        """A new fee and a new address of a settled transfer each amend it, old values kept."""
+        steps = [
+            history(DEP),
+            history(DEP, settled_deposit(fee=Decimal("0.1"), address="a1")),
+            history(DEP, settled_deposit(fee=Decimal("0.2"), address="a1")),
+            history(DEP, settled_deposit(fee=Decimal("0.2"), address="a2")),
+        ]
+        whole_state, events = run_stored(steps)
+        amended = [e.fields for e in events if e.event == "transfer.amended"]
+        assert [(f["previous_fee"], f["fee"]) for f in amended] == [
+            (Decimal("0.1"), Decimal("0.2")),
+            (Decimal("0.2"), Decimal("0.2")),
+        ]
+        assert [(f["previous_address"], f["address"]) for f in amended] == [
+            ("a1", "a1"),
+            ("a1", "a2"),
+        ]
+        total = whole_state.totals[("BTC", DEP, State.OK)]
+        assert (total.count, total.amount, total.corrections) == (1, Decimal("1.5"), 0)
+
+    def test_amendment_without_the_stored_record_is_still_reported(self) -> None:
+        """When the old values cannot be read, the amendment is reported without them."""
+        state, _ = run_stored([history(DEP), history(DEP, settled_deposit())])
+        state = state.saved()
+        new, events = observe(state, history(DEP, settled_deposit(amount=Decimal(9))), POLICY, 9e9)
+        (amended,) = events
+        assert amended.event == "transfer.amended"
+        assert "previous_amount" not in amended.to_dict()
+        assert new.totals == state.totals  # nothing known to correct by
+
+    def test_move_to_a_currency_not_watched_is_an_amendment(self) -> None:
+        """A known transfer whose currency becomes one the account does not watch is amended."""
+        policy = FakePolicy(currencies=frozenset({"BTC"}))
+        steps = [
+            history(DEP),
+            history(DEP, settled_deposit()),
+            history(DEP, settled_deposit(currency="USDT")),
+        ]
+        state, events = run_stored(steps, policy)
+        assert [e.event for e in events][-1] == "transfer.amended"
+        assert state.totals[("BTC", DEP, State.OK)].corrections == 1
+
+    def test_amount_change_in_flight_is_no_amendment(self) -> None:
+        """A pending transfer's amount may change: it is not settled yet."""
+        steps = [history(DEP), history(DEP, tx("1")), history(DEP, tx("1", amount="3"))]
+        _, events = run_stored(steps)
+        assert [e.event for e in events] == ["deposit.detected"]
+
+    def test_baseline_deposit_reversed_takes_nothing_back(self) -> None:
+        """A deposit settled in the baseline was never counted: its reversal corrects nothing."""
+        steps = [history(DEP, settled_deposit()), history(DEP, tx("1"))]
+        state, events = run_stored(steps)
+        assert [e.event for e in events] == ["deposit.reversed"]
+        assert state.totals == {}
+
+    def test_withdrawal_back_from_completed_is_corrected_not_reversed(self) -> None:
+        """deposit.reversed is for deposits; a withdrawal's step back is a status change."""
+        steps = [
+            history(WD),
+            history(WD, tx("1", State.OK, direction=WD)),
+            history(WD, tx("1", direction=WD)),
+        ]
+        state, events = run_stored(steps)
+        assert [e.event for e in events][-1] == "withdrawal.status_changed"
+        assert state.totals[("BTC", WD, State.OK)] == Total(1, Decimal("1.5"), 1, Decimal("1.5"))

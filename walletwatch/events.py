@@ -27,6 +27,8 @@ SEVERITY: Mapping[str, str] = {
     "balance.recovered": "info",
     "account.down": "critical",
     "account.recovered": "info",
+    "deposit.reversed": "critical",
+    "transfer.amended": "warning",
 }
 EVENT_NAMES = tuple(SEVERITY)
 

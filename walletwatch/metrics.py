@@ -137,6 +137,18 @@ AMOUNT = Family(
     "Summed amounts of transfers that reached a final state.",
     SETTLED_FLOW,
 )
+CORRECTIONS = Family(
+    "transfer_corrections",
+    "counter",
+    "Transfers counted in transfers_total that left the state or currency again.",
+    SETTLED_FLOW,
+)
+CORRECTED = Family(
+    "transfer_corrected_amount",
+    "counter",
+    "Amounts counted in transfer_amount_total taken back by reversals and amendments.",
+    SETTLED_FLOW,
+)
 IN_FLIGHT = Family(
     "transfers_in_flight", "gauge", "Transfers pending or in an unknown state.", FLOW
 )
@@ -191,6 +203,12 @@ EVENTS = Family("events", "counter", "Alert events emitted.", Labels("event"))
 STORE_ERRORS = Family("store_errors", "counter", "State commits that failed.", PROVIDER)
 STATE_FILE_OK = Family(
     "state_file_ok", "gauge", "1 while the state file is the one walletwatch opened at start."
+)
+MALFORMED = Family(
+    "malformed_records",
+    "counter",
+    "Records of provider answers set aside as malformed (a negative deposit, no id...).",
+    ENDPOINT,
 )
 BUILD_INFO = Family("build_info", "gauge", "walletwatch version.", Labels("version"))
 OUTBOX_PENDING = Family("outbox_pending", "gauge", "Events in the outbox not yet delivered.", SINK)
@@ -267,19 +285,15 @@ PROVIDER_GAUGES = {
 
 # The order the families are served in: those made from the watchers (with the provider
 # gauges, sorted by name, after ACCOUNT_FAMILIES), then walletwatch's own.
-ACCOUNT_FAMILIES = (BALANCE, PENDING, LOW, SETTLED, AMOUNT, IN_FLIGHT, STUCK, OLDEST, THRESHOLD)
+ACCOUNT_FAMILIES = (
+    *(BALANCE, PENDING, LOW, SETTLED, AMOUNT, CORRECTIONS, CORRECTED),
+    *(IN_FLIGHT, STUCK, OLDEST, THRESHOLD),
+)
 HEALTH_FAMILIES = (UP, LAST_SUCCESS, INTERVAL)
 TELEMETRY_FAMILIES = (
     *(POLLS, POLL_ERRORS, HTTP_REQUESTS, HTTP_DURATION, RATE_LIMITED, SCHEDULER_DELAY),
-    *(
-        EVENTS,
-        STORE_ERRORS,
-        STATE_FILE_OK,
-        BUILD_INFO,
-        OUTBOX_PENDING,
-        DELIVERY_FAILURES,
-        EVENTS_PARKED,
-    ),
+    *(EVENTS, STORE_ERRORS, STATE_FILE_OK, MALFORMED, BUILD_INFO),
+    *(OUTBOX_PENDING, DELIVERY_FAILURES, EVENTS_PARKED),
     *(BUCKET_RATE, BUCKET_MAX_RATE, BUCKET_REQUESTS, BUCKET_WAIT, BUCKET_RATE_LIMITED),
     *(WEB_CONNECTIONS, WEB_CONNECTIONS_LIMIT, WEB_CONNECTIONS_CLOSED, WEB_ACCEPT_ERRORS),
 )
@@ -450,6 +464,8 @@ class _Account:
     pending: str = ""
     settled: str = ""
     amount: str = ""
+    corrections: str = ""  # only where a total was ever corrected
+    corrected: str = ""
     in_flight: str = ""
     stuck: tuple[str | tuple[str, tuple[TrackedTransfer, ...]], ...] = ()
     oldest: str = ""
@@ -488,11 +504,14 @@ class _Account:
             balance.append(BALANCE.line(labels, _number(float(held.balance.available))))
             if held.balance.pending is not None:
                 pending.append(PENDING.line(labels, _number(float(held.balance.pending))))
-        settled, amount = [], []
+        settled, amount, corrections, corrected = [], [], [], []
         for (currency, direction, final), total in sorted(state.totals.items()):
             labels = SETTLED_FLOW.template % (a, esc[currency], direction, p, final)
             settled.append(SETTLED.line(labels, _count(total.count)))
             amount.append(AMOUNT.line(labels, _number(float(total.amount))))
+            if total.corrections or total.corrected:
+                corrections.append(CORRECTIONS.line(labels, _count(total.corrections)))
+                corrected.append(CORRECTED.line(labels, _number(float(total.corrected))))
         in_flight: dict[tuple[str, Direction], list[TrackedTransfer]] = {}
         for tracked in state.in_flight():
             flow = (tracked.transfer.currency, tracked.transfer.direction)
@@ -518,6 +537,7 @@ class _Account:
         self.in_flight, self.stuck = "".join(counts), _joined(stuck)
         self.balance, self.pending = "".join(balance), "".join(pending)
         self.settled, self.amount = "".join(settled), "".join(amount)
+        self.corrections, self.corrected = "".join(corrections), "".join(corrected)
 
     def read_gauges(
         self,
@@ -614,6 +634,8 @@ class _Render:
         lines[LOW].append(entry.low)
         lines[SETTLED].append(entry.settled)
         lines[AMOUNT].append(entry.amount)
+        lines[CORRECTIONS].append(entry.corrections)
+        lines[CORRECTED].append(entry.corrected)
         lines[IN_FLIGHT].append(entry.in_flight)
         lines[STUCK] += stuck
         lines[OLDEST].append(entry.oldest)
@@ -668,6 +690,9 @@ class _Render:
             labels = PROVIDER.template % esc[provider]
             lines[STORE_ERRORS].append(STORE_ERRORS.line(labels, _count(t.store_errors[provider])))
         lines[STATE_FILE_OK].append(STATE_FILE_OK.line("", "1.0" if t.state_file_ok else "0.0"))
+        for (provider, account, endpoint), value in sorted(t.malformed.items()):
+            labels = ENDPOINT.template % (esc[account], esc[endpoint], esc[provider])
+            lines[MALFORMED].append(MALFORMED.line(labels, _count(value)))
         version = BUILD_INFO.labels.template % esc[__version__]
         lines[BUILD_INFO].append(BUILD_INFO.line(version, "1.0"))
 

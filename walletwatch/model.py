@@ -81,6 +81,15 @@ class Gauge:
 
 
 @dataclass(frozen=True, slots=True)
+class Malformed:
+    """A record the provider should never send, left out of its answer's observation."""
+
+    where: str
+    problem: str
+    transfer_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Observation:
     """What one successful poll of one endpoint saw.
 
@@ -94,3 +103,5 @@ class Observation:
     transfers: tuple[Transfer, ...] = ()
     directions: frozenset[Direction] = field(default_factory=frozenset)
     gauges: tuple[Gauge, ...] = ()
+    malformed: tuple[Malformed, ...] = ()
+    """Records of the answer left out as malformed; the rest of the answer is observed."""

@@ -465,6 +465,27 @@ class Store:
         row = self._db.execute("SELECT seq FROM cursors WHERE sink=?", (sink,)).fetchone()
         return int(row[0]) if row else 0
 
+    def transfers(
+        self, account: str, keys: Sequence[tuple[Direction, str]]
+    ) -> dict[tuple[Direction, str], Transfer]:
+        """The stored records of ``account``'s transfers ``keys`` (those it has).
+
+        For the few settled transfers whose money fields changed (``tracker.to_look_up``):
+        their compact entries in memory do not keep the values an amendment reports.
+        """
+        found: dict[tuple[Direction, str], Transfer] = {}
+        try:
+            for direction, transfer_id in keys:
+                row = self._db.execute(
+                    "SELECT * FROM transfers WHERE account=? AND direction=? AND id=?",
+                    (account, str(direction), transfer_id),
+                ).fetchone()
+                if row is not None:
+                    found[(direction, transfer_id)] = _transfer_from_row(row, {}).transfer
+        except (sqlite3.Error, ValueError, KeyError, TypeError) as err:
+            raise StoreError(f"cannot read transfers of account {account!r}: {err!r}") from err
+        return found
+
 
 @dataclass(frozen=True, slots=True)
 class Parked:
@@ -616,10 +637,17 @@ def _state_to_json(state: AccountState) -> dict[str, Any]:
         "down": state.down,
         "downs": state.downs,
         "totals": [
-            [c, str(d), str(s), t.count, str(t.amount)] for (c, d, s), t in state.totals.items()
+            [c, str(d), str(s), t.count, str(t.amount), t.corrections, str(t.corrected)]
+            for (c, d, s), t in state.totals.items()
         ],
         "pruned": {str(d): mark for d, mark in state.pruned.items()},
     }
+
+
+def _total(fields: Sequence[Any]) -> Total:
+    """A total as _state_to_json writes it; one written before corrections has none."""
+    count, amount, corrections, corrected = (*fields, 0, "0")[:4]
+    return Total(int(count), Decimal(amount), int(corrections), Decimal(corrected))
 
 
 def _state_from_json(
@@ -633,10 +661,7 @@ def _state_from_json(
         settled=settled,
         balances=balances,
         baselined=frozenset(Direction(d) for d in body["baselined"]),
-        totals={
-            (c, Direction(d), State(s)): Total(count, Decimal(amount))
-            for c, d, s, count, amount in body["totals"]
-        },
+        totals={(c, Direction(d), State(s)): _total(rest) for c, d, s, *rest in body["totals"]},
         failures=dict(body["failures"]),
         down=bool(body["down"]),
         downs=int(body["downs"]),

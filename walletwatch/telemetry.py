@@ -80,6 +80,8 @@ class Telemetry:
     events: Counter[str] = field(default_factory=Counter)
     store_errors: Counter[str] = field(default_factory=Counter)
     state_file_ok: bool = True  # False while the state file is not the one the daemon opened
+    # Records set aside as malformed, by (provider, account, endpoint).
+    malformed: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     # Event delivery, by sink name (set and counted by sinks.Dispatcher).
     outbox_pending: dict[str, int] = field(default_factory=dict)
     delivery_failures: Counter[str] = field(default_factory=Counter)

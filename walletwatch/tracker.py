@@ -4,27 +4,70 @@ Nothing here does I/O or reads a clock. States are immutable; an unchanged trans
 balance keeps its identity in the new state, so the store can write only what changed, and
 an observation that changes nothing gives back the very same state.
 
-Settled transfers are most of what an account remembers, so they are kept compact (see
-``Settled``): a plain tuple of atomic values each, which CPython's cyclic GC stops tracking,
-in one dict per direction keyed by id. Transfers in flight stay whole (``TrackedTransfer``):
-providers, metrics and the stuck rule read them.
+How transfers are held, whole in flight and compact once settled, is ``walletwatch.ledger``;
+its names the store and the tests use are re-exported here.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from operator import itemgetter
 from types import MappingProxyType
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 from walletwatch.events import Event, event_id
+from walletwatch.ledger import (
+    BIT,
+    CREATED,
+    FIRST_SEEN,
+    FLAGS,
+    FP,
+    HALF,
+    REVISION,
+    SETS,
+    STATE,
+    STATES,
+    STATUS,
+    STUCK_BIT,
+    UPDATED,
+    Ledger,
+    Settled,
+    TrackedTransfer,
+    TransferKey,
+    compact,
+    fingerprint,
+    money_print,
+    settled_set,
+    unchanged,
+)
 from walletwatch.model import Balance, Direction, Observation, State, Transfer
 
-TransferKey = tuple[Direction, str]
+__all__ = [
+    "FINAL_EVENT",
+    "KEEP_NEWEST",
+    "AccountState",
+    "Policy",
+    "Settled",
+    "Total",
+    "TotalKey",
+    "TrackedBalance",
+    "TrackedTransfer",
+    "TransferKey",
+    "compact",
+    "fail",
+    "fingerprint",
+    "is_stuck",
+    "money_print",
+    "observe",
+    "prune",
+    "prune_floors",
+    "settled_set",
+    "to_look_up",
+]
+
 TotalKey = tuple[str, Direction, State]
 
 
@@ -47,106 +90,6 @@ class Policy(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class TrackedTransfer:
-    """A transfer with what walletwatch knows about it beyond the provider's view."""
-
-    transfer: Transfer
-    first_seen: float
-    revision: int = 0
-    stuck: bool = False
-    settled: frozenset[State] = frozenset()
-
-    @property
-    def started_at(self) -> float:
-        """When the transfer began: the provider's created_at, else when it was first seen."""
-        created = self.transfer.created_at
-        return created if created is not None else self.first_seen
-
-
-Settled = tuple[int, str, str, int, int, float, float | None, float | None]
-"""A settled transfer, compact: (fingerprint, state, status, revision, flags, first_seen,
-created_at, updated_at).
-
-It holds what the tracker decides with later: whether a newly observed Transfer differs from
-the one seen (``fingerprint`` of the fields no rule reads; state, status and the times are
-compared exactly), the state and status it would move from, its revision, ``flags`` (the
-states it settled in as bits, and whether it was stuck) and the times pruning reads. State
-and status are plain interned strings shared by every transfer; no Transfer, Decimal or set
-is kept. The store keeps the full row (see ``AccountState.unsaved``).
-"""
-_FP: Final = 0
-_STATE: Final = 1
-_STATUS: Final = 2
-_REVISION: Final = 3
-_FLAGS: Final = 4
-_FIRST_SEEN: Final = 5
-_CREATED: Final = 6
-_UPDATED: Final = 7
-
-_BIT: Mapping[str, int] = {s: 1 << i for i, s in enumerate(State)}
-_STUCK = 1 << len(State)
-_SETS = tuple(frozenset(s for s in State if m & _BIT[s]) for m in range(_STUCK))
-"""Every possible ``settled`` set, indexed by its bits: shared, never one per transfer."""
-_PLAIN: Mapping[State, str] = {s: s.value for s in State}
-_STATES: Mapping[str, State] = {s.value: s for s in State}
-_FP_MASK = (1 << 60) - 1  # 60 bits: an int of two 30-bit digits, 32 bytes instead of 48
-
-
-def fingerprint(t: Transfer) -> int:
-    """A 60-bit hash of the transfer's fields that no tracker rule reads.
-
-    Python's hash, randomized per process for strings: never persisted (a loaded state
-    computes it afresh from the row). Amounts go in as their text, which hashes several
-    times faster than a Decimal; "1.50" and "1.5" then differ, which costs one silent row
-    update if a provider ever changes how it writes an amount, and nothing else. Two
-    different transfers collide with odds of 2**-60 (ints hash by value: confirmations -1
-    and -2 collide always). A collision can only hide a change to these quiet fields
-    (currency, amount, fee, address, txid, confirmations, details), never to the state,
-    status or times, which ``_unchanged`` compares exactly: no event depends on it, and the
-    stored row keeps the old values until the transfer next changes.
-    """
-    fee = None if t.fee is None else str(t.fee)
-    fields = (t.currency, str(t.amount), fee, t.address, t.txid, t.confirmations, t.details)
-    return hash(fields) & _FP_MASK
-
-
-def settled_set(states: Iterable[State]) -> frozenset[State]:
-    """The shared frozenset holding ``states``."""
-    return _SETS[sum(_BIT[s] for s in set(states))]
-
-
-def _intern(text: str) -> str:
-    return sys.intern(text) if type(text) is str else text
-
-
-def compact(tracked: TrackedTransfer) -> Settled:
-    """The compact entry of a settled transfer."""
-    t = tracked.transfer
-    flags = sum(_BIT[s] for s in tracked.settled) | (_STUCK if tracked.stuck else 0)
-    return (
-        fingerprint(t),
-        _PLAIN[t.state],
-        _intern(t.status),
-        tracked.revision,
-        flags,
-        tracked.first_seen,
-        t.created_at,
-        t.updated_at,
-    )
-
-
-def _unchanged(entry: Settled, t: Transfer) -> bool:
-    """True if ``t`` is the transfer ``entry`` was made from (``prev.transfer == t``)."""
-    return (
-        entry[_STATE] == t.state
-        and entry[_STATUS] == t.status
-        and entry[_CREATED] == t.created_at
-        and entry[_UPDATED] == t.updated_at
-        and entry[_FP] == fingerprint(t)
-    )
-
-
-@dataclass(frozen=True, slots=True)
 class TrackedBalance:
     """The last balance of one currency, whether it is low, and counters for event ids."""
 
@@ -158,13 +101,22 @@ class TrackedBalance:
 
 @dataclass(frozen=True, slots=True)
 class Total:
-    """How many transfers reached one final state, and their summed amount."""
+    """How many transfers reached one final state, their summed amount, and corrections.
+
+    Every field only grows (they are counters). A transfer that leaves the state again, or
+    moves to another currency, is one ``corrections``; an amount that is lowered, or that of
+    a transfer leaving, is added to ``corrected``. Net: ``count - corrections`` transfers
+    are in the state now, summing ``amount - corrected``.
+    """
 
     count: int = 0
     amount: Decimal = Decimal(0)
+    corrections: int = 0
+    corrected: Decimal = Decimal(0)
 
 
 _NO_ROWS: Mapping[TransferKey, TrackedTransfer] = MappingProxyType({})
+_NO_PREVIOUS: Mapping[TransferKey, Transfer] = MappingProxyType({})
 _UNKNOWN_FLOORS = (-math.inf,) * len(Direction)
 _DIRECTION_INDEX: Mapping[Direction, int] = {d: i for i, d in enumerate(Direction)}
 
@@ -218,7 +170,7 @@ class AccountState:
         if tracked is not None:
             return tracked.transfer.state
         entry = self.settled.get(direction, {}).get(transfer_id)
-        return None if entry is None else _STATES[entry[_STATE]]
+        return None if entry is None else STATES[entry[STATE]]
 
     def saved(self) -> AccountState:
         """This state without the records kept for the store: what to keep once committed."""
@@ -277,81 +229,25 @@ class _Emitter:
         self.emit(name, (t.direction, t.id, *extra_id), **extra, **core)
 
 
-class _Ledger:
-    """The transfers of one step: the state's mappings, copied on the first write only."""
-
-    def __init__(self, state: AccountState) -> None:
-        self.full = state.transfers
-        self.settled = state.settled
-        self.unsaved: dict[TransferKey, TrackedTransfer] = {}
-        self.touched: set[Direction] = set()
-        self._full: dict[TransferKey, TrackedTransfer] | None = None
-        self._outer: dict[Direction, Mapping[str, Settled]] | None = None
-        self._inner: dict[Direction, dict[str, Settled]] = {}
-
-    def get(self, direction: Direction, transfer_id: str) -> TrackedTransfer | Settled | None:
-        """The entry of a transfer, whole or compact; None if unknown."""
-        settled = self.settled.get(direction)  # a key is in one mapping only
-        entry = None if settled is None else settled.get(transfer_id)
-        return entry if entry is not None else self.full.get((direction, transfer_id))
-
-    def put(self, tracked: TrackedTransfer) -> None:
-        """Record a new or changed transfer: whole while in flight, else compact."""
-        t = tracked.transfer
-        key = (t.direction, t.id)
-        self.touched.add(t.direction)
-        if t.state.in_flight:
-            self._whole()[key] = tracked
-            settled = self.settled.get(t.direction)
-            if settled is not None and t.id in settled:
-                del self._compact(t.direction)[t.id]
-        else:
-            if key in self.full:
-                del self._whole()[key]
-            self._compact(t.direction)[t.id] = compact(tracked)
-            self.unsaved[key] = tracked
-
-    def _whole(self) -> dict[TransferKey, TrackedTransfer]:
-        if self._full is None:
-            self.full = self._full = dict(self.full)
-        return self._full
-
-    def _compact(self, direction: Direction) -> dict[str, Settled]:
-        if self._outer is None:
-            self.settled = self._outer = dict(self.settled)
-        inner = self._inner.get(direction)
-        if inner is None:
-            inner = self._inner[direction] = dict(self._outer.get(direction, {}))
-            self._outer[direction] = inner
-        return inner
-
-    def floors(self, floors: tuple[float, ...]) -> tuple[float, ...]:
-        """``floors`` forgotten for the directions this step changed."""
-        return tuple(
-            -math.inf if d in self.touched else floor
-            for d, floor in zip(Direction, floors, strict=True)
-        )
-
-    def finish(self) -> None:
-        """Drop the directions this step left without a settled transfer."""
-        for direction, inner in self._inner.items():
-            if not inner and self._outer is not None:
-                del self._outer[direction]
-
-
 def observe(
-    state: AccountState, obs: Observation, policy: Policy, now: float
+    state: AccountState,
+    obs: Observation,
+    policy: Policy,
+    now: float,
+    previous: Mapping[TransferKey, Transfer] = _NO_PREVIOUS,
 ) -> tuple[AccountState, list[Event]]:
     """Fold one successful poll of one endpoint into the state.
 
-    An observation that changes nothing gives back ``state`` itself.
+    ``previous`` holds the stored records of the transfers ``to_look_up`` names (settled
+    ones whose money fields changed: the compact entries do not keep them). An observation
+    that changes nothing gives back ``state`` itself.
     """
     out = _Emitter(policy, now)
     balances = state.balances
     if obs.balances is not None:
         balances = _balances(state.balances, obs.balances, policy, out)
-    ledger = _Ledger(state)
-    totals = _transfers(ledger, state, obs, policy, out)
+    ledger = Ledger(state.transfers, state.settled)
+    totals = _transfers(ledger, state, obs, out, previous)
     _stuck(ledger, obs.directions, policy, out)
     failures = state.failures
     if failures.get(obs.endpoint) != 0:
@@ -391,6 +287,21 @@ def observe(
         gone, floors = plan
         new = _forget(new, gone, floors) if gone else replace(new, prune_floor=floors)
     return new, out.events
+
+
+def to_look_up(state: AccountState, obs: Observation) -> tuple[TransferKey, ...]:
+    """Settled transfers in ``obs`` whose money fields changed: observe() needs their records.
+
+    The compact entries keep a hash of currency, amount, fee and address, not the values;
+    an amendment is rare, so the shell reads the few records from the store instead.
+    """
+    keys: list[TransferKey] = []
+    for t in obs.transfers:
+        settled = state.settled.get(t.direction)
+        entry = None if settled is None else settled.get(t.id)
+        if entry is not None and entry[FP] >> HALF != money_print(t):
+            keys.append(t.key)
+    return tuple(keys)
 
 
 def fail(
@@ -474,85 +385,199 @@ def _balances(
 
 
 def _transfers(
-    ledger: _Ledger, state: AccountState, obs: Observation, policy: Policy, out: _Emitter
+    ledger: Ledger,
+    state: AccountState,
+    obs: Observation,
+    out: _Emitter,
+    previous: Mapping[TransferKey, Transfer],
 ) -> Mapping[TotalKey, Total]:
     """Merge observed transfers into ``ledger``, emitting what is new after the baseline.
 
-    Returns the totals: ``state.totals`` itself when nothing settled.
+    Returns the totals: ``state.totals`` itself when nothing settled or changed.
     """
-    totals: dict[TotalKey, Total] | None = None
-    currencies = policy.currencies
+    totals = _Totals(state.totals)
+    currencies = out.policy.currencies
     for t in obs.transfers:
         direction = t.direction
-        if direction not in obs.directions or (
-            currencies is not None and t.currency not in currencies
-        ):
+        if direction not in obs.directions:
             continue
         prev = ledger.get(direction, t.id)
-        if isinstance(prev, tuple):  # settled, compact: the common case, kept cheap
-            if _unchanged(prev, t):
-                continue
-            old_state, old_status = prev[_STATE], prev[_STATUS]
-            first_seen, revision = prev[_FIRST_SEEN], prev[_REVISION]
-            stuck, settled = bool(prev[_FLAGS] & _STUCK), prev[_FLAGS] & ~_STUCK
-        elif prev is not None:
-            if prev.transfer == t:
-                continue
-            old_state, old_status = prev.transfer.state, prev.transfer.status
-            first_seen, revision, stuck = prev.first_seen, prev.revision, prev.stuck
-            settled = sum(_BIT[s] for s in prev.settled)
+        # A known transfer moved to a currency not watched is an amendment, not noise.
+        if prev is None and currencies is not None and t.currency not in currencies:
+            continue
         silent = direction not in state.baselined
         final = t.state.final
-        bit = _BIT[t.state] if final else 0
+        bit = BIT[t.state] if final else 0
         if prev is None:
             if _forgotten(state, t):
                 continue  # pruned long ago, showing up again on a history page: not news
-            ledger.put(TrackedTransfer(transfer=t, first_seen=out.now, settled=_SETS[bit]))
+            # ``settled`` holds the states a transfer was counted in: none in a baseline.
+            counted = SETS[0 if silent else bit]
+            ledger.put(TrackedTransfer(transfer=t, first_seen=out.now, settled=counted))
             if silent:
                 continue
             out.transfer(f"{direction}.detected", t, "detected")
             if final:
-                totals = dict(state.totals) if totals is None else totals
-                _settle(t, None, totals, out)
+                totals.add((t.currency, direction, t.state), t.amount)
+                _announce(t, None, out)
             continue
+        before: Transfer | None  # the money fields it had; None if they could not be read
+        if isinstance(prev, tuple):  # settled, compact: the common case, kept cheap
+            if unchanged(prev, t):
+                continue
+            old_state, old_status = STATES[prev[STATE]], prev[STATUS]
+            first_seen, revision = prev[FIRST_SEEN], prev[REVISION]
+            stuck, settled = bool(prev[FLAGS] & STUCK_BIT), prev[FLAGS] & ~STUCK_BIT
+            # Unchanged money fields need no stored row; changed ones the shell looked up.
+            same = prev[FP] >> HALF == money_print(t)
+            before = t if same else previous.get(t.key)
+        else:
+            if prev.transfer == t:
+                continue
+            old_state, old_status = prev.transfer.state, prev.transfer.status
+            first_seen, revision, stuck = prev.first_seen, prev.revision, prev.stuck
+            settled = sum(BIT[s] for s in prev.settled)
+            before = prev.transfer
         moved = old_state != t.state or old_status != t.status
-        ledger.put(TrackedTransfer(t, first_seen, revision + moved, stuck, _SETS[settled | bit]))
-        if not moved or silent:
+        amended = old_state.final and (before is None or _money(before) != _money(t))
+        if silent:
+            ledger.put(TrackedTransfer(t, first_seen, revision + moved, stuck, SETS[settled]))
             continue
-        if final and t.state != old_state:
-            if not settled & bit:  # a settlement is one fact, even if it flaps
-                totals = dict(state.totals) if totals is None else totals
-                _settle(t, old_state, totals, out)
-        elif direction is Direction.WITHDRAWAL:
-            out.transfer(
-                "withdrawal.status_changed",
-                t,
-                "status",
-                revision + 1,
-                t.status,
-                previous_state=str(old_state),
-                previous_status=old_status,
+        ledger.put(
+            TrackedTransfer(
+                t, first_seen, revision + (moved or amended), stuck, SETS[settled | bit]
             )
-    return totals if totals is not None else state.totals
+        )
+        _changes(
+            t,
+            old_state,
+            old_status=old_status,
+            revision=revision + 1,
+            settled=settled,
+            before=before,
+            amended=amended,
+            totals=totals,
+            out=out,
+        )
+    return totals.result()
 
 
-def _settle(
-    t: Transfer, previous: str | None, totals: dict[TotalKey, Total], out: _Emitter
+def _changes(
+    t: Transfer,
+    old_state: State,
+    *,
+    old_status: str,
+    revision: int,
+    settled: int,
+    before: Transfer | None,
+    amended: bool,
+    totals: _Totals,
+    out: _Emitter,
 ) -> None:
-    """Emit a transfer's final event and count it."""
+    """The events and counts of a known transfer that changed, after the baseline.
+
+    ``revision`` is the transfer's new one: it tells apart facts that repeat (a deposit
+    reversed twice is two facts). ``settled`` holds, as bits, the states it was counted in;
+    ``before`` its money fields before, or None if they could not be read.
+    """
+    direction, final = t.direction, t.state.final
+    counted = old_state.final and bool(settled & BIT[old_state])
+    old = before if before is not None else t  # unreadable: count as if unchanged
+    if amended:
+        out.transfer(
+            "transfer.amended",
+            t,
+            "amended",
+            revision,
+            previous_currency=None if before is None else before.currency,
+            previous_amount=None if before is None else before.amount,
+            previous_fee=None if before is None else before.fee,
+            previous_address=None if before is None else before.address,
+        )
+    if direction is Direction.DEPOSIT and old_state is State.OK and t.state is not State.OK:
+        out.transfer(
+            "deposit.reversed",
+            t,
+            "reversed",
+            revision,
+            previous_state=str(old_state),
+            previous_status=old_status,
+        )
+    if t.state != old_state:
+        if counted:  # it leaves a state it was counted in: the count is corrected
+            totals.correct((old.currency, direction, old_state), old.amount)
+        if final:
+            totals.add((t.currency, direction, t.state), t.amount)
+            if not settled & BIT[t.state]:  # a settlement is announced once, even if it flaps
+                _announce(t, old_state, out)
+    elif counted and amended and before is not None:
+        key = (t.currency, direction, t.state)
+        if before.currency != t.currency:
+            totals.correct((before.currency, direction, t.state), before.amount)
+            totals.add(key, t.amount)
+        elif t.amount > before.amount:
+            totals.add(key, t.amount - before.amount, count=0)
+        elif t.amount < before.amount:
+            totals.correct(key, before.amount - t.amount, count=0)
+    moved = old_state != t.state or old_status != t.status
+    if moved and not (final and t.state != old_state) and direction is Direction.WITHDRAWAL:
+        out.transfer(
+            "withdrawal.status_changed",
+            t,
+            "status",
+            revision,
+            t.status,
+            previous_state=str(old_state),
+            previous_status=old_status,
+        )
+
+
+def _money(t: Transfer) -> tuple[str, Decimal, Decimal | None, str | None]:
+    """The fields of a transfer whose change in a final state is an amendment."""
+    return (t.currency, t.amount, t.fee, t.address)
+
+
+class _Totals:
+    """The totals of one step: the state's mapping, copied on the first change only."""
+
+    def __init__(self, totals: Mapping[TotalKey, Total]) -> None:
+        self._base = totals
+        self._new: dict[TotalKey, Total] | None = None
+
+    def _copy(self) -> dict[TotalKey, Total]:
+        if self._new is None:
+            self._new = dict(self._base)
+        return self._new
+
+    def add(self, key: TotalKey, amount: Decimal, count: int = 1) -> None:
+        """Count ``count`` transfers and ``amount`` more in ``key``."""
+        totals = self._copy()
+        total = totals.get(key, Total())
+        totals[key] = replace(total, count=total.count + count, amount=total.amount + amount)
+
+    def correct(self, key: TotalKey, amount: Decimal, count: int = 1) -> None:
+        """Count ``count`` transfers and ``amount`` as taken back from ``key``."""
+        totals = self._copy()
+        total = totals.get(key, Total())
+        totals[key] = replace(
+            total, corrections=total.corrections + count, corrected=total.corrected + amount
+        )
+
+    def result(self) -> Mapping[TotalKey, Total]:
+        """The new totals; the state's own mapping if nothing changed."""
+        return self._new if self._new is not None else self._base
+
+
+def _announce(t: Transfer, previous: State | None, out: _Emitter) -> None:
+    """Emit a transfer's final event."""
     name = FINAL_EVENT[(t.direction, t.state)]
     fields: dict[str, Any] = {}
     if previous is not None:
         fields["previous_state"] = str(previous)
     out.transfer(name, t, t.state, **fields)
-    key = (t.currency, t.direction, t.state)
-    total = totals.get(key, Total())
-    totals[key] = Total(count=total.count + 1, amount=total.amount + t.amount)
 
 
-def _stuck(
-    ledger: _Ledger, directions: frozenset[Direction], policy: Policy, out: _Emitter
-) -> None:
+def _stuck(ledger: Ledger, directions: frozenset[Direction], policy: Policy, out: _Emitter) -> None:
     """Mark and announce, once each, in-flight transfers older than their threshold.
 
     Several at once are announced in key order, whatever order the state holds them in (a
@@ -635,7 +660,7 @@ def _scan(
 
     Beyond the KEEP_NEWEST newest, a settled transfer with a creation time goes once its
     last sign of life is before ``before``; the floor is the earliest last sign of life of
-    those that stay. A transfer that changes, or a new one, forgets the floor (``_Ledger``).
+    those that stay. A transfer that changes, or a new one, forgets the floor (``Ledger``).
     """
     settled = state.settled.get(direction, {})
     mine = [(key[1], t) for key, t in state.transfers.items() if key[0] == direction]
@@ -647,8 +672,8 @@ def _scan(
         life = _life(t.state.final, t.created_at, t.updated_at, tracked.first_seen)
         ranked.append((tracked.started_at, transfer_id, life, t.created_at))
     for transfer_id, entry in settled.items():
-        created, first_seen = entry[_CREATED], entry[_FIRST_SEEN]
-        life = _life(True, created, entry[_UPDATED], first_seen)
+        created, first_seen = entry[CREATED], entry[FIRST_SEEN]
+        life = _life(True, created, entry[UPDATED], first_seen)
         started = created if created is not None else first_seen
         ranked.append((started, transfer_id, life, created))
     ranked.sort(key=itemgetter(0, 1), reverse=True)

@@ -16,11 +16,11 @@ import structlog
 from walletwatch.config import AccountConfig, ProviderSettings
 from walletwatch.errors import Internal, ProviderError, RateLimited, Unavailable
 from walletwatch.events import Event
-from walletwatch.model import Direction, Gauge, Observation
+from walletwatch.model import Direction, Gauge, Observation, Transfer
 from walletwatch.scheduler import Outcome, TokenBucket
 from walletwatch.store import AsyncStore, StoreError
 from walletwatch.telemetry import Telemetry
-from walletwatch.tracker import AccountState, fail, observe
+from walletwatch.tracker import AccountState, TransferKey, fail, observe, to_look_up
 from walletwatch.types import Clock, Provider
 
 log = structlog.get_logger("walletwatch.watcher")
@@ -78,6 +78,7 @@ class AccountWatcher:
         self.buckets = tuple(buckets)  # the scheduler starts a poll when these have a slot
         self._directions: dict[str, frozenset[Direction]] = {}  # what each endpoint covers
         self._commit_failed = False  # the last commit failed: log the next failure as debug
+        self._set_aside: dict[str, frozenset[tuple[str | None, str]]] = {}  # malformed last poll
 
     def __repr__(self) -> str:
         return f"AccountWatcher({self.provider}:{self.name})"
@@ -153,8 +154,10 @@ class AccountWatcher:
                 f"{endpoint}: poll took over {self.poll_budget:g}s", reason="timeout"
             )
             return await self._failed(endpoint, budget)
+        self._malformed(endpoint, obs)
+        previous = await self._previous(obs)
         now = self._clock.time()
-        refused = await self._apply(lambda s: observe(s, obs, self.config, now))
+        refused = await self._apply(lambda s: observe(s, obs, self.config, now, previous))
         if refused is not None:  # fetched but not recorded: as failed as a poll gets
             return await self._failed(endpoint, Unavailable(str(refused), reason="store"))
         health = self.health.get(endpoint)
@@ -239,6 +242,43 @@ class AccountWatcher:
         if events:
             self._on_events()
         return None
+
+    def _malformed(self, endpoint: str, obs: Observation) -> None:
+        """Count the records an answer set aside; warn of those its last answer did not have."""
+        if not obs.malformed and endpoint not in self._set_aside:
+            return
+        self._telemetry.malformed[(self.provider, self.name, endpoint)] += len(obs.malformed)
+        before = self._set_aside.pop(endpoint, frozenset())
+        # Not by place: a record moves down the list as newer transfers arrive. Records
+        # without an id and with the same fault are then one (each is still counted).
+        keys = [(bad.transfer_id, bad.problem.removeprefix(bad.where)) for bad in obs.malformed]
+        if keys:
+            self._set_aside[endpoint] = frozenset(keys)
+        for bad, key in zip(obs.malformed, keys, strict=True):
+            if key not in before:
+                log.warning(
+                    "poll.malformed_record",
+                    provider=self.provider,
+                    account=self.name,
+                    endpoint=endpoint,
+                    transfer_id=bad.transfer_id,
+                    where=bad.where,
+                    problem=bad.problem,
+                )
+
+    async def _previous(self, obs: Observation) -> dict[TransferKey, Transfer]:
+        """The stored records of the settled transfers in ``obs`` whose money changed."""
+        keys = to_look_up(self.state, obs)
+        if not keys:
+            return {}
+        try:
+            return await self._store.call(self._store.store.transfers, self.name, keys)
+        except StoreError as err:  # the amendment is still reported, without the old values
+            self._telemetry.store_errors[self.provider] += 1
+            log.error(  # noqa: TRY400 - the message says it all; no traceback
+                "store.read_failed", provider=self.provider, account=self.name, error=str(err)
+            )
+            return {}
 
     def _keep_gauges(self, obs: Observation) -> None:
         for gauge in obs.gauges:

@@ -36,6 +36,7 @@ NAMES = {
     "WalletwatchEventsParked": ("sink",),
     "WalletwatchWebConnectionsExhausted": ("instance",),
     "WalletwatchClockJumped": ("instance",),
+    "WalletwatchMalformedRecords": ("provider", "account", "endpoint"),
 }
 # Thresholds come from the metrics, so one rule serves every account.
 THRESHOLD_METRICS = {

@@ -351,7 +351,7 @@ class TestParseTransactions:
         """An item becomes a Transfer in SILA with exact amount, epoch times and details."""
         (transfer,) = parse_transactions(
             decoded({"success": True, "transactions": [item("t1")]}), Direction.DEPOSIT
-        )
+        )[0]
 
         assert transfer == Transfer(
             id="t1",
@@ -383,7 +383,7 @@ class TestParseTransactions:
     def test_status(self, status: str, state: State) -> None:
         """Sila's six statuses map to their states; anything else is unknown, status kept."""
         payload = decoded({"success": True, "transactions": [item("t", status=status)]})
-        (transfer,) = parse_transactions(payload, Direction.DEPOSIT)
+        (transfer,) = parse_transactions(payload, Direction.DEPOSIT)[0]
 
         assert (transfer.state, transfer.status) == (state, status)
 
@@ -393,7 +393,7 @@ class TestParseTransactions:
         tx |= {"created": "2023-11-14T22:13:20.000Z", "last_update": "2023-11-14T22:13:21"}
         (transfer,) = parse_transactions(
             decoded({"success": True, "transactions": [tx]}), Direction.DEPOSIT
-        )
+        )[0]
 
         assert (transfer.created_at, transfer.updated_at) == (1_700_000_000.0, 1_700_000_001.0)
 
@@ -412,9 +412,11 @@ class TestParseTransactions:
         ],
     )
     def test_bad_items(self, tx: object) -> None:
-        """A wrong type, missing id or amount, or a bad time is BadPayload, not a guess."""
-        with pytest.raises(BadPayload):
-            parse_transactions(decoded({"success": True, "transactions": [tx]}), Direction.DEPOSIT)
+        """A wrong type, missing id or amount, or a bad time sets the item aside as malformed."""
+        transfers, malformed, listed = parse_transactions(
+            decoded({"success": True, "transactions": [tx]}), Direction.DEPOSIT
+        )
+        assert (transfers, len(malformed), listed) == ((), 1, 1)
 
     def test_transactions_must_be_a_list(self) -> None:
         """A successful answer without a transactions list is BadPayload."""

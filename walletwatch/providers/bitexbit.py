@@ -33,7 +33,15 @@ from urllib.parse import SplitResult, urlencode, urlsplit, urlunsplit
 from walletwatch.config import AccountConfig
 from walletwatch.context import ProviderContext
 from walletwatch.errors import BadPayload
-from walletwatch.model import Balance, Direction, Gauge, Observation, State, Transfer
+from walletwatch.model import (
+    Balance,
+    Direction,
+    Gauge,
+    Malformed,
+    Observation,
+    State,
+    Transfer,
+)
 from walletwatch.providers import parse
 from walletwatch.providers.bitexbit_auth import SignedAtSend, auth_headers
 from walletwatch.tracker import AccountState
@@ -133,10 +141,10 @@ def parse_deposit(item: Any, where: str) -> Transfer:
         id=transfer_id,
         direction=Direction.DEPOSIT,
         currency=parse.text(d.get("ticker"), f"{where}.ticker"),
-        amount=parse.amount(d.get("amount"), f"{where}.amount"),
+        amount=parse.non_negative(d.get("amount"), f"{where}.amount"),
         status=status,
         state=state,
-        fee=parse.optional_amount(d.get("fee"), f"{where}.fee"),
+        fee=parse.optional_non_negative(d.get("fee"), f"{where}.fee"),
         address=address,
         txid=txid,
         confirmations=_optional_count(
@@ -160,7 +168,7 @@ def parse_withdrawal(item: Any, where: str) -> Transfer:
         id=parse.text(w.get("id"), f"{where}.id"),
         direction=Direction.WITHDRAWAL,
         currency=parse.text(w.get("ticker"), f"{where}.ticker"),
-        amount=parse.amount(w.get("amount"), f"{where}.amount"),
+        amount=parse.non_negative(w.get("amount"), f"{where}.amount"),
         status=status,
         state=state,
         address=parse.optional_text(w.get("address"), f"{where}.address"),
@@ -302,28 +310,35 @@ class Bitexbit:
         direction = DIRECTIONS.get(endpoint)
         if direction is None:
             raise ValueError(f"unknown endpoint {endpoint!r}")
-        transfers = await self._history(direction, state, endpoint)
-        return Observation(endpoint, transfers=transfers, directions=frozenset({direction}))
+        transfers, malformed = await self._history(direction, state, endpoint)
+        return Observation(
+            endpoint,
+            transfers=transfers,
+            directions=frozenset({direction}),
+            malformed=malformed,
+        )
 
     async def _history(
         self, direction: Direction, state: AccountState, endpoint: str
-    ) -> tuple[Transfer, ...]:
+    ) -> tuple[tuple[Transfer, ...], tuple[Malformed, ...]]:
         """Newest first, until a known transfer and every in-flight one have been seen."""
         url = f"{self._base}{HISTORY_PATHS[direction]}?{urlencode(FIRST_PAGE)}"
         unseen = {t.transfer.id for t in state.in_flight() if t.transfer.direction is direction}
         seen: dict[str, Transfer] = {}
+        malformed: list[Malformed] = []
         reached_known = False
         for page in range(1, self._max_pages + 1):
             where = f"{endpoint} page {page}"
             results, following = parse_page(await self._get(url, endpoint, self._scheme), where)
-            batch = [PARSERS[direction](x, f"{where}.results[{i}]") for i, x in enumerate(results)]
+            batch, bad = parse.records(results, PARSERS[direction], f"{where}.results", "id")
             seen.update((t.id, t) for t in batch)
+            malformed.extend(bad)
             reached_known = reached_known or any(state.known(direction, t.id) for t in batch)
             unseen.difference_update(seen)
             if following is None or (reached_known and not unseen):
                 break
             url = follow(url, following, where)
-        return tuple(seen.values())
+        return tuple(seen.values()), tuple(malformed)
 
     async def _get(self, url: str, endpoint: str, scheme: str) -> Any:
         # The nonce is taken before Http.request queues for a slot (a key's requests leave first

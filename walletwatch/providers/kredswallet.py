@@ -61,7 +61,15 @@ from walletwatch.errors import (
     redact,
 )
 from walletwatch.http import Response
-from walletwatch.model import Balance, Direction, Gauge, Observation, State, Transfer
+from walletwatch.model import (
+    Balance,
+    Direction,
+    Gauge,
+    Malformed,
+    Observation,
+    State,
+    Transfer,
+)
 from walletwatch.providers import parse
 from walletwatch.tracker import AccountState
 
@@ -329,13 +337,19 @@ def parse_transfer(
 
 def parse_transfers(
     body: Any, direction: Direction, currency: str, required: int
-) -> tuple[Transfer, ...]:
-    """A deposits or withdraws listing, one Transfer per entry, newest first."""
+) -> tuple[tuple[Transfer, ...], tuple[Malformed, ...], int]:
+    """A deposits or withdraws listing, one Transfer per entry, newest first.
+
+    Returns the transfers, the entries set aside as malformed, and how many were listed.
+    """
     where = LISTS[direction].removeprefix("/user/")
-    return tuple(
-        parse_transfer(item, direction, currency, required, f"{where}[{i}]")
-        for i, item in enumerate(parse.items(body, where))
-    )
+    raw = parse.items(body, where)
+
+    def one(item: Any, here: str) -> Transfer:
+        return parse_transfer(item, direction, currency, required, here)
+
+    transfers, malformed = parse.records(raw, one, where, "txid")
+    return transfers, malformed, len(raw)
 
 
 def merge_outputs(transfers: Iterable[Transfer]) -> tuple[Transfer, ...]:
@@ -406,19 +420,26 @@ class KredsWallet:
                 endpoint, balances=(parse_balance(balance, summary, self._currency),)
             )
         direction = self._directions[endpoint]
-        transfers = await self._history(direction, state, endpoint)
-        return Observation(endpoint, transfers=transfers, directions=frozenset({direction}))
+        transfers, malformed = await self._history(direction, state, endpoint)
+        return Observation(
+            endpoint,
+            transfers=transfers,
+            directions=frozenset({direction}),
+            malformed=malformed,
+        )
 
     async def _history(
         self, direction: Direction, state: AccountState, endpoint: str
-    ) -> tuple[Transfer, ...]:
+    ) -> tuple[tuple[Transfer, ...], tuple[Malformed, ...]]:
         """Newest first, paging back until a known transfer, then refresh stale in-flight ones."""
         listed: list[Transfer] = []
+        malformed: list[Malformed] = []
         for page in range(1, self._max_pages + 1):
             body = await self._get(f"{LISTS[direction]}/{page}/{PAGE_SIZE}", endpoint)
-            batch = parse_transfers(body, direction, self._currency, self._required)
+            batch, bad, count = parse_transfers(body, direction, self._currency, self._required)
             listed.extend(batch)
-            if len(batch) < PAGE_SIZE or any(state.known(direction, t.id) for t in batch):
+            malformed.extend(bad)
+            if count < PAGE_SIZE or any(state.known(direction, t.id) for t in batch):
                 break
         seen = {t.id: t for t in merge_outputs(listed)}
         stale = sorted(
@@ -445,7 +466,7 @@ class KredsWallet:
             if mined is not None:
                 fresh = replace(fresh, created_at=mined)
             seen[fresh.id] = fresh
-        return tuple(seen.values())
+        return tuple(seen.values()), tuple(malformed)
 
     async def _get(self, path: str, endpoint: str, *, signed: bool = True) -> Any:
         """GET ``path`` under base_url; signed requests take the next nonce of the API key."""

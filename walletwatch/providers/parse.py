@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from walletwatch.errors import BadPayload
+from walletwatch.model import Malformed, Transfer
 
 MAX_CONFIRMATIONS = 10_000_000
 
@@ -37,6 +38,19 @@ def amount(value: Any, where: str) -> Decimal:
     if not result.is_finite() or abs(result.adjusted()) > 30:
         raise BadPayload(f"{where}: amount out of range: {str(value)[:40]!r}")
     return result
+
+
+def non_negative(value: Any, where: str) -> Decimal:
+    """An amount that is zero or more (a deposit's amount, a fee)."""
+    result = amount(value, where)
+    if result < 0:
+        raise BadPayload(f"{where}: negative amount {str(result)[:40]!r}")
+    return result
+
+
+def optional_non_negative(value: Any, where: str) -> Decimal | None:
+    """A non-negative amount, or None for null or an empty string."""
+    return None if value is None or value == "" else non_negative(value, where)
 
 
 def optional_amount(value: Any, where: str) -> Decimal | None:
@@ -91,3 +105,31 @@ def utc_time(value: Any, where: str, fmt: str = "%Y-%m-%d %H:%M:%S") -> float:
 def optional_utc_time(value: Any, where: str, fmt: str = "%Y-%m-%d %H:%M:%S") -> float | None:
     """A UTC time, or None for null or empty."""
     return None if value is None or value == "" else utc_time(value, where, fmt)
+
+
+def records(
+    raw: list[Any], one: Callable[[Any, str], Transfer], where: str, id_key: str
+) -> tuple[tuple[Transfer, ...], tuple[Malformed, ...]]:
+    """Each item of a listing read by ``one``; an item it refuses is set aside as malformed.
+
+    One record the provider should never send (a negative deposit, no id) must not hold
+    back the others of its answer; the caller reports what is set aside.
+    """
+    good: list[Transfer] = []
+    bad: list[Malformed] = []
+    for i, item in enumerate(raw):
+        here = f"{where}[{i}]"
+        try:
+            good.append(one(item, here))
+        except BadPayload as err:
+            bad.append(Malformed(where=here, problem=str(err), transfer_id=record_id(item, id_key)))
+    return tuple(good), tuple(bad)
+
+
+def record_id(item: Any, key: str) -> str | None:
+    """The id of a listed record where it has a usable one, for reporting it."""
+    value = item.get(key) if isinstance(item, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    result = str(value)
+    return result[:128] if result else None

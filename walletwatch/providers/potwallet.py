@@ -26,7 +26,15 @@ from yarl import URL
 from walletwatch.config import AccountConfig
 from walletwatch.context import ProviderContext
 from walletwatch.errors import AuthFailed, BadPayload, ProviderError, RateLimited, Rejected, redact
-from walletwatch.model import Balance, Direction, Gauge, Observation, State, Transfer
+from walletwatch.model import (
+    Balance,
+    Direction,
+    Gauge,
+    Malformed,
+    Observation,
+    State,
+    Transfer,
+)
 from walletwatch.providers import parse
 from walletwatch.tracker import AccountState
 
@@ -172,15 +180,26 @@ def merge(parts: list[Transfer]) -> Transfer:
     )
 
 
-def parse_transactions(payload: Any, direction: Direction) -> tuple[Transfer, ...]:
-    """GET /transactions/receive or /send: the message is the whole list (no paging)."""
+def parse_transactions(
+    payload: Any, direction: Direction
+) -> tuple[tuple[Transfer, ...], tuple[Malformed, ...]]:
+    """GET /transactions/receive or /send: the message is the whole list (no paging).
+
+    Returns the transfers and the entries set aside as malformed.
+    """
     where = CATEGORIES[direction]
     items = parse.items(check_success(payload, where), f"{where}.message")
+
+    def one(item: Any, here: str) -> Transfer:
+        return parse_transaction(item, direction, here)
+
+    parsed, malformed = parse.records(items, one, f"{where}.message", "txid")
     by_txid: dict[str, list[Transfer]] = {}
-    for i, item in enumerate(items):
-        transfer = parse_transaction(item, direction, f"{where}.message[{i}]")
+    for transfer in parsed:
         by_txid.setdefault(transfer.id, []).append(transfer)
-    return tuple(merge(parts) for parts in by_txid.values())
+    # An output of a transaction set aside would make the merged one wrong: leave it all out.
+    bad = {m.transfer_id for m in malformed}
+    return tuple(merge(parts) for txid, parts in by_txid.items() if txid not in bad), malformed
 
 
 def parse_price(payload: Any, quote_currency: str) -> Gauge:
@@ -237,10 +256,12 @@ class PotWallet:
             return Observation(endpoint, gauges=(parse_price(payload, self._quote),))
         direction = self._directions[endpoint]
         payload = await self._call(PATHS[direction], endpoint)
+        transfers, malformed = parse_transactions(payload, direction)
         return Observation(
             endpoint,
-            transfers=parse_transactions(payload, direction),
+            transfers=transfers,
             directions=frozenset({direction}),
+            malformed=malformed,
         )
 
     async def _call(self, path: str, endpoint: str, query: Mapping[str, str] | None = None) -> Any:

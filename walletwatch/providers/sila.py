@@ -23,7 +23,15 @@ from walletwatch.config import AccountConfig
 from walletwatch.context import ProviderContext
 from walletwatch.errors import AuthFailed, BadPayload, ConfigError, Rejected, redact
 from walletwatch.http import Response
-from walletwatch.model import Balance, Direction, Gauge, Observation, State, Transfer
+from walletwatch.model import (
+    Balance,
+    Direction,
+    Gauge,
+    Malformed,
+    Observation,
+    State,
+    Transfer,
+)
 from walletwatch.providers import parse
 from walletwatch.providers.sila_auth import (
     TOKEN_TTL,
@@ -171,7 +179,7 @@ def parse_transaction(item: Any, direction: Direction, where: str) -> Transfer:
         id=parse.text(tx.get("transaction_id"), f"{where}.transaction_id"),
         direction=direction,
         currency=CURRENCY,
-        amount=parse.amount(tx.get("sila_amount"), f"{where}.sila_amount"),
+        amount=parse.non_negative(tx.get("sila_amount"), f"{where}.sila_amount"),
         status=status,
         state=STATES.get(status, State.UNKNOWN),
         txid=parse.optional_text(tx.get("transaction_hash"), f"{where}.transaction_hash"),
@@ -181,14 +189,23 @@ def parse_transaction(item: Any, direction: Direction, where: str) -> Transfer:
     )
 
 
-def parse_transactions(payload: Any, direction: Direction) -> tuple[Transfer, ...]:
-    """POST /get_transactions: the ``transactions`` list in the order given (newest first)."""
+def parse_transactions(
+    payload: Any, direction: Direction
+) -> tuple[tuple[Transfer, ...], tuple[Malformed, ...], int]:
+    """POST /get_transactions: the ``transactions`` list in the order given (newest first).
+
+    Returns the transfers, the items set aside as malformed, and how many were listed.
+    """
     body = check_success(payload, "get_transactions")
     items = parse.items(body.get("transactions"), "get_transactions.transactions")
-    return tuple(
-        parse_transaction(item, direction, f"get_transactions.transactions[{i}]")
-        for i, item in enumerate(items)
+
+    def one(item: Any, where: str) -> Transfer:
+        return parse_transaction(item, direction, where)
+
+    transfers, malformed = parse.records(
+        items, one, "get_transactions.transactions", "transaction_id"
     )
+    return transfers, malformed, len(items)
 
 
 def _private_key(account: AccountConfig, name: str) -> PrivateKey:
@@ -242,15 +259,21 @@ class Sila:
             balance, gauges = parse_wallet(await self._call("/get_wallet", {}, endpoint))
             return Observation(endpoint, balances=(balance,), gauges=gauges)
         direction = self._directions[endpoint]
-        transfers = await self._history(direction, state, endpoint)
-        return Observation(endpoint, transfers=transfers, directions=frozenset({direction}))
+        transfers, malformed = await self._history(direction, state, endpoint)
+        return Observation(
+            endpoint,
+            transfers=transfers,
+            directions=frozenset({direction}),
+            malformed=malformed,
+        )
 
     async def _history(
         self, direction: Direction, state: AccountState, endpoint: str
-    ) -> tuple[Transfer, ...]:
+    ) -> tuple[tuple[Transfer, ...], tuple[Malformed, ...]]:
         """Newest first, paging back until a known transfer, then refresh stale in-flight ones."""
         kind = [TYPES[direction]]
         seen: dict[str, Transfer] = {}
+        malformed: list[Malformed] = []
         for page in range(1, self._max_pages + 1):
             filters = {
                 "transaction_types": kind,
@@ -259,9 +282,10 @@ class Sila:
                 "sort_ascending": False,
             }
             payload = await self._call("/get_transactions", {"search_filters": filters}, endpoint)
-            batch = parse_transactions(payload, direction)
+            batch, bad, listed = parse_transactions(payload, direction)
             seen.update((t.id, t) for t in batch)
-            if len(batch) < PAGE_SIZE or any(state.known(direction, t.id) for t in batch):
+            malformed.extend(bad)
+            if listed < PAGE_SIZE or any(state.known(direction, t.id) for t in batch):
                 break
         stale = sorted(
             (
@@ -279,8 +303,10 @@ class Sila:
                 )
             except Rejected:
                 continue  # unknown id: keep what we know rather than guess
-            seen.update((t.id, t) for t in parse_transactions(payload, direction))
-        return tuple(seen.values())
+            fresh, bad, _ = parse_transactions(payload, direction)
+            seen.update((t.id, t) for t in fresh)
+            malformed.extend(bad)
+        return tuple(seen.values()), tuple(malformed)
 
     async def _call(self, path: str, fields: Mapping[str, Any], endpoint: str) -> Any:
         """POST a read with a fresh header; the body once ``success`` is checked."""

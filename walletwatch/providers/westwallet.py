@@ -16,7 +16,7 @@ from typing import Any
 from walletwatch.config import AccountConfig
 from walletwatch.context import ProviderContext
 from walletwatch.errors import AuthFailed, BadPayload, RateLimited, Rejected, redact
-from walletwatch.model import Balance, Direction, Observation, State, Transfer
+from walletwatch.model import Balance, Direction, Malformed, Observation, State, Transfer
 from walletwatch.providers import parse
 from walletwatch.tracker import AccountState
 
@@ -84,8 +84,8 @@ def parse_transaction(item: Any, direction: Direction, where: str) -> Transfer:
         id=parse.text(tx.get("id"), f"{where}.id"),
         direction=direction,
         currency=parse.text(tx.get("currency"), f"{where}.currency"),
-        amount=parse.amount(tx.get("amount"), f"{where}.amount"),
-        fee=parse.optional_amount(tx.get("fee"), f"{where}.fee"),
+        amount=parse.non_negative(tx.get("amount"), f"{where}.amount"),
+        fee=parse.optional_non_negative(tx.get("fee"), f"{where}.fee"),
         address=parse.optional_text(tx.get("address"), f"{where}.address"),
         txid=parse.optional_text(tx.get("blockchain_hash"), f"{where}.blockchain_hash"),
         status=status,
@@ -100,19 +100,24 @@ def parse_transaction(item: Any, direction: Direction, where: str) -> Transfer:
     )
 
 
-def parse_transactions(payload: Any, direction: Direction) -> tuple[Transfer, ...]:
-    """POST /wallet/transactions: the ``result`` list, newest first."""
+def parse_transactions(
+    payload: Any, direction: Direction
+) -> tuple[tuple[Transfer, ...], tuple[Malformed, ...], int]:
+    """POST /wallet/transactions: the ``result`` list, newest first.
+
+    Returns the transfers, the records set aside as malformed, and how many were listed.
+    """
     body = check_error(payload, "transactions")
     result = parse.items(body.get("result"), "transactions.result")
-    transfers = tuple(
-        parse_transaction(item, direction, f"transactions.result[{i}]")
-        for i, item in enumerate(result)
-    )
     expected = TYPES[direction]
-    for i, item in enumerate(result):
-        if item.get("type", expected) != expected:
-            raise BadPayload(f"transactions.result[{i}].type: expected {expected!r}")
-    return transfers
+
+    def one(item: Any, where: str) -> Transfer:
+        if isinstance(item, Mapping) and item.get("type", expected) != expected:
+            raise BadPayload(f"{where}.type: expected {expected!r}")
+        return parse_transaction(item, direction, where)
+
+    transfers, malformed = parse.records(result, one, "transactions.result", "id")
+    return transfers, malformed, len(result)
 
 
 class WestWallet:
@@ -141,14 +146,20 @@ class WestWallet:
             payload = await self._call("GET", "/wallet/balances", None, endpoint)
             return Observation(endpoint, balances=parse_balances(payload))
         direction = self._directions[endpoint]
-        transfers = await self._history(direction, state, endpoint)
-        return Observation(endpoint, transfers=transfers, directions=frozenset({direction}))
+        transfers, malformed = await self._history(direction, state, endpoint)
+        return Observation(
+            endpoint,
+            transfers=transfers,
+            directions=frozenset({direction}),
+            malformed=malformed,
+        )
 
     async def _history(
         self, direction: Direction, state: AccountState, endpoint: str
-    ) -> tuple[Transfer, ...]:
+    ) -> tuple[tuple[Transfer, ...], tuple[Malformed, ...]]:
         """Newest first, paging back until a known transfer, then refresh stale in-flight ones."""
         seen: dict[str, Transfer] = {}
+        malformed: list[Malformed] = []
         for page in range(self._max_pages):
             params = {
                 "type": TYPES[direction],
@@ -156,11 +167,12 @@ class WestWallet:
                 "offset": page * PAGE_SIZE,
                 "order": "desc",
             }
-            batch = parse_transactions(
+            batch, bad, listed = parse_transactions(
                 await self._call("POST", "/wallet/transactions", params, endpoint), direction
             )
             seen.update((t.id, t) for t in batch)
-            if len(batch) < PAGE_SIZE or any(state.known(direction, t.id) for t in batch):
+            malformed.extend(bad)
+            if listed < PAGE_SIZE or any(state.known(direction, t.id) for t in batch):
                 break
         stale = sorted(
             (
@@ -181,9 +193,13 @@ class WestWallet:
                 )
             except Rejected:
                 continue  # not_found (as a body or a 404): keep what we know rather than guess
-            fresh = parse_transaction(payload, direction, "transaction")
+            try:
+                fresh = parse_transaction(payload, direction, "transaction")
+            except BadPayload as err:
+                malformed.append(Malformed("transaction", str(err), tracked.transfer.id))
+                continue
             seen[fresh.id] = fresh
-        return tuple(seen.values())
+        return tuple(seen.values()), tuple(malformed)
 
     async def _call(
         self, method: str, path: str, params: Mapping[str, Any] | None, endpoint: str
