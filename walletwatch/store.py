@@ -15,7 +15,10 @@ second Store on the same path is refused with a StateLocked naming the holder. T
 is never deleted: unlinking a lock file another process may be about to lock would let two
 processes each hold "the" lock. A Store also remembers which file it opened, and refuses to
 commit once the path names another file or none (``check_file``): writes to a deleted file
-are lost at the next start.
+are lost at the next start. Only a poll's commit is refused: the sinks go on delivering what
+was committed before the loss (moving their cursors in the old file changes nothing a new
+file would hold), and a nonce lease kept in the old file only lowers the floor of the next
+start's nonces, which are taken from the clock anyway.
 """
 
 from __future__ import annotations
