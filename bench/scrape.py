@@ -33,6 +33,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from simproc import GcPauses, curl, percentile, ticker
 
+from walletwatch.clock import SystemClock
 from walletwatch.config import AccountConfig, ProviderSettings
 from walletwatch.events import EVENT_NAMES
 from walletwatch.metrics import WalletwatchCollector
@@ -40,7 +41,6 @@ from walletwatch.model import Balance, Direction, Gauge, Observation, State, Tra
 from walletwatch.store import AsyncStore, Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState, Total, TrackedBalance, TrackedTransfer
-from walletwatch.types import SystemClock
 from walletwatch.watcher import AccountWatcher, EndpointHealth
 from walletwatch.web import create_app
 

@@ -14,8 +14,9 @@ import structlog
 from structlog.testing import capture_logs
 
 from tests.fakes import FakeClock, settle
+from walletwatch.budget import TokenBucket
 from walletwatch.notify import notify, watchdog, watchdog_period
-from walletwatch.scheduler import STALL_SLACK, Outcome, Scheduler, TokenBucket
+from walletwatch.scheduler import STALL_SLACK, Outcome, Scheduler
 
 
 @pytest.fixture(name="listener")

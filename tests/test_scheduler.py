@@ -20,31 +20,24 @@ from structlog.testing import capture_logs
 
 from tests.fakes import FakeClock, ScriptedProvider, settle
 from walletwatch.app import Daemon
+from walletwatch.arbiter import Slots, Waiter, acquire, plan
+from walletwatch.budget import (
+    FLOOR,
+    INCREASE,
+    REPEAT_WINDOW,
+    TokenBucket,
+    paced,
+    rate_limited,
+    relieved,
+)
 from walletwatch.config import AccountConfig, ProviderSettings, parse_config
 from walletwatch.context import ProviderContext
 from walletwatch.errors import Unavailable
 from walletwatch.metrics import WalletwatchCollector
 from walletwatch.model import Direction, Observation, State, Transfer
-from walletwatch.scheduler import (
-    FLOOR,
-    INCREASE,
-    MIN_RETRY,
-    REPEAT_WINDOW,
-    STARTUP_RATE,
-    STARTUP_SPREAD,
-    Outcome,
-    Scheduler,
-    Slots,
-    StopSignal,
-    TokenBucket,
-    Waiter,
-    acquire,
-    failure_delay,
-    paced,
-    plan,
-    rate_limited,
-    relieved,
-)
+from walletwatch.policy import MIN_RETRY, failure_delay
+from walletwatch.scheduler import STARTUP_RATE, STARTUP_SPREAD, Outcome, Scheduler
+from walletwatch.signals import StopSignal
 from walletwatch.store import AsyncStore, Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState
@@ -465,7 +458,7 @@ class TestSlots:
         served: list[tuple[int, float]] = []
 
         async def acquirer(index: int) -> None:
-            await bucket.acquire()
+            await acquire([bucket])
             served.append((index, clock.monotonic()))
 
         start = clock.monotonic()
@@ -481,7 +474,7 @@ class TestSlots:
         served: list[float] = []
 
         async def acquirer() -> None:
-            await bucket.acquire()
+            await acquire([bucket])
             served.append(clock.monotonic())
 
         tasks = [asyncio.create_task(acquirer()) for _ in range(3)]
@@ -504,7 +497,7 @@ class TestSlots:
         served: list[float] = []
 
         async def acquirer() -> None:
-            await bucket.acquire()
+            await acquire([bucket])
             served.append(clock.monotonic() - start)
 
         tasks = [asyncio.create_task(acquirer()) for _ in range(2)]
@@ -546,9 +539,9 @@ class TestSlots:
     async def test_a_cancelled_request_gives_its_turn_to_the_next(self, clock: FakeClock) -> None:
         """A request cancelled while waiting leaves the line; the one behind it moves up."""
         bucket = TokenBucket(1.0, clock)
-        await bucket.acquire()
-        first = asyncio.create_task(bucket.acquire())
-        second = asyncio.create_task(bucket.acquire())
+        await acquire([bucket])
+        first = asyncio.create_task(acquire([bucket]))
+        second = asyncio.create_task(acquire([bucket]))
         await settle()
         first.cancel()
         await clock.advance(1.0)
@@ -559,7 +552,7 @@ class TestSlots:
         """Each bucket counts the slots it gave and the seconds requests waited for them."""
         telemetry = Telemetry()
         bucket = TokenBucket(2.0, clock, name="k", stats=telemetry.bucket("k"))
-        tasks = [asyncio.create_task(bucket.acquire()) for _ in range(3)]
+        tasks = [asyncio.create_task(acquire([bucket])) for _ in range(3)]
         await clock.advance(2.0)
         await asyncio.gather(*tasks)
         stats = telemetry.buckets["k"]

@@ -21,6 +21,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from walletwatch import __version__
+from walletwatch.arbiter import Slots
+from walletwatch.budget import TokenBucket, paced
 from walletwatch.config import AccountConfig, Config
 from walletwatch.context import Nonces, ProviderContext, Shared
 from walletwatch.errors import ConfigError
@@ -28,7 +30,7 @@ from walletwatch.http import Http
 from walletwatch.listener import HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, Listener, raise_open_files
 from walletwatch.metrics import ReloadStatus, WalletwatchCollector
 from walletwatch.providers import REGISTRY
-from walletwatch.scheduler import Scheduler, Slots, TokenBucket, paced
+from walletwatch.scheduler import Scheduler
 from walletwatch.sinks import DELIVERY_GRACE, Dispatcher, FileSink, StreamSink, WebhookSink
 from walletwatch.store import MEMORY, AsyncStore, StateFileLost, Store
 from walletwatch.telemetry import Telemetry
@@ -365,7 +367,7 @@ class Daemon:
     def check_clock(self) -> None:
         """Export the system wall clock's offset; log when it leaves or rejoins tolerance.
 
-        The daemon's own time does not follow a step (types.SystemClock); only this says so.
+        The daemon's own time does not follow a step (clock.SystemClock); only this says so.
         """
         offset = self.clock.wall_offset()
         self.telemetry.clock_offset = offset

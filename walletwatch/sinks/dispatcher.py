@@ -12,7 +12,7 @@ import structlog
 
 from walletwatch.errors import WalletwatchError
 from walletwatch.events import Event
-from walletwatch.scheduler import sleep_until_set
+from walletwatch.signals import sleep_until_set
 from walletwatch.store import AsyncStore, StoreError
 from walletwatch.telemetry import Telemetry
 from walletwatch.types import Clock, Sink
