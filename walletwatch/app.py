@@ -28,8 +28,9 @@ from walletwatch.context import Nonces, ProviderContext, Shared
 from walletwatch.errors import ConfigError
 from walletwatch.http import Http
 from walletwatch.listener import HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, Listener, raise_open_files
-from walletwatch.metrics import ReloadStatus, WalletwatchCollector
+from walletwatch.metrics import WalletwatchCollector
 from walletwatch.providers import REGISTRY
+from walletwatch.render import ReloadStatus
 from walletwatch.scheduler import Scheduler
 from walletwatch.sinks import DELIVERY_GRACE, Dispatcher, FileSink, StreamSink, WebhookSink
 from walletwatch.store import MEMORY, AsyncStore, StateFileLost, Store

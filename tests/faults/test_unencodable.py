@@ -38,7 +38,7 @@ from walletwatch.app import Daemon
 from walletwatch.clock import SystemClock
 from walletwatch.escape import SURROGATES, escaped
 from walletwatch.events import Event, event_id
-from walletwatch.metrics import EXPOSITION_ERRORS
+from walletwatch.exposition import EXPOSITION_ERRORS
 from walletwatch.model import Balance, Direction, Gauge, Observation
 from walletwatch.store import Store, StoreError
 from walletwatch.tracker import AccountState, TrackedBalance
