@@ -223,14 +223,13 @@ PROVIDER_GAUGE_HELP = {
     "price": "price of the provider's currency in the quote currency (PotWallet)",
 }
 
-# The order the families are served in: those made from the watchers (with the provider
-
 
 def gauge_help(name: str) -> str:
     """The help text of the provider gauge ``name`` (the name itself when none is known)."""
     return PROVIDER_GAUGE_HELP.get(name, name)
 
 
+# The order the families are served in: those made from the watchers (with the provider
 # gauges, sorted by name, after ACCOUNT_FAMILIES), then walletwatch's own.
 ACCOUNT_FAMILIES = (
     *(BALANCE, PENDING, LOW, SETTLED, AMOUNT, CORRECTIONS, CORRECTED),
