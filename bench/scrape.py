@@ -33,12 +33,13 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from simproc import GcPauses, curl, percentile, ticker
 
+from walletwatch.asyncstore import AsyncStore
 from walletwatch.clock import SystemClock
 from walletwatch.config import AccountConfig, ProviderSettings
 from walletwatch.events import EVENT_NAMES
 from walletwatch.metrics import WalletwatchCollector
 from walletwatch.model import Balance, Direction, Gauge, Observation, State, Transfer
-from walletwatch.store import AsyncStore, Store
+from walletwatch.store import Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState, Total, TrackedBalance, TrackedTransfer
 from walletwatch.watcher import AccountWatcher, EndpointHealth

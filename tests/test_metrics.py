@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 
 from tests.fakes import START, FakeClock, ScriptedProvider
 from walletwatch import __version__, exposition, render, series
+from walletwatch.asyncstore import AsyncStore
 from walletwatch.config import AccountConfig, ProviderSettings
 from walletwatch.errors import (
     AuthFailed,
@@ -34,7 +35,7 @@ from walletwatch.events import EVENT_NAMES
 from walletwatch.metrics import WalletwatchCollector
 from walletwatch.model import Balance, Direction, Gauge, Observation, State, Transfer
 from walletwatch.render import SortedKeys
-from walletwatch.store import AsyncStore, Store
+from walletwatch.store import Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState, Total, TrackedBalance, TrackedTransfer
 from walletwatch.watcher import AccountWatcher, EndpointHealth

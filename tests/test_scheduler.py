@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 from tests.fakes import FakeClock, ScriptedProvider, settle
 from walletwatch.app import Daemon
 from walletwatch.arbiter import Slots, Waiter, acquire, plan
+from walletwatch.asyncstore import AsyncStore
 from walletwatch.budget import (
     FLOOR,
     INCREASE,
@@ -38,7 +39,7 @@ from walletwatch.model import Direction, Observation, State, Transfer
 from walletwatch.policy import MIN_RETRY, failure_delay
 from walletwatch.scheduler import STARTUP_RATE, STARTUP_SPREAD, Outcome, Scheduler
 from walletwatch.signals import StopSignal
-from walletwatch.store import AsyncStore, Store
+from walletwatch.store import Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState
 from walletwatch.types import Provider

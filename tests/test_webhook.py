@@ -22,6 +22,7 @@ from tests.fakes import FakeClock
 from tests.test_sinks import commit, make_events
 from tests.test_store import captured_logs
 from walletwatch.app import Daemon
+from walletwatch.asyncstore import AsyncStore
 from walletwatch.clock import SystemClock
 from walletwatch.config import Config, Secret, WebhookConfig, parse_config
 from walletwatch.errors import ConfigError
@@ -36,7 +37,7 @@ from walletwatch.sinks import (
     signature,
     verdict,
 )
-from walletwatch.store import AsyncStore, Store
+from walletwatch.store import Store
 from walletwatch.telemetry import Telemetry
 
 HOOK_SECRET = "hook-secret"

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from walletwatch import __version__
 from walletwatch.arbiter import Slots
+from walletwatch.asyncstore import AsyncStore
 from walletwatch.budget import TokenBucket, paced
 from walletwatch.config import AccountConfig, Config
 from walletwatch.context import Nonces, ProviderContext, Shared
@@ -33,7 +34,7 @@ from walletwatch.providers import REGISTRY
 from walletwatch.render import ReloadStatus
 from walletwatch.scheduler import Scheduler
 from walletwatch.sinks import DELIVERY_GRACE, Dispatcher, FileSink, StreamSink, WebhookSink
-from walletwatch.store import MEMORY, AsyncStore, StateFileLost, Store
+from walletwatch.store import MEMORY, StateFileLost, Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.throttle import Throttle, exception_handler, throttled_logger
 from walletwatch.tracker import AccountState

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import structlog
 
+from walletwatch.asyncstore import AsyncStore
 from walletwatch.budget import TokenBucket
 from walletwatch.config import AccountConfig, ProviderSettings
 from walletwatch.errors import Internal, ProviderError, RateLimited, Unavailable
 from walletwatch.events import Event
 from walletwatch.model import Direction, Gauge, Observation, Transfer
 from walletwatch.scheduler import Outcome
-from walletwatch.store import AsyncStore, StoreError
+from walletwatch.store import StoreError
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState, TransferKey, fail, observe, to_look_up
 from walletwatch.types import Clock, Provider
