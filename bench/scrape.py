@@ -37,12 +37,13 @@ from walletwatch.asyncstore import AsyncStore
 from walletwatch.clock import SystemClock
 from walletwatch.config import AccountConfig, ProviderSettings
 from walletwatch.events import EVENT_NAMES
+from walletwatch.health import EndpointHealth
 from walletwatch.metrics import WalletwatchCollector
 from walletwatch.model import Balance, Direction, Gauge, Observation, State, Transfer
 from walletwatch.store import Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState, Total, TrackedBalance, TrackedTransfer
-from walletwatch.watcher import AccountWatcher, EndpointHealth
+from walletwatch.watcher import AccountWatcher
 from walletwatch.web import create_app
 
 PROVIDERS = ("bitexbit", "kredswallet", "potwallet", "sila", "westwallet")

@@ -32,13 +32,14 @@ from walletwatch.errors import (
     Unavailable,
 )
 from walletwatch.events import EVENT_NAMES
+from walletwatch.health import EndpointHealth
 from walletwatch.metrics import WalletwatchCollector
 from walletwatch.model import Balance, Direction, Gauge, Observation, State, Transfer
 from walletwatch.render import SortedKeys
 from walletwatch.store import Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState, Total, TrackedBalance, TrackedTransfer
-from walletwatch.watcher import AccountWatcher, EndpointHealth
+from walletwatch.watcher import AccountWatcher
 
 SETTINGS = ProviderSettings(
     rate_limit=1.0,

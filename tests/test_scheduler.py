@@ -34,6 +34,7 @@ from walletwatch.budget import (
 from walletwatch.config import AccountConfig, ProviderSettings, parse_config
 from walletwatch.context import ProviderContext
 from walletwatch.errors import Unavailable
+from walletwatch.health import AccountHealth
 from walletwatch.metrics import WalletwatchCollector
 from walletwatch.model import Direction, Observation, State, Transfer
 from walletwatch.policy import MIN_RETRY, failure_delay
@@ -102,6 +103,19 @@ class FakePoller:
     ends: list[float] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+    health: AccountHealth = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.health = AccountHealth(self.down_after)
+
+    def record(self, endpoint: str, outcome: Outcome) -> Outcome:
+        """Record the outcome in the account's health, as a watcher does, and return it."""
+        if outcome.ok:
+            self.health.succeeded(endpoint, self.clock.time())
+        elif outcome.retry_after is None:
+            self.health.failed(endpoint, "connection", "scripted")
+            self.health.counted(endpoint)
+        return outcome
 
     def interval_for(self, endpoint: str) -> float:
         """The endpoint's own interval if one is set, else ``interval``."""
@@ -127,7 +141,7 @@ class FakePoller:
         outcome = own.pop(0) if own else self.script.pop(0) if self.script else Outcome(ok=True)
         if outcome.retry_after is not None:
             rate_limited(self.buckets, outcome.retry_after)  # as Http does on a 429
-        return outcome
+        return self.record(endpoint, outcome)
 
     def times(self, endpoint: str = "balances") -> list[float]:
         """Start times of the polls of one endpoint."""
@@ -671,7 +685,7 @@ class TestScheduler:
                 self.calls.append((endpoint, self.clock.monotonic()))
                 if len(self.calls) == 1:
                     raise KeyError("bug")
-                return Outcome(ok=True)
+                return self.record(endpoint, Outcome(ok=True))
 
         poller = Crashing(clock, interval=10.0)
         with capture_logs() as logs:
@@ -1052,7 +1066,7 @@ class TestCircuit:
         class Probed(FakePoller):
             async def poll(self, endpoint: str) -> Outcome:
                 self.calls.append((endpoint, self.clock.monotonic()))
-                return Outcome(ok=not failing)
+                return self.record(endpoint, Outcome(ok=not failing))
 
         poller = Probed(clock, interval=10.0, max_backoff=1000.0, down_after=2)
         start = clock.monotonic()
@@ -1076,7 +1090,7 @@ class TestCircuit:
         class Failing(FakePoller):
             async def poll(self, endpoint: str) -> Outcome:
                 self.calls.append((endpoint, self.clock.monotonic()))
-                return Outcome(ok=False)
+                return self.record(endpoint, Outcome(ok=False))
 
         poller = Failing(clock, interval=1.0, max_backoff=2.0, down_after=1)
         scheduler.start(poller, ["e0", "e1", "e2"])

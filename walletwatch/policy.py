@@ -1,10 +1,11 @@
 """The failure policy: how long a failed poll waits, and when an account's endpoints stop.
 
-One circuit per account counts failed polls in a row across its endpoints. A failed poll is
-retried after an exponential backoff with full jitter, capped at ``max_backoff``; after
-``down_after`` failures in a row every endpoint of the account waits while one probe at a time
-tries again. A 429 is no failure of the account: the poll that got it is retried by its own
-loop once the pause is over (the one retry owner), keeping its deadline.
+The account's health (walletwatch.health) counts failed polls in a row, across its endpoints
+and per endpoint. A failed poll is retried after an exponential backoff with full jitter,
+capped at ``max_backoff``; after ``down_after`` failures in a row the account's circuit holds
+every endpoint of the account back while one probe at a time tries again. A 429 is no failure
+of the account: the poll that got it is retried by its own loop once the pause is over (the
+one retry owner), keeping its deadline.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import math
 import random
 from collections import deque
 from dataclasses import dataclass, field
+
+from walletwatch.health import AccountHealth
 
 MIN_RETRY = 1.0
 """Never retry a failed poll sooner than this."""
@@ -27,10 +30,9 @@ def failure_delay(failures: int, interval: float, cap: float, rng: random.Random
 
 @dataclass(slots=True)
 class Circuit:
-    """One account's failed polls in a row, across its endpoints; open at ``threshold``."""
+    """One account's endpoints held back while its health says so, probing one at a time."""
 
-    threshold: int
-    failures: int = 0
+    health: AccountHealth  # the account's failed polls in a row: open at down_after
     retry_at: float = -math.inf  # while open, no endpoint polls before this
     probing: bool = False  # while open, one endpoint at a time tries
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -39,7 +41,7 @@ class Circuit:
     @property
     def open(self) -> bool:
         """True while the account's endpoints wait for a probe to succeed."""
-        return self.failures >= self.threshold
+        return self.health.open
 
     def settle(self, *, probed: bool) -> None:
         """A poll is over (``probed``: it was the probe); wake the endpoints waiting."""

@@ -23,6 +23,7 @@ import structlog
 
 from walletwatch.arbiter import _POLL, Ticket, admit, release
 from walletwatch.budget import TokenBucket
+from walletwatch.health import AccountHealth
 from walletwatch.policy import MIN_RETRY, Circuit, failure_delay
 from walletwatch.signals import StopSignal, sleep_until_set
 from walletwatch.types import Clock, Timer
@@ -57,8 +58,8 @@ class Poller(Protocol):
     max_backoff: float
 
     @property
-    def down_after(self) -> int:
-        """Failed polls in a row before the account's circuit opens."""
+    def health(self) -> AccountHealth:
+        """The account's polling health, which ``poll`` records each poll in."""
         ...
 
     @property
@@ -77,7 +78,7 @@ class Poller(Protocol):
 
 @dataclass(eq=False, slots=True)
 class _Endpoint:
-    """One endpoint's place in the schedule: when it is due, its deadline, its failures.
+    """One endpoint's place in the schedule: when it is due, and its deadline.
 
     Between polls an endpoint is this record and an entry of plain values in the scheduler's
     wake-up heap, not a suspended task or a timer handle of its own: with one per account
@@ -91,7 +92,6 @@ class _Endpoint:
     index: int  # in Scheduler._all
     due: float = 0.0
     deadline: float = 0.0
-    failures: int = 0  # this endpoint's, besides the account's in the circuit
     polled: bool = False
     retired: bool = False
     armed: int = -1  # the sequence number of its live wake-up entry, -1 when none
@@ -143,7 +143,7 @@ class Scheduler:
         random offset, so its endpoints take turns rather than queue behind each other.
         """
         names = list(endpoints)
-        circuit = Circuit(poller.down_after)
+        circuit = Circuit(poller.health)
         self._scheduled += len(names)
         spread = min(poller.interval, max(STARTUP_SPREAD, self._scheduled / STARTUP_RATE))
         offset = self._rng.uniform(0.0, spread)
@@ -283,7 +283,6 @@ class Scheduler:
         finished = self._clock.monotonic()
         interval = poller.interval_for(endpoint)
         if outcome.ok:
-            ep.failures = circuit.failures = 0
             # Keep the cadence, but never poll again sooner than an interval after this
             # poll got its first slot, nor before it ended: late polls are not caught up.
             slot = ticket.started if ticket.started is not None else ep.due
@@ -293,9 +292,7 @@ class Scheduler:
             # Rate limited: the bucket is paused; this poll alone retries, in its place.
             ep.due = finished + max(outcome.retry_after, MIN_RETRY)
         else:
-            ep.failures += 1
-            circuit.failures += 1
-            count = max(ep.failures, circuit.failures)
+            count = poller.health.backoff(endpoint)
             ep.due = finished + failure_delay(count, poller.interval, poller.max_backoff, self._rng)
             ep.deadline = ep.due + interval
             if circuit.open:
@@ -318,6 +315,7 @@ class Scheduler:
             log.exception(
                 "poll.crashed", provider=poller.provider, account=poller.name, endpoint=endpoint
             )
+            poller.health.counted(endpoint)
             return Outcome(ok=False)
         finally:
             _POLL.reset(token)

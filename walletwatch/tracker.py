@@ -20,6 +20,7 @@ from typing import Any
 from walletwatch.account import NO_ROWS, AccountState, Policy, Total, TotalKey, TrackedBalance
 from walletwatch.emitter import Emitter
 from walletwatch.events import Event
+from walletwatch.health import fail, recover
 from walletwatch.ledger import (
     BIT,
     FIRST_SEEN,
@@ -102,13 +103,7 @@ def observe(
     ledger = Ledger(state.transfers, state.settled)
     totals = _transfers(ledger, state, obs, out, previous)
     _stuck(ledger, obs.directions, policy, out)
-    failures = state.failures
-    if failures.get(obs.endpoint) != 0:
-        failures = {**failures, obs.endpoint: 0}
-    down = state.down
-    if down and not any(failures.values()):
-        down = False
-        out.emit("account.recovered", (state.downs,), endpoint=obs.endpoint)
+    failures, down = recover(state, obs.endpoint, out)
     baselined = state.baselined
     if not obs.directions <= baselined:
         baselined = baselined | obs.directions
@@ -155,26 +150,6 @@ def to_look_up(state: AccountState, obs: Observation) -> tuple[TransferKey, ...]
         if entry is not None and entry[FP] >> HALF != money_print(t):
             keys.append(t.key)
     return tuple(keys)
-
-
-def fail(
-    state: AccountState, endpoint: str, reason: str, policy: Policy, now: float
-) -> tuple[AccountState, list[Event]]:
-    """Record a failed poll; the account goes down once after ``down_after`` in a row."""
-    out = Emitter(policy, now)
-    failures = {**state.failures, endpoint: state.failures.get(endpoint, 0) + 1}
-    down, downs = state.down, state.downs
-    if not down and failures[endpoint] >= policy.down_after:
-        down, downs = True, downs + 1
-        out.emit(
-            "account.down",
-            (downs,),
-            endpoint=endpoint,
-            reason=reason,
-            failures=failures[endpoint],
-        )
-    new = replace(state, failures=failures, down=down, downs=downs, unsaved=NO_ROWS)
-    return new, out.events
 
 
 def _wanted(currency: str, policy: Policy) -> bool:
