@@ -222,9 +222,12 @@ def release(ticket: Ticket) -> None:
 
 def slots_of(bucket: TokenBucket) -> Slots:
     """The Slots that hand out the bucket's slots (one of its own unless it was given one)."""
-    if not isinstance(bucket.slots, Slots):
-        bucket.slots = Slots(bucket.clock)
-    return bucket.slots
+    slots = bucket.slots
+    if slots is None:
+        slots = bucket.slots = Slots(bucket.clock)
+    if not isinstance(slots, Slots):
+        raise TypeError(f"{bucket!r} has slots that are no Slots: {slots!r}")
+    return slots
 
 
 async def acquire(buckets: Sequence[TokenBucket]) -> None:
