@@ -27,13 +27,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from walletwatch.asyncstore import AsyncStore
+from walletwatch.clock import SystemClock
 from walletwatch.config import AccountConfig, Config, parse_config
 from walletwatch.metrics import WalletwatchCollector
 from walletwatch.model import Balance, Direction, Observation, State, Transfer
-from walletwatch.store import AsyncStore, Store
+from walletwatch.store import Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState, observe
-from walletwatch.types import SystemClock
 from walletwatch.watcher import AccountWatcher
 
 NOW = 1_700_000_000.0

@@ -36,9 +36,9 @@ from simproc import KINDS, SimProcess, percentile, simulator
 
 from walletwatch import logs
 from walletwatch.app import Daemon
+from walletwatch.clock import SystemClock
 from walletwatch.config import Config, parse_config
 from walletwatch.scheduler import Scheduler
-from walletwatch.types import SystemClock
 
 PROVIDER = "bitexbit"  # any provider of simproc.KINDS (and, for latency.py, INJECTORS)
 KEYS = 8

@@ -28,9 +28,10 @@ from simproc import KINDS, SimProcess, percentile, simulator
 
 from walletwatch import logs
 from walletwatch.app import Daemon
+from walletwatch.budget import paced
+from walletwatch.clock import SystemClock
 from walletwatch.config import PROVIDERS, Config, parse_config
-from walletwatch.scheduler import Scheduler, paced
-from walletwatch.types import SystemClock
+from walletwatch.scheduler import Scheduler
 
 PROVIDER = "bitexbit"  # any provider of simproc.KINDS (and, for latency.py, INJECTORS)
 OTHERS = {"kredswallet": 2, "potwallet": 2, "westwallet": 2}  # accounts on keys of their own

@@ -37,8 +37,8 @@ from simproc import KINDS, GcPauses, SimProcess, percentile, simulator, ticker
 from walletwatch import logs
 from walletwatch.app import Daemon
 from walletwatch.cli import Reloader
+from walletwatch.clock import SystemClock
 from walletwatch.config import load_config
-from walletwatch.types import SystemClock
 
 SIM_RATE_LIMIT = 1000.0  # per key, in the simulator: it answers, it does not throttle
 

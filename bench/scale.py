@@ -42,12 +42,12 @@ from simproc import KINDS, GcPauses, SimProcess, curl, percentile, simulator, ti
 
 from walletwatch import logs
 from walletwatch.app import Daemon
+from walletwatch.clock import SystemClock
 from walletwatch.config import AccountConfig, Config, parse_config
 from walletwatch.events import Event
 from walletwatch.model import Direction, Observation, State, Transfer
 from walletwatch.providers import westwallet
 from walletwatch.tracker import AccountState, observe
-from walletwatch.types import SystemClock
 
 PROVIDERS = sorted(KINDS)  # sila needs key pairs per account; the other four share a shape
 SCRAPES = 20

@@ -33,15 +33,17 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from simproc import GcPauses, curl, percentile, ticker
 
+from walletwatch.asyncstore import AsyncStore
+from walletwatch.clock import SystemClock
 from walletwatch.config import AccountConfig, ProviderSettings
 from walletwatch.events import EVENT_NAMES
+from walletwatch.health import EndpointHealth
 from walletwatch.metrics import WalletwatchCollector
 from walletwatch.model import Balance, Direction, Gauge, Observation, State, Transfer
-from walletwatch.store import AsyncStore, Store
+from walletwatch.store import Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState, Total, TrackedBalance, TrackedTransfer
-from walletwatch.types import SystemClock
-from walletwatch.watcher import AccountWatcher, EndpointHealth
+from walletwatch.watcher import AccountWatcher
 from walletwatch.web import create_app
 
 PROVIDERS = ("bitexbit", "kredswallet", "potwallet", "sila", "westwallet")

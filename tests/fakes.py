@@ -12,12 +12,13 @@ from pathlib import Path
 
 import aiohttp
 
+from walletwatch.asyncstore import AsyncStore
+from walletwatch.budget import TokenBucket
 from walletwatch.config import ProviderSettings
 from walletwatch.context import Nonces, ProviderContext, Shared
 from walletwatch.http import Http
 from walletwatch.model import Observation
-from walletwatch.scheduler import TokenBucket
-from walletwatch.store import AsyncStore, Store
+from walletwatch.store import Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.fakes import FakeClock
+from walletwatch.asyncstore import AsyncStore
 from walletwatch.context import NONCE_LEASE_MS, Nonces, Shared
-from walletwatch.store import AsyncStore, Store
+from walletwatch.store import Store
 
 
 @pytest.fixture(name="store")

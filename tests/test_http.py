@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from tests.fakes import FakeClock
+from walletwatch.budget import TokenBucket
 from walletwatch.errors import (
     AuthFailed,
     BadPayload,
@@ -24,7 +25,6 @@ from walletwatch.errors import (
     Unavailable,
 )
 from walletwatch.http import Http, parse_json, parse_retry_after
-from walletwatch.scheduler import TokenBucket
 from walletwatch.telemetry import Telemetry
 
 URL_ = "https://api.example.test/wallet/thing"

@@ -14,10 +14,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from walletwatch.app import Daemon
+from walletwatch.clock import SystemClock
 from walletwatch.config import Config, parse_config
 from walletwatch.errors import ConfigError
 from walletwatch.sim import Simulator, start
-from walletwatch.types import SystemClock
 
 KEY, SECRET = "it-key", "it-secret"
 LABELS = {"provider": "westwallet", "account": "hot"}

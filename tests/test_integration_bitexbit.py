@@ -18,12 +18,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from walletwatch.app import Daemon
+from walletwatch.clock import SystemClock
 from walletwatch.config import Config, parse_config
 from walletwatch.providers.bitexbit import Bitexbit
 from walletwatch.sim import provider_app, serve
 from walletwatch.sim.bitexbit import BitexbitSim
 from walletwatch.sim.common import SimContext
-from walletwatch.types import SystemClock
 
 KEY, SECRET = "bx-it-key", "bx-it-secret"
 READS = {

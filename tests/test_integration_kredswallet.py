@@ -13,9 +13,9 @@ import pytest
 
 from tests.test_integration import events, named, scrape
 from walletwatch.app import Daemon
+from walletwatch.clock import SystemClock
 from walletwatch.config import Config, parse_config
 from walletwatch.sim import Simulator, start
-from walletwatch.types import SystemClock
 
 KEY, SECRET = "it-kreds-key", "it-kreds-secret"
 LABELS = {"provider": "kredswallet", "account": "kreds"}

@@ -14,12 +14,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from walletwatch.app import Daemon
+from walletwatch.clock import SystemClock
 from walletwatch.config import Config, parse_config
 from walletwatch.providers.potwallet import PotWallet
 from walletwatch.sim import provider_app, serve
 from walletwatch.sim.common import SimContext
 from walletwatch.sim.potwallet import PotWalletSim
-from walletwatch.types import SystemClock
 
 PUBLIC, PRIVATE = "it-pot-public", "it-pot-private"
 READS = {"/balance", "/transactions/receive", "/transactions/send", "/price"}

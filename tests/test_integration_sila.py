@@ -15,13 +15,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from walletwatch.app import Daemon
+from walletwatch.clock import SystemClock
 from walletwatch.config import Config, parse_config
 from walletwatch.providers.sila import Sila
 from walletwatch.sim import provider_app, serve
 from walletwatch.sim.common import SimContext
 from walletwatch.sim.sila import SilaSim
 from walletwatch.sim.sila_auth import address_of_key
-from walletwatch.types import SystemClock
 
 APP, USER, OTHER_USER = "it-app", "it-wallet", "it-wallet-2"
 APP_KEY = hashlib.sha256(b"walletwatch it sila app").hexdigest()

@@ -19,7 +19,8 @@ from prometheus_client.openmetrics.parser import (
 from structlog.testing import capture_logs
 
 from tests.fakes import START, FakeClock, ScriptedProvider
-from walletwatch import __version__, metrics
+from walletwatch import __version__, exposition, render, series
+from walletwatch.asyncstore import AsyncStore
 from walletwatch.config import AccountConfig, ProviderSettings
 from walletwatch.errors import (
     AuthFailed,
@@ -31,12 +32,14 @@ from walletwatch.errors import (
     Unavailable,
 )
 from walletwatch.events import EVENT_NAMES
-from walletwatch.metrics import SortedKeys, WalletwatchCollector
+from walletwatch.health import EndpointHealth
+from walletwatch.metrics import WalletwatchCollector
 from walletwatch.model import Balance, Direction, Gauge, Observation, State, Transfer
-from walletwatch.store import AsyncStore, Store
+from walletwatch.render import SortedKeys
+from walletwatch.store import Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState, Total, TrackedBalance, TrackedTransfer
-from walletwatch.watcher import AccountWatcher, EndpointHealth
+from walletwatch.watcher import AccountWatcher
 
 SETTINGS = ProviderSettings(
     rate_limit=1.0,
@@ -766,8 +769,10 @@ class TestKeptLines:
 
             return formatting
 
-        for name in ("_go_float", "_number", "_count"):
-            monkeypatch.setattr(metrics, name, spy(getattr(metrics, name)))
+        for module in (exposition, series, render):
+            for name in ("go_float", "number", "count"):
+                if hasattr(module, name):
+                    monkeypatch.setattr(module, name, spy(getattr(module, name)))
         watcher = rig.add(account_config("hot", "potwallet"))
         price = Gauge("price", (("quote", "USD"),), Decimal("0.0625"))
         await rig.poll(watcher, Observation("balances", balances=(), gauges=(price,)))

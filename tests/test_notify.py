@@ -14,8 +14,10 @@ import structlog
 from structlog.testing import capture_logs
 
 from tests.fakes import FakeClock, settle
+from walletwatch.budget import TokenBucket
+from walletwatch.health import AccountHealth
 from walletwatch.notify import notify, watchdog, watchdog_period
-from walletwatch.scheduler import STALL_SLACK, Outcome, Scheduler, TokenBucket
+from walletwatch.scheduler import STALL_SLACK, Outcome, Scheduler
 
 
 @pytest.fixture(name="listener")
@@ -82,6 +84,7 @@ class Poller:
 
     def __init__(self) -> None:
         self.wedged = False
+        self.health = AccountHealth(self.down_after)
 
     def interval_for(self, endpoint: str) -> float:  # noqa: ARG002 - the Poller protocol
         """Every endpoint every ``interval``."""

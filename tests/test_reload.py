@@ -25,9 +25,9 @@ from tests.simthread import serve_in_thread
 from tests.test_cli import DEADLINE, free_port, wait_for
 from walletwatch.app import Daemon
 from walletwatch.cli import reload_config
+from walletwatch.clock import SystemClock
 from walletwatch.config import Config, load_config
 from walletwatch.sim import Simulator, start
-from walletwatch.types import SystemClock
 
 ACCOUNTS = {"hot": ("hot-key", "hot-secret"), "cold": ("cold-key", "cold-secret")}
 

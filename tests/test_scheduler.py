@@ -20,32 +20,27 @@ from structlog.testing import capture_logs
 
 from tests.fakes import FakeClock, ScriptedProvider, settle
 from walletwatch.app import Daemon
-from walletwatch.config import AccountConfig, ProviderSettings, parse_config
-from walletwatch.context import ProviderContext
-from walletwatch.errors import Unavailable
-from walletwatch.metrics import WalletwatchCollector
-from walletwatch.model import Direction, Observation, State, Transfer
-from walletwatch.scheduler import (
+from walletwatch.arbiter import Slots, Waiter, acquire, plan
+from walletwatch.asyncstore import AsyncStore
+from walletwatch.budget import (
     FLOOR,
     INCREASE,
-    MIN_RETRY,
     REPEAT_WINDOW,
-    STARTUP_RATE,
-    STARTUP_SPREAD,
-    Outcome,
-    Scheduler,
-    Slots,
-    StopSignal,
     TokenBucket,
-    Waiter,
-    acquire,
-    failure_delay,
     paced,
-    plan,
     rate_limited,
     relieved,
 )
-from walletwatch.store import AsyncStore, Store
+from walletwatch.config import AccountConfig, ProviderSettings, parse_config
+from walletwatch.context import ProviderContext
+from walletwatch.errors import Unavailable
+from walletwatch.health import AccountHealth
+from walletwatch.metrics import WalletwatchCollector
+from walletwatch.model import Direction, Observation, State, Transfer
+from walletwatch.policy import MIN_RETRY, failure_delay
+from walletwatch.scheduler import STARTUP_RATE, STARTUP_SPREAD, Outcome, Scheduler
+from walletwatch.signals import StopSignal
+from walletwatch.store import Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState
 from walletwatch.types import Provider
@@ -108,6 +103,19 @@ class FakePoller:
     ends: list[float] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+    health: AccountHealth = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.health = AccountHealth(self.down_after)
+
+    def record(self, endpoint: str, outcome: Outcome) -> Outcome:
+        """Record the outcome in the account's health, as a watcher does, and return it."""
+        if outcome.ok:
+            self.health.succeeded(endpoint, self.clock.time())
+        elif outcome.retry_after is None:
+            self.health.failed(endpoint, "connection", "scripted")
+            self.health.counted(endpoint)
+        return outcome
 
     def interval_for(self, endpoint: str) -> float:
         """The endpoint's own interval if one is set, else ``interval``."""
@@ -133,7 +141,7 @@ class FakePoller:
         outcome = own.pop(0) if own else self.script.pop(0) if self.script else Outcome(ok=True)
         if outcome.retry_after is not None:
             rate_limited(self.buckets, outcome.retry_after)  # as Http does on a 429
-        return outcome
+        return self.record(endpoint, outcome)
 
     def times(self, endpoint: str = "balances") -> list[float]:
         """Start times of the polls of one endpoint."""
@@ -465,7 +473,7 @@ class TestSlots:
         served: list[tuple[int, float]] = []
 
         async def acquirer(index: int) -> None:
-            await bucket.acquire()
+            await acquire([bucket])
             served.append((index, clock.monotonic()))
 
         start = clock.monotonic()
@@ -481,7 +489,7 @@ class TestSlots:
         served: list[float] = []
 
         async def acquirer() -> None:
-            await bucket.acquire()
+            await acquire([bucket])
             served.append(clock.monotonic())
 
         tasks = [asyncio.create_task(acquirer()) for _ in range(3)]
@@ -504,7 +512,7 @@ class TestSlots:
         served: list[float] = []
 
         async def acquirer() -> None:
-            await bucket.acquire()
+            await acquire([bucket])
             served.append(clock.monotonic() - start)
 
         tasks = [asyncio.create_task(acquirer()) for _ in range(2)]
@@ -546,9 +554,9 @@ class TestSlots:
     async def test_a_cancelled_request_gives_its_turn_to_the_next(self, clock: FakeClock) -> None:
         """A request cancelled while waiting leaves the line; the one behind it moves up."""
         bucket = TokenBucket(1.0, clock)
-        await bucket.acquire()
-        first = asyncio.create_task(bucket.acquire())
-        second = asyncio.create_task(bucket.acquire())
+        await acquire([bucket])
+        first = asyncio.create_task(acquire([bucket]))
+        second = asyncio.create_task(acquire([bucket]))
         await settle()
         first.cancel()
         await clock.advance(1.0)
@@ -559,7 +567,7 @@ class TestSlots:
         """Each bucket counts the slots it gave and the seconds requests waited for them."""
         telemetry = Telemetry()
         bucket = TokenBucket(2.0, clock, name="k", stats=telemetry.bucket("k"))
-        tasks = [asyncio.create_task(bucket.acquire()) for _ in range(3)]
+        tasks = [asyncio.create_task(acquire([bucket])) for _ in range(3)]
         await clock.advance(2.0)
         await asyncio.gather(*tasks)
         stats = telemetry.buckets["k"]
@@ -677,7 +685,7 @@ class TestScheduler:
                 self.calls.append((endpoint, self.clock.monotonic()))
                 if len(self.calls) == 1:
                     raise KeyError("bug")
-                return Outcome(ok=True)
+                return self.record(endpoint, Outcome(ok=True))
 
         poller = Crashing(clock, interval=10.0)
         with capture_logs() as logs:
@@ -1058,7 +1066,7 @@ class TestCircuit:
         class Probed(FakePoller):
             async def poll(self, endpoint: str) -> Outcome:
                 self.calls.append((endpoint, self.clock.monotonic()))
-                return Outcome(ok=not failing)
+                return self.record(endpoint, Outcome(ok=not failing))
 
         poller = Probed(clock, interval=10.0, max_backoff=1000.0, down_after=2)
         start = clock.monotonic()
@@ -1082,7 +1090,7 @@ class TestCircuit:
         class Failing(FakePoller):
             async def poll(self, endpoint: str) -> Outcome:
                 self.calls.append((endpoint, self.clock.monotonic()))
-                return Outcome(ok=False)
+                return self.record(endpoint, Outcome(ok=False))
 
         poller = Failing(clock, interval=1.0, max_backoff=2.0, down_after=1)
         scheduler.start(poller, ["e0", "e1", "e2"])

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from tests.fakes import START, FakeClock
+from walletwatch.asyncstore import AsyncStore
 from walletwatch.events import Event
 from walletwatch.sinks import DeliveryError, Dispatcher, FileSink, StreamSink
-from walletwatch.store import AsyncStore, Store, StoreError
+from walletwatch.store import Store, StoreError
 from walletwatch.tracker import AccountState
 
 

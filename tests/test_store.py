@@ -21,9 +21,10 @@ from structlog.testing import capture_logs
 from tests.fakes import START, FakeClock, FakePolicy, ScriptedProvider
 from tests.test_tracker import ACTION, balances, history, replay, tx
 from tests.test_web import SETTINGS, account_config
+from walletwatch.asyncstore import AsyncStore
 from walletwatch.events import Event
 from walletwatch.model import Direction, Observation, State
-from walletwatch.store import SCHEMA_VERSION, AsyncStore, Parked, Store, StoreError, set_aside
+from walletwatch.store import SCHEMA_VERSION, Parked, Store, StoreError, set_aside
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState, fail, observe
 from walletwatch.watcher import AccountWatcher

@@ -24,11 +24,12 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from structlog.testing import capture_logs
 
 from tests.fakes import FakeClock, ScriptedProvider
+from walletwatch.asyncstore import AsyncStore
 from walletwatch.config import AccountConfig, ProviderSettings
 from walletwatch.errors import Unavailable
 from walletwatch.metrics import WalletwatchCollector
 from walletwatch.model import Balance, Direction, Observation
-from walletwatch.store import AsyncStore, Store
+from walletwatch.store import Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState
 from walletwatch.watcher import AccountWatcher

@@ -14,9 +14,9 @@ import pytest
 import trustme
 
 from walletwatch.app import Daemon
+from walletwatch.clock import SystemClock
 from walletwatch.config import parse_config
 from walletwatch.errors import ConfigError
-from walletwatch.types import SystemClock
 from walletwatch.webauth import BasicAuth, parse_basic
 
 PASSWORD = "correct horse"

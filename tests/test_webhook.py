@@ -22,6 +22,8 @@ from tests.fakes import FakeClock
 from tests.test_sinks import commit, make_events
 from tests.test_store import captured_logs
 from walletwatch.app import Daemon
+from walletwatch.asyncstore import AsyncStore
+from walletwatch.clock import SystemClock
 from walletwatch.config import Config, Secret, WebhookConfig, parse_config
 from walletwatch.errors import ConfigError
 from walletwatch.metrics import WalletwatchCollector
@@ -35,9 +37,8 @@ from walletwatch.sinks import (
     signature,
     verdict,
 )
-from walletwatch.store import AsyncStore, Store
+from walletwatch.store import Store
 from walletwatch.telemetry import Telemetry
-from walletwatch.types import SystemClock
 
 HOOK_SECRET = "hook-secret"
 KEY, SECRET = "hook-key", "hook-secret-key"

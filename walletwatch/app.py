@@ -10,9 +10,9 @@ import asyncio
 import dataclasses
 import gc
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TextIO, TypeVar
+from typing import TextIO
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -21,20 +21,26 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from walletwatch import __version__
+from walletwatch.arbiter import Slots
+from walletwatch.asyncstore import AsyncStore
+from walletwatch.budget import TokenBucket, paced
+from walletwatch.clockwatch import ClockWatch
 from walletwatch.config import AccountConfig, Config
 from walletwatch.context import Nonces, ProviderContext, Shared
 from walletwatch.errors import ConfigError
 from walletwatch.http import Http
 from walletwatch.listener import HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, Listener, raise_open_files
-from walletwatch.metrics import ReloadStatus, WalletwatchCollector
+from walletwatch.metrics import WalletwatchCollector
 from walletwatch.providers import REGISTRY
-from walletwatch.scheduler import Scheduler, Slots, TokenBucket, paced
+from walletwatch.reload import RESTART_KEYS, changes, restart_needed, slices, yield_loop
+from walletwatch.render import ReloadStatus
+from walletwatch.scheduler import Scheduler
 from walletwatch.sinks import DELIVERY_GRACE, Dispatcher, FileSink, StreamSink, WebhookSink
-from walletwatch.store import MEMORY, AsyncStore, StateFileLost, Store
+from walletwatch.store import MEMORY, StateFileLost, Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.throttle import Throttle, exception_handler, throttled_logger
 from walletwatch.tracker import AccountState
-from walletwatch.types import Clock, ProviderFactory, Sink, Timer
+from walletwatch.types import Clock, ProviderFactory, Sink
 from walletwatch.watcher import AccountWatcher
 from walletwatch.web import HOLD, create_app
 from walletwatch.webauth import BasicAuth, server_context
@@ -50,32 +56,6 @@ WEB_GRACE = 3.0
 """Seconds requests being answered get on SIGTERM (aiohttp's default is 60 s). With the polls'
 SHUTDOWN_GRACE and the sinks' DELIVERY_GRACE, a stop takes at most 18 s and some cleanup,
 inside the unit's TimeoutStopSec=30s."""
-
-
-CLOCK_CHECK = 5.0
-"""Seconds between two measurements of the system wall clock against the daemon's own."""
-CLOCK_TOLERANCE = 30.0
-"""A wall-clock step larger than this (seconds) is reported. NTP slews far less; the shortest
-stuck thresholds are minutes, so a smaller step would not change what walletwatch reports."""
-
-RELOAD_SLICE = 250
-"""Accounts a reload compares, stops or builds between two turns of the event loop.
-
-Building a watcher takes about 0.1 ms, so a slice keeps the loop busy some 25 ms.
-"""
-
-T = TypeVar("T")
-
-
-def _slices(items: Sequence[T], size: int = RELOAD_SLICE) -> Iterator[Sequence[T]]:
-    """``items`` in consecutive slices of at most ``size``."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-async def _yield() -> None:
-    """Let every other ready task and callback run before going on."""
-    await asyncio.sleep(0)
 
 
 def check_supported(config: Config, providers: Mapping[str, ProviderFactory]) -> None:
@@ -135,8 +115,7 @@ class Daemon:
         self._polling = False
         self._renders_frozen = False  # True once a render after the last freeze was frozen too
         self._reloading = asyncio.Lock()
-        self._clock_timer: Timer | None = None
-        self._clock_jumped = False
+        self._clock_watch = ClockWatch(clock, self.telemetry)
         self.port: int | None = None
         self._started = False  # start() completed: close() then announces the stop
 
@@ -355,32 +334,11 @@ class Daemon:
         for watcher in self.watchers.values():
             self.scheduler.start(watcher, watcher.endpoints)
         self._freeze()
-        self._watch_clock()
-
-    def _watch_clock(self) -> None:
-        """Measure the wall clock's offset now and every CLOCK_CHECK seconds."""
-        self.check_clock()
-        self._clock_timer = self.clock.call_later(CLOCK_CHECK, self._watch_clock)
+        self._clock_watch.start()
 
     def check_clock(self) -> None:
-        """Export the system wall clock's offset; log when it leaves or rejoins tolerance.
-
-        The daemon's own time does not follow a step (types.SystemClock); only this says so.
-        """
-        offset = self.clock.wall_offset()
-        self.telemetry.clock_offset = offset
-        jumped = abs(offset) > CLOCK_TOLERANCE
-        if jumped and not self._clock_jumped:
-            log.warning(
-                "clock.jumped",
-                offset_seconds=round(offset, 3),
-                tolerance_seconds=CLOCK_TOLERANCE,
-                note="the system wall clock was stepped; ages, stuck checks, pruning and "
-                "timestamps keep walletwatch's steady time; a restart adopts the new time",
-            )
-        elif self._clock_jumped and not jumped:
-            log.info("clock.rejoined", offset_seconds=round(offset, 3))
-        self._clock_jumped = jumped
+        """Export the system wall clock's offset; log when it leaves or rejoins tolerance."""
+        self._clock_watch.check()
 
     def _freeze(self) -> None:
         """Keep what the daemon built to run out of the cyclic collector's full passes.
@@ -432,17 +390,8 @@ class Daemon:
             raise
         async with self._reloading:
             old = self.config
-            fixed = (
-                "listen",
-                "state_path",
-                "events_file",
-                "log_format",
-                "providers",
-                "sinks",
-                "web",
-            )
-            restart = tuple(k for k in fixed if getattr(new, k) != getattr(old, k))
-            kept = {k: getattr(old, k) for k in fixed}
+            restart = restart_needed(old, new)
+            kept = {k: getattr(old, k) for k in RESTART_KEYS}
             self.config = new = dataclasses.replace(new, **kept)
             before = {a.name: a for a in old.accounts}
             after = {a.name: a for a in new.accounts}
@@ -475,29 +424,21 @@ class Daemon:
         nonces: Nonces,
     ) -> None:
         """Stop the accounts gone or changed, start those new or changed, a slice at a time."""
-        gone: list[str] = []
-        started: list[AccountConfig] = []
-        for names in _slices(list(before.keys() | after.keys())):
-            for name in names:
-                was, now = before.get(name), after.get(name)
-                if was != now:
-                    gone.extend((name,) if was is not None else ())
-                    started.extend((now,) if now is not None else ())
-            await _yield()
-        for names in _slices(gone):
+        gone, started = await changes(before, after)
+        for names in slices(gone):
             await asyncio.gather(*(self.scheduler.stop_poller(name) for name in names))
             for name in names:
                 del self.watchers[name]
-            await _yield()
+            await yield_loop()
         states = await store.call(store.store.load, [a.name for a in started])
-        for accounts in _slices(started):
+        for accounts in slices(started):
             for account in accounts:
                 state = states.pop(account.name, None)
                 watcher = self._watcher(account, state, store, session, nonces)
                 self.watchers[account.name] = watcher
                 if self._polling:
                     self.scheduler.start(watcher, watcher.endpoints)
-            await _yield()
+            await yield_loop()
 
     async def poll_once(self) -> None:
         """Poll every endpoint of every account once, then deliver the events."""
@@ -520,8 +461,7 @@ class Daemon:
         What the sinks could not deliver within DELIVERY_GRACE stays in the outbox for the
         next start.
         """
-        if self._clock_timer is not None:
-            self._clock_timer.cancel()
+        self._clock_watch.stop()
         await self.scheduler.stop(SHUTDOWN_GRACE)
         gc.unfreeze()
         if self._file_task is not None:

@@ -22,6 +22,7 @@ import yaml
 
 from walletwatch import __version__, logs
 from walletwatch.app import Daemon
+from walletwatch.clock import SystemClock
 from walletwatch.config import Config, Listen, load_config, parse_config
 from walletwatch.errors import ConfigError, WalletwatchError
 from walletwatch.loader import load_config_apart
@@ -30,7 +31,6 @@ from walletwatch.shard import Shard, parse_shard
 from walletwatch.sim import Simulator, start
 from walletwatch.sim.faults import parse_faults
 from walletwatch.store import StateLock, StateLocked, StoreError, set_aside
-from walletwatch.types import SystemClock
 from walletwatch.watcher import AccountWatcher
 
 log = structlog.get_logger("walletwatch.cli")

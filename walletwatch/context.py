@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+from walletwatch.asyncstore import AsyncStore
 from walletwatch.config import ProviderSettings
 from walletwatch.http import Http
-from walletwatch.store import AsyncStore
 from walletwatch.types import Clock
 
 T = TypeVar("T")

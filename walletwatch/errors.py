@@ -4,6 +4,9 @@
 
     WalletwatchError
     ├── ConfigError                 the configuration is unusable; carries every problem
+    ├── StoreError                  the state database cannot be read or written
+    │   ├── StateLocked             another running walletwatch holds the state file
+    │   └── StateFileLost           the state file was removed or replaced under the daemon
     └── ProviderError               a poll failed; ``reason`` is the poll_errors_total label
         ├── Unavailable             timeout, connection, http_5xx: try again later
         ├── RateLimited             HTTP 429; ``retry_after`` seconds when the provider said
@@ -42,6 +45,18 @@ class ConfigError(WalletwatchError):
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = tuple(problems)
         super().__init__("\n".join(self.problems))
+
+
+class StoreError(WalletwatchError):
+    """The state database cannot be read or written."""
+
+
+class StateLocked(StoreError):
+    """Another running walletwatch holds the state file."""
+
+
+class StateFileLost(StoreError):
+    """The state file was removed or replaced under the running daemon."""
 
 
 class ProviderError(WalletwatchError):

@@ -16,6 +16,8 @@ from typing import Any
 
 import aiohttp
 
+from walletwatch.arbiter import acquire
+from walletwatch.budget import TokenBucket, rate_limited, relieved
 from walletwatch.errors import (
     AuthFailed,
     BadPayload,
@@ -25,7 +27,6 @@ from walletwatch.errors import (
     Unavailable,
 )
 from walletwatch.escape import cleaned, escaped, may_hold_unsafe
-from walletwatch.scheduler import TokenBucket, acquire, rate_limited, relieved
 from walletwatch.telemetry import Telemetry
 from walletwatch.types import Clock
 

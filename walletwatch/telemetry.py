@@ -89,7 +89,7 @@ class Telemetry:
     # Rate-limit buckets by name: a credential_id, or provider@host.
     buckets: dict[str, BucketStats] = field(default_factory=dict)
     web: WebConnections = field(default_factory=WebConnections)
-    # The system's wall clock less the daemon's steady one (types.SystemClock), last measured.
+    # The system's wall clock less the daemon's steady one (clock.SystemClock), last measured.
     clock_offset: float = 0.0
 
     def request(self, provider: str, endpoint: str, code: str, seconds: float) -> None:

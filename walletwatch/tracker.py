@@ -4,24 +4,25 @@ Nothing here does I/O or reads a clock. States are immutable; an unchanged trans
 balance keeps its identity in the new state, so the store can write only what changed, and
 an observation that changes nothing gives back the very same state.
 
-How transfers are held, whole in flight and compact once settled, is ``walletwatch.ledger``;
-its names the store and the tests use are re-exported here.
+The state itself is ``walletwatch.account``, how transfers are held in it ``walletwatch.ledger``,
+and forgetting old ones ``walletwatch.pruning``; the names the store and the tests use of
+those are re-exported here.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from decimal import Decimal
-from operator import itemgetter
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
-from walletwatch.events import Event, event_id
+from walletwatch.account import NO_ROWS, AccountState, Policy, Total, TotalKey, TrackedBalance
+from walletwatch.emitter import Emitter
+from walletwatch.events import Event
+from walletwatch.health import fail, recover
 from walletwatch.ledger import (
     BIT,
-    CREATED,
     FIRST_SEEN,
     FLAGS,
     FP,
@@ -32,7 +33,6 @@ from walletwatch.ledger import (
     STATES,
     STATUS,
     STUCK_BIT,
-    UPDATED,
     Ledger,
     Settled,
     TrackedTransfer,
@@ -44,6 +44,7 @@ from walletwatch.ledger import (
     unchanged,
 )
 from walletwatch.model import Balance, Direction, Observation, State, Transfer
+from walletwatch.pruning import KEEP_NEWEST, forget, forgotten, prune, prune_floors, prune_plan
 
 __all__ = [
     "FINAL_EVENT",
@@ -68,113 +69,8 @@ __all__ = [
     "to_look_up",
 ]
 
-TotalKey = tuple[str, Direction, State]
 
-
-class Policy(Protocol):
-    """What the tracker needs to know about an account (an AccountConfig satisfies it)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def provider(self) -> str: ...
-    @property
-    def currencies(self) -> frozenset[str] | None: ...
-    @property
-    def low_balance(self) -> Mapping[str, Decimal]: ...
-    @property
-    def down_after(self) -> int: ...
-    @property
-    def retention(self) -> float: ...
-    def stuck_after(self, direction: str) -> float: ...
-
-
-@dataclass(frozen=True, slots=True)
-class TrackedBalance:
-    """The last balance of one currency, whether it is low, and counters for event ids."""
-
-    balance: Balance
-    low: bool = False
-    changes: int = 0
-    low_crossings: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Total:
-    """How many transfers reached one final state, their summed amount, and corrections.
-
-    Every field only grows (they are counters). A transfer that leaves the state again, or
-    moves to another currency, is one ``corrections``; an amount that is lowered, or that of
-    a transfer leaving, is added to ``corrected``. Net: ``count - corrections`` transfers
-    are in the state now, summing ``amount - corrected``.
-    """
-
-    count: int = 0
-    amount: Decimal = Decimal(0)
-    corrections: int = 0
-    corrected: Decimal = Decimal(0)
-
-
-_NO_ROWS: Mapping[TransferKey, TrackedTransfer] = MappingProxyType({})
 _NO_PREVIOUS: Mapping[TransferKey, Transfer] = MappingProxyType({})
-_UNKNOWN_FLOORS = (-math.inf,) * len(Direction)
-_DIRECTION_INDEX: Mapping[Direction, int] = {d: i for i, d in enumerate(Direction)}
-
-
-@dataclass(frozen=True, slots=True)
-class AccountState:
-    """Everything walletwatch remembers about one account."""
-
-    # Transfers kept whole: those in flight (and any a caller builds a state with).
-    transfers: Mapping[TransferKey, TrackedTransfer] = field(default_factory=dict)
-    balances: Mapping[str, TrackedBalance] = field(default_factory=dict)
-    baselined: frozenset[Direction] = frozenset()
-    totals: Mapping[TotalKey, Total] = field(default_factory=dict)
-    failures: Mapping[str, int] = field(default_factory=dict)
-    down: bool = False
-    downs: int = 0
-    # Per direction, the newest created_at among transfers pruned from ``transfers``.
-    pruned: Mapping[Direction, float] = field(default_factory=dict)
-    # Settled transfers, compact, per direction and id; a key is here or in ``transfers``.
-    settled: Mapping[Direction, Mapping[str, Settled]] = field(default_factory=dict)
-    unsaved: Mapping[TransferKey, TrackedTransfer] = field(
-        default_factory=lambda: _NO_ROWS, compare=False, repr=False
-    )
-    """The whole records of the compact entries the step that made this state wrote: the
-    store writes their rows from these. The shell drops them once committed (``saved``)."""
-    prune_floor: tuple[float, ...] = field(default=_UNKNOWN_FLOORS, compare=False, repr=False)
-    """Per direction (in Direction's order), prune() forgets nothing while its ``before``
-    is at most this; -inf when unknown. A cache: it never changes what the state means."""
-
-    def in_flight(self) -> Iterable[TrackedTransfer]:
-        """Transfers that have not settled."""
-        return (t for t in self.transfers.values() if t.transfer.state.in_flight)
-
-    def known(self, direction: Direction, transfer_id: str) -> bool:
-        """True if the transfer has been seen before."""
-        if (direction, transfer_id) in self.transfers:
-            return True
-        settled = self.settled.get(direction)
-        return settled is not None and transfer_id in settled
-
-    def transfer_keys(self) -> Iterator[TransferKey]:
-        """The key of every transfer tracked, in flight or settled."""
-        yield from self.transfers
-        for direction, settled in self.settled.items():
-            for transfer_id in settled:
-                yield (direction, transfer_id)
-
-    def state_of(self, direction: Direction, transfer_id: str) -> State | None:
-        """A tracked transfer's normalized state; None if it is not tracked."""
-        tracked = self.transfers.get((direction, transfer_id))
-        if tracked is not None:
-            return tracked.transfer.state
-        entry = self.settled.get(direction, {}).get(transfer_id)
-        return None if entry is None else STATES[entry[STATE]]
-
-    def saved(self) -> AccountState:
-        """This state without the records kept for the store: what to keep once committed."""
-        return self if not self.unsaved else replace(self, unsaved=_NO_ROWS)
 
 
 FINAL_EVENT: Mapping[tuple[Direction, State], str] = {
@@ -185,48 +81,6 @@ FINAL_EVENT: Mapping[tuple[Direction, State], str] = {
     (Direction.WITHDRAWAL, State.FAILED): "withdrawal.failed",
     (Direction.WITHDRAWAL, State.CANCELED): "withdrawal.failed",
 }
-
-
-_EVENT_CORE = frozenset({"event", "event_id", "ts", "severity", "provider", "account"})
-
-
-class _Emitter:
-    """Collects the events of one tracker step for one account."""
-
-    def __init__(self, policy: Policy, now: float) -> None:
-        self.policy = policy
-        self.now = now
-        self.events: list[Event] = []
-
-    def emit(self, name: str, id_parts: tuple[object, ...], **fields: Any) -> None:
-        p = self.policy
-        self.events.append(
-            Event(
-                event=name,
-                event_id=event_id(p.provider, p.name, name, *id_parts),
-                ts=self.now,
-                provider=p.provider,
-                account=p.name,
-                fields=fields,
-            )
-        )
-
-    def transfer(self, name: str, t: Transfer, *extra_id: object, **fields: Any) -> None:
-        core: dict[str, Any] = {
-            "currency": t.currency,
-            "amount": t.amount,
-            "fee": t.fee,
-            "transfer_id": t.id,
-            "txid": t.txid,
-            "address": t.address,
-            "status": t.status,
-            "state": str(t.state),
-            "confirmations": t.confirmations,
-            **fields,
-        }
-        # A provider's details never overwrite the contract's fields of the same name.
-        extra = {k: v for k, v in t.details if k not in core and k not in _EVENT_CORE}
-        self.emit(name, (t.direction, t.id, *extra_id), **extra, **core)
 
 
 def observe(
@@ -242,20 +96,14 @@ def observe(
     ones whose money fields changed: the compact entries do not keep them). An observation
     that changes nothing gives back ``state`` itself.
     """
-    out = _Emitter(policy, now)
+    out = Emitter(policy, now)
     balances = state.balances
     if obs.balances is not None:
         balances = _balances(state.balances, obs.balances, policy, out)
     ledger = Ledger(state.transfers, state.settled)
     totals = _transfers(ledger, state, obs, out, previous)
     _stuck(ledger, obs.directions, policy, out)
-    failures = state.failures
-    if failures.get(obs.endpoint) != 0:
-        failures = {**failures, obs.endpoint: 0}
-    down = state.down
-    if down and not any(failures.values()):
-        down = False
-        out.emit("account.recovered", (state.downs,), endpoint=obs.endpoint)
+    failures, down = recover(state, obs.endpoint, out)
     baselined = state.baselined
     if not obs.directions <= baselined:
         baselined = baselined | obs.directions
@@ -274,7 +122,7 @@ def observe(
         state,
         transfers=ledger.full,
         settled=ledger.settled,
-        unsaved=ledger.unsaved or _NO_ROWS,
+        unsaved=ledger.unsaved or NO_ROWS,
         prune_floor=ledger.floors(state.prune_floor),
         balances=balances,
         baselined=baselined,
@@ -282,10 +130,10 @@ def observe(
         failures=failures,
         down=down,
     )
-    plan = _plan(new, before, obs.directions)
+    plan = prune_plan(new, before, obs.directions)
     if plan is not None:
         gone, floors = plan
-        new = _forget(new, gone, floors) if gone else replace(new, prune_floor=floors)
+        new = forget(new, gone, floors) if gone else replace(new, prune_floor=floors)
     return new, out.events
 
 
@@ -304,26 +152,6 @@ def to_look_up(state: AccountState, obs: Observation) -> tuple[TransferKey, ...]
     return tuple(keys)
 
 
-def fail(
-    state: AccountState, endpoint: str, reason: str, policy: Policy, now: float
-) -> tuple[AccountState, list[Event]]:
-    """Record a failed poll; the account goes down once after ``down_after`` in a row."""
-    out = _Emitter(policy, now)
-    failures = {**state.failures, endpoint: state.failures.get(endpoint, 0) + 1}
-    down, downs = state.down, state.downs
-    if not down and failures[endpoint] >= policy.down_after:
-        down, downs = True, downs + 1
-        out.emit(
-            "account.down",
-            (downs,),
-            endpoint=endpoint,
-            reason=reason,
-            failures=failures[endpoint],
-        )
-    new = replace(state, failures=failures, down=down, downs=downs, unsaved=_NO_ROWS)
-    return new, out.events
-
-
 def _wanted(currency: str, policy: Policy) -> bool:
     return policy.currencies is None or currency in policy.currencies
 
@@ -332,7 +160,7 @@ def _balances(
     previous: Mapping[str, TrackedBalance],
     observed: Iterable[Balance],
     policy: Policy,
-    out: _Emitter,
+    out: Emitter,
 ) -> Mapping[str, TrackedBalance]:
     """The new balances; a currency missing from a complete answer is dropped.
 
@@ -388,7 +216,7 @@ def _transfers(
     ledger: Ledger,
     state: AccountState,
     obs: Observation,
-    out: _Emitter,
+    out: Emitter,
     previous: Mapping[TransferKey, Transfer],
 ) -> Mapping[TotalKey, Total]:
     """Merge observed transfers into ``ledger``, emitting what is new after the baseline.
@@ -409,7 +237,7 @@ def _transfers(
         final = t.state.final
         bit = BIT[t.state] if final else 0
         if prev is None:
-            if _forgotten(state, t):
+            if forgotten(state, t):
                 continue  # pruned long ago, showing up again on a history page: not news
             # ``settled`` holds the states a transfer was counted in: none in a baseline.
             counted = SETS[0 if silent else bit]
@@ -472,7 +300,7 @@ def _changes(
     before: Transfer | None,
     amended: bool,
     totals: _Totals,
-    out: _Emitter,
+    out: Emitter,
 ) -> None:
     """The events and counts of a known transfer that changed, after the baseline.
 
@@ -568,7 +396,7 @@ class _Totals:
         return self._new if self._new is not None else self._base
 
 
-def _announce(t: Transfer, previous: State | None, out: _Emitter) -> None:
+def _announce(t: Transfer, previous: State | None, out: Emitter) -> None:
     """Emit a transfer's final event."""
     name = FINAL_EVENT[(t.direction, t.state)]
     fields: dict[str, Any] = {}
@@ -577,7 +405,7 @@ def _announce(t: Transfer, previous: State | None, out: _Emitter) -> None:
     out.transfer(name, t, t.state, **fields)
 
 
-def _stuck(ledger: Ledger, directions: frozenset[Direction], policy: Policy, out: _Emitter) -> None:
+def _stuck(ledger: Ledger, directions: frozenset[Direction], policy: Policy, out: Emitter) -> None:
     """Mark and announce, once each, in-flight transfers older than their threshold.
 
     Several at once are announced in key order, whatever order the state holds them in (a
@@ -607,126 +435,3 @@ def is_stuck(tracked: TrackedTransfer, policy: Policy, now: float) -> bool:
     """In flight longer than the account's threshold for its direction."""
     t = tracked.transfer
     return t.state.in_flight and now - tracked.started_at > policy.stuck_after(t.direction)
-
-
-KEEP_NEWEST = 100
-"""Settled transfers a direction keeps whatever their age: a provider's first history page
-then holds a known transfer, so a client paging back until a known one stops there."""
-
-
-def prune(
-    state: AccountState, before: float, directions: Collection[Direction] = tuple(Direction)
-) -> AccountState:
-    """Forget settled transfers of ``directions`` with no sign of life since ``before``.
-
-    A direction keeps its KEEP_NEWEST newest transfers, and a transfer without a provider
-    creation time is never forgotten: ``pruned`` remembers the newest creation time
-    forgotten, and a transfer created no later than that which is not known is old history
-    showing up again, never news (see ``_forgotten``). Returns ``state`` itself when nothing
-    is forgotten, in O(1) while ``before`` is under the state's prune floors.
-    """
-    plan = _plan(state, before, directions)
-    if plan is None or not plan[0]:
-        return state
-    return _forget(state, *plan)
-
-
-def prune_floors(state: AccountState) -> AccountState:
-    """``state`` with its prune floors computed (for a state built outside the tracker)."""
-    floors = tuple(_scan(state, d, -math.inf)[1] for d in Direction)
-    return replace(state, prune_floor=floors)
-
-
-def _plan(
-    state: AccountState, before: float, directions: Collection[Direction]
-) -> tuple[dict[TransferKey, float], tuple[float, ...]] | None:
-    """What prune() forgets (key -> created_at) and the new floors; None if nothing can be."""
-    floors = state.prune_floor
-    due = [d for d in directions if before > floors[_DIRECTION_INDEX[d]]]
-    if not due:
-        return None
-    gone: dict[TransferKey, float] = {}
-    new = list(floors)
-    for direction in due:
-        forgotten, new[_DIRECTION_INDEX[direction]] = _scan(state, direction, before)
-        gone.update(forgotten)
-    return gone, tuple(new)
-
-
-def _scan(
-    state: AccountState, direction: Direction, before: float
-) -> tuple[dict[TransferKey, float], float]:
-    """One direction's transfers to forget, and the floor of what it keeps.
-
-    Beyond the KEEP_NEWEST newest, a settled transfer with a creation time goes once its
-    last sign of life is before ``before``; the floor is the earliest last sign of life of
-    those that stay. A transfer that changes, or a new one, forgets the floor (``Ledger``).
-    """
-    settled = state.settled.get(direction, {})
-    mine = [(key[1], t) for key, t in state.transfers.items() if key[0] == direction]
-    if len(settled) + len(mine) <= KEEP_NEWEST:
-        return {}, math.inf
-    ranked: list[tuple[float, str, float | None, float | None]] = []
-    for transfer_id, tracked in mine:
-        t = tracked.transfer
-        life = _life(t.state.final, t.created_at, t.updated_at, tracked.first_seen)
-        ranked.append((tracked.started_at, transfer_id, life, t.created_at))
-    for transfer_id, entry in settled.items():
-        created, first_seen = entry[CREATED], entry[FIRST_SEEN]
-        life = _life(True, created, entry[UPDATED], first_seen)
-        started = created if created is not None else first_seen
-        ranked.append((started, transfer_id, life, created))
-    ranked.sort(key=itemgetter(0, 1), reverse=True)
-    gone: dict[TransferKey, float] = {}
-    floor = math.inf
-    for _, transfer_id, life, created in ranked[KEEP_NEWEST:]:
-        if life is None or created is None:
-            continue
-        if life < before:
-            gone[(direction, transfer_id)] = created
-        else:
-            floor = min(floor, life)
-    return gone, floor
-
-
-def _life(final: bool, created: float | None, updated: float | None, seen: float) -> float | None:
-    """A settled transfer's last sign of life; None if it is never forgotten."""
-    if not final or created is None:
-        return None
-    return max(created, updated or created, seen)
-
-
-def _forget(
-    state: AccountState, gone: Mapping[TransferKey, float], floors: tuple[float, ...]
-) -> AccountState:
-    """``state`` without the ``gone`` transfers, with its prune marks moved on."""
-    marks = dict(state.pruned)
-    for (direction, _), created in gone.items():
-        marks[direction] = max(marks.get(direction, -math.inf), created)
-    transfers = state.transfers
-    if any(key in transfers for key in gone):
-        transfers = {k: t for k, t in transfers.items() if k not in gone}
-    settled = dict(state.settled)
-    for direction in {d for d, _ in gone}:
-        inner = {i: e for i, e in settled.get(direction, {}).items() if (direction, i) not in gone}
-        if inner:
-            settled[direction] = inner
-        else:
-            settled.pop(direction, None)
-    unsaved = state.unsaved
-    if any(key in unsaved for key in gone):
-        unsaved = {k: t for k, t in unsaved.items() if k not in gone}
-    return replace(
-        state,
-        transfers=transfers,
-        settled=settled,
-        pruned=marks,
-        unsaved=unsaved,
-        prune_floor=floors,
-    )
-
-
-def _forgotten(state: AccountState, t: Transfer) -> bool:
-    """True if ``t`` is not known but as old as a transfer prune() forgot."""
-    mark = state.pruned.get(t.direction)
-    return mark is not None and t.created_at is not None and t.created_at <= mark

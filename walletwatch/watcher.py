@@ -1,46 +1,35 @@
-"""One account's polling health: poll an endpoint, fold the answer in, commit, announce.
+"""One account's polls: poll an endpoint, fold the answer in, commit, announce.
 
-The watcher is the single owner of its account's state. A failed poll keeps the last good
-data, counts the failure by reason, and is logged only when an endpoint changes between
-working and failing; the tracker turns sustained failure into one account.down event.
+The watcher is the single owner of its account's state and of its polling health (an
+AccountHealth, which the scheduler asks). A failed poll keeps the last good data, counts the
+failure by reason, and is logged only when an endpoint changes between working and failing;
+the committed count (health.fail) turns sustained failure into one account.down event.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import structlog
 
+from walletwatch.asyncstore import AsyncStore
+from walletwatch.budget import TokenBucket
 from walletwatch.config import AccountConfig, ProviderSettings
 from walletwatch.errors import Internal, ProviderError, RateLimited, Unavailable
 from walletwatch.events import Event
+from walletwatch.health import AccountHealth, fail
 from walletwatch.model import Direction, Gauge, Observation, Transfer
-from walletwatch.scheduler import Outcome, TokenBucket
-from walletwatch.store import AsyncStore, StoreError
+from walletwatch.scheduler import Outcome
+from walletwatch.store import StoreError
 from walletwatch.telemetry import Telemetry
-from walletwatch.tracker import AccountState, TransferKey, fail, observe, to_look_up
+from walletwatch.tracker import AccountState, TransferKey, observe, to_look_up
 from walletwatch.types import Clock, Provider
 
 log = structlog.get_logger("walletwatch.watcher")
 
 _DIRECTIONS: dict[frozenset[Direction], frozenset[Direction]] = {}
 """The few distinct sets of directions an endpoint covers, one object each."""
-
-
-@dataclass(slots=True)
-class EndpointHealth:
-    """How the last poll of one endpoint went.
-
-    Its watcher updates it in place: one object per endpoint for the daemon's life, where
-    one per poll, kept until the next, would fill the collector's oldest generation.
-    """
-
-    ok: bool
-    last_success: float | None
-    reason: str | None = None
-    error: str | None = None
 
 
 class AccountWatcher:
@@ -62,7 +51,7 @@ class AccountWatcher:
         self.config = config
         self.client = client
         self.state = state
-        self.health: dict[str, EndpointHealth] = {}
+        self.health = AccountHealth(config.down_after)
         self.gauges: dict[tuple[str, tuple[tuple[str, str], ...]], Gauge] = {}
         self._store = store
         self._telemetry = telemetry
@@ -95,11 +84,7 @@ class AccountWatcher:
         A poll whose commit failed is a failed poll (reason ``store``); a state file removed
         or replaced under the daemon takes every account down, polled since or not.
         """
-        return (
-            self._telemetry.state_file_ok
-            and len(self.health) == len(self.endpoints)
-            and all(h.ok for h in self.health.values())
-        )
+        return self._telemetry.state_file_ok and self.health.working(len(self.endpoints))
 
     @property
     def polled(self) -> bool:
@@ -160,16 +145,9 @@ class AccountWatcher:
         refused = await self._apply(lambda s: observe(s, obs, self.config, now, previous))
         if refused is not None:  # fetched but not recorded: as failed as a poll gets
             return await self._failed(endpoint, Unavailable(str(refused), reason="store"))
-        health = self.health.get(endpoint)
-        if health is None:
-            self.health[endpoint] = EndpointHealth(ok=True, last_success=now)
-        else:
-            if not health.ok:
-                log.info(
-                    "poll.recovered", provider=self.provider, account=self.name, endpoint=endpoint
-                )
-            health.ok, health.last_success, health.reason, health.error = True, now, None, None
-        # The same objects as last time where nothing changed (see EndpointHealth).
+        if self.health.succeeded(endpoint, now):
+            log.info("poll.recovered", provider=self.provider, account=self.name, endpoint=endpoint)
+        # The same objects as last time where nothing changed (see health.EndpointHealth).
         self._directions[endpoint] = _DIRECTIONS.setdefault(obs.directions, obs.directions)
         self._keep_gauges(obs)
         return Outcome(ok=True)
@@ -177,9 +155,9 @@ class AccountWatcher:
     async def _failed(self, endpoint: str, err: ProviderError) -> Outcome:
         key = (self.provider, self.name, endpoint)
         self._telemetry.poll_errors[(*key, err.reason)] += 1
-        previous = self.health.get(endpoint)
+        started = self.health.failed(endpoint, err.reason, str(err))
         # Warn when an endpoint starts failing; repeats of the same failure are debug noise.
-        emit = log.warning if previous is None or previous.ok else log.debug
+        emit = log.warning if started else log.debug
         emit(
             "poll.failed",
             provider=self.provider,
@@ -188,16 +166,12 @@ class AccountWatcher:
             reason=err.reason,
             error=str(err),
         )
-        if previous is None:
-            self.health[endpoint] = EndpointHealth(
-                ok=False, last_success=None, reason=err.reason, error=str(err)
-            )
-        else:
-            previous.ok, previous.reason, previous.error = False, err.reason, str(err)
         now = self._clock.time()
         # Committing a failure count says nothing of whether the poll's facts can be.
         await self._apply(lambda s: fail(s, endpoint, err.reason, self.config, now), heals=False)
         retry_after = err.retry_after if isinstance(err, RateLimited) else None
+        if retry_after is None:  # a poll the provider rate-limited is no failure of the account
+            self.health.counted(endpoint)
         return Outcome(ok=False, retry_after=retry_after)
 
     async def _apply(

@@ -18,10 +18,11 @@ from structlog.testing import capture_logs
 
 from tests.fakes import FakeClock
 from tests.test_reload import ACCOUNTS, body, fixture_logging, fixture_sim_url, write
-from walletwatch.app import CLOCK_CHECK, Daemon
+from walletwatch.app import Daemon
+from walletwatch.clock import SystemClock
+from walletwatch.clockwatch import CLOCK_CHECK
 from walletwatch.sim import Simulator
 from walletwatch.sim import westwallet as westwallet_sim
-from walletwatch.types import SystemClock
 
 __all__ = ["fixture_logging", "fixture_sim_url"]  # fixtures, used by name
 

@@ -42,9 +42,9 @@ from tests.monitoring.tools import promtool
 from walletwatch import logs
 from walletwatch.app import Daemon
 from walletwatch.cli import _summary, _table
+from walletwatch.clock import SystemClock
 from walletwatch.escape import SURROGATES
 from walletwatch.events import Event
-from walletwatch.types import SystemClock
 from walletwatch.web import render_index
 
 EXAMPLES = 80

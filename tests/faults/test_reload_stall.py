@@ -15,9 +15,10 @@ import yaml
 from structlog.testing import capture_logs
 
 from tests.test_reload import body, fixture_logging, fixture_sim, fixture_sim_url, write
-from walletwatch.app import RELOAD_SLICE, Daemon
+from walletwatch.app import Daemon
 from walletwatch.cli import Reloader, reload_config
-from walletwatch.types import SystemClock
+from walletwatch.clock import SystemClock
+from walletwatch.reload import RELOAD_SLICE
 
 __all__ = ["fixture_logging", "fixture_sim", "fixture_sim_url"]  # fixtures, used by name
 

@@ -20,10 +20,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from tests.fakes import FakeClock
 from tests.test_sinks import commit, make_events
 from tests.test_store import captured_logs
+from walletwatch.asyncstore import AsyncStore
 from walletwatch.config import Secret, WebhookConfig
 from walletwatch.metrics import WalletwatchCollector
 from walletwatch.sinks import DeliveryError, Dispatcher, WebhookSink, signature
-from walletwatch.store import AsyncStore, Store
+from walletwatch.store import Store
 from walletwatch.telemetry import Telemetry
 
 PATH_TOKEN = "pathTOKEN7f3a9c"

@@ -28,9 +28,10 @@ from aiohttp import web
 
 from tests.fakes import FakeClock, settle
 from tests.test_sinks import RecordingSink, commit, make_events
+from walletwatch.asyncstore import AsyncStore
 from walletwatch.config import Secret, WebhookConfig
 from walletwatch.sinks import DELIVERY_GRACE, Dispatcher, FileSink, WebhookSink
-from walletwatch.store import AsyncStore, Store
+from walletwatch.store import Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState
 from walletwatch.types import Sink

@@ -35,13 +35,13 @@ from tests.hostile.harness import (
 from tests.monitoring.tools import promtool
 from walletwatch import logs
 from walletwatch.app import Daemon
+from walletwatch.clock import SystemClock
 from walletwatch.escape import SURROGATES, escaped
 from walletwatch.events import Event, event_id
-from walletwatch.metrics import EXPOSITION_ERRORS
+from walletwatch.exposition import EXPOSITION_ERRORS
 from walletwatch.model import Balance, Direction, Gauge, Observation
 from walletwatch.store import Store, StoreError
 from walletwatch.tracker import AccountState, TrackedBalance
-from walletwatch.types import SystemClock
 from walletwatch.web import render_index
 
 SURROGATE = "\\ud800"  # the JSON text of a lone surrogate, and the escaped text it is kept as

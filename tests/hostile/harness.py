@@ -21,8 +21,8 @@ from typing import Any
 from aiohttp import web
 
 from walletwatch.app import Daemon
+from walletwatch.clock import SystemClock
 from walletwatch.config import Config, parse_config
-from walletwatch.types import SystemClock
 
 SECRETISH = re.compile(r"^(?:Bearer |Basic )?[0-9a-fA-F]{40,}$|APIKEY|SECRET|PUBLIC|PRIVATE|TOKEN")
 TXID_A = "a" * 64

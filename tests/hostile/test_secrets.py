@@ -31,9 +31,9 @@ from tests.hostile.harness import (
 from walletwatch import logs
 from walletwatch.app import Daemon
 from walletwatch.cli import main
+from walletwatch.clock import SystemClock
 from walletwatch.config import load_config
 from walletwatch.errors import ConfigError
-from walletwatch.types import SystemClock
 
 SILA_TOKEN_CREDENTIALS = {"client_id": "SILA-CLIENT-ID-5t6y7u", "client_secret": "SILA-SECRET-1q2w"}
 SILA_TOKEN = "SILA-TOKEN-0o9i8u7y6t"

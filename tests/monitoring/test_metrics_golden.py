@@ -24,9 +24,9 @@ import pytest
 
 from tests.monitoring.tools import GOLDEN, promtool
 from walletwatch.app import Daemon
+from walletwatch.clock import SystemClock
 from walletwatch.config import parse_config
 from walletwatch.sim import Simulator, start
-from walletwatch.types import SystemClock
 
 KEY, SECRET = "golden-key", "golden-secret"
 BROKEN_KEY = "golden-broken-key"

@@ -17,6 +17,7 @@ import pytest
 from yarl import URL
 
 from tests.fakes import FakeClock, make_context
+from walletwatch.budget import TokenBucket
 from walletwatch.config import Config, ProviderSettings, parse_config
 from walletwatch.context import ProviderContext
 from walletwatch.errors import (
@@ -41,7 +42,6 @@ from walletwatch.providers.potwallet import (
     sign,
     signing_key,
 )
-from walletwatch.scheduler import TokenBucket
 from walletwatch.sim.potwallet import verify
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState

@@ -10,10 +10,11 @@ from typing import Any
 
 import structlog
 
+from walletwatch.asyncstore import AsyncStore
 from walletwatch.errors import WalletwatchError
 from walletwatch.events import Event
-from walletwatch.scheduler import sleep_until_set
-from walletwatch.store import AsyncStore, StoreError
+from walletwatch.signals import sleep_until_set
+from walletwatch.store import StoreError
 from walletwatch.telemetry import Telemetry
 from walletwatch.types import Clock, Sink
 
