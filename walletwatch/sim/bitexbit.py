@@ -150,7 +150,6 @@ class _Account:
                 book[ticker] = book.get(ticker, Decimal(0)) + after - before
 
 
-Read = Callable[[_Account, web.Request], object]
 # Documented withdrawal fields the simulation has no use for, with the values it lists.
 _WITHDRAWAL_EXTRAS = {
     **dict.fromkeys(("payment_id", "memo", "destination_tag", "callback_url", "auto_buy")),
@@ -164,12 +163,7 @@ _NONE = (Decimal(0), Decimal(0))
 
 
 class BitexbitSim(ApiSim[_Account]):
-    """In-memory bitexbit accounts served over HTTP, with a Python API to drive them.
-
-    Its control endpoints: ``POST .../deposits/{id}`` takes ``confirmations`` or ``status``;
-    ``POST .../withdrawals/{id}`` takes ``status``, or nothing to climb one rung of the
-    ladder. Balances and payment methods are set through the Python API.
-    """
+    """In-memory bitexbit accounts served over HTTP, with a Python API to drive them."""
 
     name = PROVIDER
     forbidden = "forbidden in simulator"
@@ -184,11 +178,11 @@ class BitexbitSim(ApiSim[_Account]):
         """(ticker, network) -> (deposit enabled, withdrawal enabled), service-wide."""
         self.calls: deque[tuple[str, str, str]] = deque(maxlen=10_000)
         """(api_key, path, scheme) of every authenticated API request, for tests."""
-        self._reads: dict[str, tuple[tuple[str, ...], Read]] = {
-            GATEWAY + "/wallet/history": (ALL_SCHEMES, lambda a, r: _page(a.deposits, r)),
-            GATEWAY + "/withdraw/history": (ALL_SCHEMES, lambda a, r: _page(a.withdrawals, r)),
-            GATEWAY + "/payment-methods": (ALL_SCHEMES, lambda _a, _r: self.method_list()),
-            V2_BALANCE: (("v2",), lambda account, _r: balance_list(account)),
+        self._reads: dict[str, tuple[tuple[str, ...], Callable[[_Account, Call], object]]] = {
+            GATEWAY + "/wallet/history": (ALL_SCHEMES, lambda a, c: _page(a.deposits, c)),
+            GATEWAY + "/withdraw/history": (ALL_SCHEMES, lambda a, c: _page(a.withdrawals, c)),
+            GATEWAY + "/payment-methods": (ALL_SCHEMES, lambda _a, _c: self.method_list()),
+            V2_BALANCE: (("v2",), lambda account, _c: balance_list(account)),
         }
 
     # -- Python API ---------------------------------------------------------------------------
@@ -368,8 +362,7 @@ class BitexbitSim(ApiSim[_Account]):
             raise Refusal(404, "Not found.")
         if method != "GET":
             raise Refusal(405, "Method not allowed.")
-        read = route[1]
-        return Endpoint(lambda account, call: read(account, call.request))
+        return Endpoint(route[1])
 
     def error_body(self, status: int, message: str) -> object:  # noqa: ARG002 - status-free shape
         """DRF's ``{"detail": ...}``."""
@@ -401,11 +394,10 @@ class BitexbitSim(ApiSim[_Account]):
         account = self._accounts.get(key)
         if account is None or not (nonce.isascii() and nonce.isdigit()):
             raise Refusal(401, "Invalid credentials.")
+        secret, params = account.secret_key, request.query.items()
         expected = {
-            "v2": v2_signature(account.secret_key, path, nonce, body) if "v2" in schemes else "",
-            "v1": v1_signature(key, account.secret_key, request.query.items())
-            if "v1" in schemes
-            else "",
+            "v2": v2_signature(secret, path, nonce, body) if "v2" in schemes else "",
+            "v1": v1_signature(key, secret, params) if "v1" in schemes else "",
         }
         scheme = next((s for s, sig in expected.items() if sig and _same(sig, given)), None)
         if scheme is None:
@@ -434,7 +426,11 @@ class BitexbitSim(ApiSim[_Account]):
     # -- control endpoints ----------------------------------------------------------------------
 
     def control_routes(self, router: web.UrlDispatcher) -> None:
-        """Add deposits and withdrawals, move them on."""
+        """Add deposits and withdrawals; move them on (balances and methods: Python API only).
+
+        ``POST .../deposits/{id}`` takes ``confirmations`` or ``status``; ``POST
+        .../withdrawals/{id}`` takes ``status``, or nothing to climb one rung of the ladder.
+        """
         router.add_post("/{api_key}/{kind:deposits|withdrawals}", self._c_add)
         router.add_post("/{api_key}/{kind:deposits|withdrawals}/{id:[0-9]+}", self._c_update)
 
@@ -463,8 +459,8 @@ class BitexbitSim(ApiSim[_Account]):
         return json_response({"id": transfer_id, **item})
 
 
-def _page(rows: Mapping[int, Item], request: web.Request) -> object:
-    return paginate(list(rows.values()), list(rows), request.url, request.query)
+def _page(rows: Mapping[int, Item], call: Call) -> object:
+    return paginate(list(rows.values()), list(rows), call.request.url, call.request.query)
 
 
 def balance_list(account: _Account) -> list[dict[str, str]]:
