@@ -11,6 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
+# The package's __init__ is the registry and re-exports this module: its SIMULATORS are read
+# when a Simulator is built, never at import time.
 from walletwatch import sim as registry
 from walletwatch.sim.base import ProviderSim, Registration
 from walletwatch.sim.common import Clock, RequestLog, SimContext, json_response
