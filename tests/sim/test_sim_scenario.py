@@ -9,7 +9,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from walletwatch.sim import DEMO_SEED, DEMO_WESTWALLET_ACCOUNTS, Simulator
-from walletwatch.sim.scenario import DEMO_LOW_BALANCE_USDT, STUCK_AGE
+from walletwatch.sim.westwallet_scenario import DEMO_LOW_BALANCE_USDT, STUCK_AGE
 
 T0 = 1_700_000_000.0
 # The demo's promises must hold for every seed, not just the default one.

@@ -25,17 +25,15 @@ from urllib.parse import urlencode
 from aiohttp import web
 from yarl import URL
 
+from walletwatch.sim.base import ApiSim, Call, Caller, Endpoint, Refusal
 from walletwatch.sim.common import (
-    RateLimiter,
     SimContext,
     as_int,
     as_str,
     as_time,
-    control_errors,
     json_response,
     read_fields,
     read_object,
-    request_log_middleware,
     to_decimal,
 )
 
@@ -96,15 +94,6 @@ def withdrawal_effect(item: Mapping[str, Any]) -> tuple[Decimal, Decimal]:
     return (-amount, Decimal(0) if status == LADDER[-1] else amount)
 
 
-class ApiError(Exception):
-    """An API answer with an HTTP status and a DRF-style ``detail``."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
-
 def _positive(text: str) -> int:
     return int(text) if text.isascii() and text.isdigit() else 0
 
@@ -126,7 +115,7 @@ def paginate(
     page = _positive(query.get("page", "1"))
     pages = max(1, -(-len(rows) // limit))
     if not 1 <= page <= pages:
-        raise ApiError(404, "Invalid page.")
+        raise Refusal(404, "Invalid page.")
     return {
         "count": len(rows),
         "next": " " + str(url.update_query(page=page + 1)) if page < pages else None,
@@ -136,6 +125,10 @@ def paginate(
 
 
 Item = dict[str, Any]
+
+
+# POST /_sim/bitexbit/accounts: each body field and how to read it.
+_ACCOUNT_FIELDS = {"api_key": as_str, "secret_key": as_str}
 
 
 @dataclass(slots=True)
@@ -157,7 +150,6 @@ class _Account:
                 book[ticker] = book.get(ticker, Decimal(0)) + after - before
 
 
-Read = Callable[[_Account, web.Request], object]
 # Documented withdrawal fields the simulation has no use for, with the values it lists.
 _WITHDRAWAL_EXTRAS = {
     **dict.fromkeys(("payment_id", "memo", "destination_tag", "callback_url", "auto_buy")),
@@ -170,25 +162,27 @@ DEFAULT_METHODS = (("BTC", "bitcoin"), ("USDT", "tron"))
 _NONE = (Decimal(0), Decimal(0))
 
 
-class BitexbitSim:
+class BitexbitSim(ApiSim[_Account]):
     """In-memory bitexbit accounts served over HTTP, with a Python API to drive them."""
 
     name = PROVIDER
+    forbidden = "forbidden in simulator"
+    throttled = "Request was throttled."
+    account_fields = _ACCOUNT_FIELDS
 
     def __init__(self, ctx: SimContext) -> None:
-        self._ctx = ctx
-        self._limiter = RateLimiter(ctx.rate_limit, ctx.clock)
+        super().__init__(ctx)
         self._accounts: dict[str, _Account] = {}
         self._next_id = 1
         self.methods = dict.fromkeys(DEFAULT_METHODS, (True, True))
         """(ticker, network) -> (deposit enabled, withdrawal enabled), service-wide."""
         self.calls: deque[tuple[str, str, str]] = deque(maxlen=10_000)
         """(api_key, path, scheme) of every authenticated API request, for tests."""
-        self._reads: dict[str, tuple[tuple[str, ...], Read]] = {
-            GATEWAY + "/wallet/history": (ALL_SCHEMES, lambda a, r: _page(a.deposits, r)),
-            GATEWAY + "/withdraw/history": (ALL_SCHEMES, lambda a, r: _page(a.withdrawals, r)),
-            GATEWAY + "/payment-methods": (ALL_SCHEMES, lambda _a, _r: self.method_list()),
-            V2_BALANCE: (("v2",), lambda account, _r: balance_list(account)),
+        self._reads: dict[str, tuple[tuple[str, ...], Callable[[_Account, Call], object]]] = {
+            GATEWAY + "/wallet/history": (ALL_SCHEMES, lambda a, c: _page(a.deposits, c)),
+            GATEWAY + "/withdraw/history": (ALL_SCHEMES, lambda a, c: _page(a.withdrawals, c)),
+            GATEWAY + "/payment-methods": (ALL_SCHEMES, lambda _a, _c: self.method_list()),
+            V2_BALANCE: (("v2",), lambda account, _c: balance_list(account)),
         }
 
     # -- Python API ---------------------------------------------------------------------------
@@ -357,65 +351,59 @@ class BitexbitSim:
 
     # -- HTTP API -----------------------------------------------------------------------------
 
-    def api_app(self) -> web.Application:
-        """The bitexbit API (gateway and v2 balance), to be mounted under ``/bitexbit``."""
-        log = request_log_middleware(self._ctx.requests, PROVIDER, "/" + PROVIDER)
-        app = web.Application(middlewares=[log])
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        return app
+    def is_write(self, method: str, path: str) -> bool:
+        """The documented write paths, and any call that is not a GET."""
+        return method not in ("GET", "HEAD") or path in WRITE_PATHS
 
-    async def _handle(self, request: web.Request) -> web.Response:
-        path = "/" + request.match_info["tail"]
-        if request.method not in ("GET", "HEAD") or path in WRITE_PATHS:
-            self._ctx.write_calls.append((PROVIDER, path))
-            return json_response({"detail": "forbidden in simulator"}, status=403)
+    def route(self, method: str, path: str) -> Endpoint[_Account]:
+        """The read at path, by GET only."""
         route = self._reads.get(path)
         if route is None:
-            return json_response({"detail": "Not found."}, status=404)
-        if request.method != "GET":
-            return json_response({"detail": "Method not allowed."}, status=405)
-        schemes, read = route
-        try:
-            key, account, scheme = self._authenticate(request, await request.read(), schemes)
-            self.calls.append((key, path, scheme))
-            delay = self._limiter.take(key)
-            if delay > 0:
-                return self._ctx.too_many_requests(delay, {"detail": "Request was throttled."})
-            return json_response(read(account, request))
-        except ApiError as err:
-            return json_response({"detail": err.detail}, status=err.status)
+            raise Refusal(404, "Not found.")
+        if method != "GET":
+            raise Refusal(405, "Method not allowed.")
+        return Endpoint(route[1])
 
-    def _authenticate(
+    def error_body(self, status: int, message: str) -> object:  # noqa: ARG002 - status-free shape
+        """DRF's ``{"detail": ...}``."""
+        return {"detail": message}
+
+    def authenticate(self, call: Call) -> Caller[_Account]:
+        """Key and account of a request correctly signed under a scheme its path accepts."""
+        key, account, scheme = self._signed(call.request, call.body, self._reads[call.path][0])
+        self.calls.append((key, call.path, scheme))
+        return Caller(account, key)
+
+    def _signed(
         self, request: web.Request, body: bytes, schemes: tuple[str, ...]
     ) -> tuple[str, _Account, str]:
-        """Key, account and scheme of a correctly signed request; ApiError 401 otherwise."""
+        """Key, account and scheme of a correctly signed request; Refusal 401 otherwise."""
         h = request.headers
         path = request.raw_path.partition("?")[0]
         if "X-Sign" in h and "gateway" in schemes:
             key, timeout, given = h.get("X-Key", ""), h.get("X-Timeout", ""), h["X-Sign"]
             account = self._accounts.get(key)
             if account is None or not (timeout.isascii() and timeout.isdigit()):
-                raise ApiError(401, "Invalid credentials.")
+                raise Refusal(401, "Invalid credentials.")
             if int(timeout) < self._ctx.clock() * 1000:
-                raise ApiError(401, "Request expired.")
+                raise Refusal(401, "Request expired.")
             if not _same(gateway_signature(key, account.secret_key, path, timeout, body), given):
-                raise ApiError(401, "Invalid signature.")
+                raise Refusal(401, "Invalid signature.")
             return key, account, "gateway"
         key, nonce, given = (h.get(n, "") for n in ("X-API-Key", "X-Nonce", "X-Signature"))
         account = self._accounts.get(key)
         if account is None or not (nonce.isascii() and nonce.isdigit()):
-            raise ApiError(401, "Invalid credentials.")
+            raise Refusal(401, "Invalid credentials.")
+        secret, params = account.secret_key, request.query.items()
         expected = {
-            "v2": v2_signature(account.secret_key, path, nonce, body) if "v2" in schemes else "",
-            "v1": v1_signature(key, account.secret_key, request.query.items())
-            if "v1" in schemes
-            else "",
+            "v2": v2_signature(secret, path, nonce, body) if "v2" in schemes else "",
+            "v1": v1_signature(key, secret, params) if "v1" in schemes else "",
         }
         scheme = next((s for s, sig in expected.items() if sig and _same(sig, given)), None)
         if scheme is None:
-            raise ApiError(401, "Invalid signature.")
+            raise Refusal(401, "Invalid signature.")
         if int(nonce) <= account.last_nonce:
-            raise ApiError(401, "Invalid nonce.")
+            raise Refusal(401, "Invalid nonce.")
         account.last_nonce = int(nonce)
         return key, account, scheme
 
@@ -437,24 +425,14 @@ class BitexbitSim:
 
     # -- control endpoints ----------------------------------------------------------------------
 
-    def control_app(self) -> web.Application:
-        """Unsigned, unlimited endpoints that drive the simulation, under ``/_sim/bitexbit``.
+    def control_routes(self, router: web.UrlDispatcher) -> None:
+        """Add deposits and withdrawals; move them on (balances and methods: Python API only).
 
         ``POST .../deposits/{id}`` takes ``confirmations`` or ``status``; ``POST
         .../withdrawals/{id}`` takes ``status``, or nothing to climb one rung of the ladder.
-        Balances and payment methods are set through the Python API.
         """
-        app = web.Application(middlewares=[control_errors])
-        app.router.add_post("/accounts", self._c_account)
-        app.router.add_post("/{api_key}/{kind:deposits|withdrawals}", self._c_add)
-        app.router.add_post("/{api_key}/{kind:deposits|withdrawals}/{id:[0-9]+}", self._c_update)
-        app.router.add_get("/{api_key}", self._c_snapshot)
-        return app
-
-    async def _c_account(self, request: web.Request) -> web.Response:
-        fields = read_fields(await read_object(request), {"api_key": as_str, "secret_key": as_str})
-        self.add_account(**fields)
-        return json_response(self.snapshot(fields["api_key"]), status=201)
+        router.add_post("/{api_key}/{kind:deposits|withdrawals}", self._c_add)
+        router.add_post("/{api_key}/{kind:deposits|withdrawals}/{id:[0-9]+}", self._c_update)
 
     async def _c_add(self, request: web.Request) -> web.Response:
         api_key, kind = request.match_info["api_key"], request.match_info["kind"]
@@ -480,12 +458,9 @@ class BitexbitSim:
         item = self.update_deposit(api_key, transfer_id, **fields)
         return json_response({"id": transfer_id, **item})
 
-    async def _c_snapshot(self, request: web.Request) -> web.Response:
-        return json_response(self.snapshot(request.match_info["api_key"]))
 
-
-def _page(rows: Mapping[int, Item], request: web.Request) -> object:
-    return paginate(list(rows.values()), list(rows), request.url, request.query)
+def _page(rows: Mapping[int, Item], call: Call) -> object:
+    return paginate(list(rows.values()), list(rows), call.request.url, call.request.query)
 
 
 def balance_list(account: _Account) -> list[dict[str, str]]:

@@ -9,26 +9,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from email.utils import formatdate
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 Clock = Callable[[], float]
-
-
-class ProviderSim(Protocol):
-    """One simulated provider: its API (mounted at ``/<name>``) and its control endpoints."""
-
-    name: str
-
-    def api_app(self) -> web.Application:
-        """Build the provider's API, to be mounted under ``/<name>``."""
-        ...
-
-    def control_app(self) -> web.Application:
-        """Build the provider's control endpoints, to be mounted under ``/_sim/<name>``."""
-        ...
 
 
 class RateLimiter:

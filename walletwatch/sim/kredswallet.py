@@ -30,16 +30,15 @@ from typing import Any
 
 from aiohttp import web
 
+from walletwatch.sim.base import ApiSim, Call, Caller, Endpoint, Public, Refusal
 from walletwatch.sim.common import (
     SimContext,
     as_int,
     as_str,
     as_time,
-    control_errors,
     json_response,
     read_fields,
     read_object,
-    request_log_middleware,
     to_decimal,
 )
 
@@ -105,6 +104,10 @@ class SimTransfer:
     conflicted: bool = False
 
 
+# POST /_sim/kredswallet/accounts: each body field and how to read it.
+_ACCOUNT_FIELDS = {"api_key": as_str, "api_secret": as_str, "balance": to_decimal}
+
+
 @dataclass(slots=True)
 class _Account:
     """Mutable state behind one API key."""
@@ -115,27 +118,16 @@ class _Account:
     last_nonce: int = 0
 
 
-class ApiError(Exception):
-    """An answer with the documented error body ``{error, code, message}``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-    def response(self, headers: Mapping[str, str] | None = None) -> web.Response:
-        """The error as the wallet answers it."""
-        body = {"error": True, "code": self.status, "message": self.message}
-        return json_response(body, status=self.status, headers=headers)
-
-
-class KredsWalletSim:
+class KredsWalletSim(ApiSim[_Account]):
     """One simulated WebWallet instance with accounts per API key and a Python API to drive it."""
 
     name = PROVIDER
+    forbidden = "forbidden in the simulator"
+    rate_limited = False  # KredsWallet publishes no limit and documents no 429
+    account_fields = _ACCOUNT_FIELDS
 
     def __init__(self, ctx: SimContext, *, confirmations_required: int = 6) -> None:
-        self._ctx = ctx
+        super().__init__(ctx)
         self._accounts: dict[str, _Account] = {}
         self._next_tx = 1
         self.height = START_HEIGHT
@@ -335,52 +327,53 @@ class KredsWalletSim:
 
     # -- HTTP API -----------------------------------------------------------------------------
 
-    def api_app(self) -> web.Application:
-        """The WebWallet API, to be mounted under ``/kredswallet`` (root at ``/api``)."""
-        log = request_log_middleware(self._ctx.requests, PROVIDER, "/" + PROVIDER)
-        app = web.Application(middlewares=[log])
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        return app
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        path = "/" + request.match_info["tail"]
+    def is_write(self, method: str, path: str) -> bool:
+        """Creating addresses, withdrawing and every admin call: never walletwatch's business."""
         if not path.startswith(API_ROOT + "/"):
-            return ApiError(404, "Not found").response()
+            return False
         parts = path.removeprefix(API_ROOT).strip("/").split("/")
-        if parts[0] == "admin" or (request.method != "GET" and parts[0] == "user"):
-            # Creating addresses, withdrawing and every admin call: never walletwatch's business.
-            self._ctx.write_calls.append((PROVIDER, path))
-            return ApiError(403, "forbidden in the simulator").response()
-        if request.method != "GET":
-            return ApiError(405, "Method not allowed").response()
-        if parts == ["status"]:
-            return json_response({"apiEnabled": self.api_enabled})
-        if parts[0] != "user":
-            return ApiError(404, "Not found").response()
-        echo = _echo(read_nonce(request.headers.get("X-WWT-PAYLOAD", "")))
-        try:
-            account = self._authenticate(request)
-            return json_response(self._read(account, parts[1:]), headers=echo)
-        except ApiError as err:
-            return err.response(echo)
+        return parts[0] == "admin" or (method != "GET" and parts[0] == "user")
 
-    def _authenticate(self, request: web.Request) -> _Account:
+    def route(self, method: str, path: str) -> Endpoint[_Account] | Public:
+        """``GET /api/status`` for anyone; signed ``GET /api/user/...`` reads."""
+        if not path.startswith(API_ROOT + "/"):
+            raise Refusal(404, "Not found")
+        if method != "GET":
+            raise Refusal(405, "Method not allowed")
+        parts = path.removeprefix(API_ROOT).strip("/").split("/")
+        if parts == ["status"]:
+            return Public(lambda _call: {"apiEnabled": self.api_enabled})
+        if parts[0] != "user":
+            raise Refusal(404, "Not found")
+        return Endpoint(lambda account, _call: self._read(account, parts[1:]))
+
+    def error_body(self, status: int, message: str) -> object:
+        """The documented error body ``{error, code, message}``."""
+        return {"error": True, "code": status, "message": message}
+
+    def answer_headers(self, call: Call) -> Mapping[str, str] | None:
+        """X-WWT-NONCE: every answer to a request with a readable nonce repeats it."""
+        nonce = read_nonce(call.request.headers.get("X-WWT-PAYLOAD", ""))
+        return None if nonce is None else {"X-WWT-NONCE": str(nonce)}
+
+    def authenticate(self, call: Call) -> Caller[_Account]:
         """The account a request is signed for, once its signature and nonce hold."""
+        request = call.request
         key = request.headers.get("X-WWT-APIKEY", "")
         payload = request.headers.get("X-WWT-PAYLOAD", "")
         signature = request.headers.get("X-WWT-SIGNATURE", "")
         account = self._accounts.get(key)
         if account is None or not verify(account.secret, payload, signature):
-            raise ApiError(401, "Unauthorized: invalid API key or signature")
+            raise Refusal(401, "Unauthorized: invalid API key or signature")
         if not self.api_enabled:
-            raise ApiError(401, "Unauthorized: the API is disabled on this wallet")
+            raise Refusal(401, "Unauthorized: the API is disabled on this wallet")
         nonce = read_nonce(payload)
         if nonce is None:
-            raise ApiError(400, "Invalid payload")
+            raise Refusal(400, "Invalid payload")
         if nonce <= account.last_nonce:
-            raise ApiError(400, f"Invalid nonce: must be greater than {account.last_nonce}")
+            raise Refusal(400, f"Invalid nonce: must be greater than {account.last_nonce}")
         account.last_nonce = nonce
-        return account
+        return Caller(account, key)
 
     def _read(self, account: _Account, parts: list[str]) -> object:
         """The answer to a signed GET of /user/<parts>."""
@@ -398,10 +391,10 @@ class KredsWalletSim:
         if name == "transaction" and len(args) == 1:
             tx = account.transfers.get(args[0])
             if tx is None:
-                raise ApiError(400, "Invalid txid: transaction not found")
+                raise Refusal(400, "Invalid txid: transaction not found")
             item = self._item(tx)
             return item if tx.kind == SEND else {**item, "total": coins(Decimal(0))}
-        raise ApiError(404, "Not found")
+        raise Refusal(404, "Not found")
 
     def _summary(self, account: _Account) -> dict[str, object]:
         live = [tx for tx in account.transfers.values() if not tx.conflicted]
@@ -424,23 +417,14 @@ class KredsWalletSim:
 
     # -- control endpoints ----------------------------------------------------------------------
 
-    def control_app(self) -> web.Application:
-        """Unsigned endpoints that drive the simulation, under ``/_sim/kredswallet``."""
-        app = web.Application(middlewares=[control_errors])
-        app.router.add_post("/accounts", self._c_add_account)
-        app.router.add_post("/mine", self._c_mine)
-        app.router.add_put("/status", self._c_status)
-        app.router.add_put("/{api_key}/balance", self._c_set_balance)
-        app.router.add_post("/{api_key}/deposits", self._c_add_deposit)
-        app.router.add_post("/{api_key}/withdraws", self._c_add_withdraw)
-        app.router.add_post("/{api_key}/transactions/{txid}/conflict", self._c_conflict)
-        app.router.add_get("/{api_key}", self._c_snapshot)
-        return app
-
-    async def _c_add_account(self, request: web.Request) -> web.Response:
-        fields = read_fields(await read_object(request), _ACCOUNT_FIELDS)
-        self.add_account(**fields)
-        return json_response(self.snapshot(fields["api_key"]), status=201)
+    def control_routes(self, router: web.UrlDispatcher) -> None:
+        """Mine, switch the API, set balances, add transfers, mark one conflicted."""
+        router.add_post("/mine", self._c_mine)
+        router.add_put("/status", self._c_status)
+        router.add_put("/{api_key}/balance", self._c_set_balance)
+        router.add_post("/{api_key}/deposits", self._c_add_deposit)
+        router.add_post("/{api_key}/withdraws", self._c_add_withdraw)
+        router.add_post("/{api_key}/transactions/{txid}/conflict", self._c_conflict)
 
     async def _c_mine(self, request: web.Request) -> web.Response:
         fields = read_fields(await read_object(request), {"blocks": as_int})
@@ -474,12 +458,8 @@ class KredsWalletSim:
         self.conflict(api_key, txid)
         return json_response({"txid": txid, "confirmations": self.confirmations(api_key, txid)})
 
-    async def _c_snapshot(self, request: web.Request) -> web.Response:
-        return json_response(self.snapshot(request.match_info["api_key"]))
-
 
 # Control-endpoint bodies: each field and how to read it (missing required ones answer 400).
-_ACCOUNT_FIELDS = {"api_key": as_str, "api_secret": as_str, "balance": to_decimal}
 _TRANSFER_FIELDS = {
     "amount": to_decimal,
     "address": as_str,
@@ -489,17 +469,12 @@ _TRANSFER_FIELDS = {
 }
 
 
-def _echo(nonce: int | None) -> dict[str, str] | None:
-    """X-WWT-NONCE: every answer to a request with a readable nonce repeats it."""
-    return None if nonce is None else {"X-WWT-NONCE": str(nonce)}
-
-
 def _paging(args: list[str]) -> tuple[int, int]:
-    """[page[, pagesize]] from the path (defaults 1 and 100); ApiError when not numbers."""
+    """[page[, pagesize]] from the path (defaults 1 and 100); Refusal when not numbers."""
     page = args[0] if args else "1"
     size = args[1] if len(args) > 1 else str(DEFAULT_PAGE_SIZE)
     if not all(v.isascii() and v.isdigit() for v in (page, size)):
-        raise ApiError(400, "Invalid page or pagesize")
+        raise Refusal(400, "Invalid page or pagesize")
     if int(page) < 1 or not 1 <= int(size) <= MAX_PAGE_SIZE:
-        raise ApiError(400, "Invalid page or pagesize")
+        raise Refusal(400, "Invalid page or pagesize")
     return int(page), int(size)

@@ -22,17 +22,15 @@ from typing import Any
 
 from aiohttp import web
 
+from walletwatch.sim.base import ApiSim, Call, Caller, Endpoint, Refusal
 from walletwatch.sim.common import (
-    RateLimiter,
     SimContext,
     as_amounts,
     as_str,
     as_time,
-    control_errors,
     json_response,
     read_fields,
     read_object,
-    request_log_middleware,
     to_decimal,
 )
 
@@ -114,12 +112,19 @@ def api_item(tx: SimTransaction) -> dict[str, object]:
     }
 
 
-class Refused(Exception):
-    """An answer ``{"success": "false", "message": ...}``."""
+def _as_hash_keys(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list of hash key variants, got {value!r}")
+    return tuple(as_str(item) for item in value)
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+
+# POST /_sim/potwallet/accounts: each body field and how to read it.
+_ACCOUNT_FIELDS = {
+    "public_key": as_str,
+    "private_key": as_str,
+    "balance": to_decimal,
+    "hash_keys": _as_hash_keys,
+}
 
 
 @dataclass(slots=True)
@@ -141,22 +146,29 @@ class _Account:
             self.nonces.discard(self.nonce_order.popleft())
 
 
-Endpoint = Callable[[_Account, Mapping[str, str], str], object]
+Read = Callable[[_Account, Mapping[str, str], str], object]
 
 
-class PotWalletSim:
-    """In-memory PotWallet accounts and POT prices served over HTTP, with a Python API."""
+class PotWalletSim(ApiSim[_Account]):
+    """In-memory PotWallet accounts and POT prices served over HTTP, with a Python API.
+
+    ``/_sim/potwallet/prices`` is routed before ``/{public_key}``, so no account may be
+    called "prices".
+    """
 
     name = PROVIDER
+    forbidden = "Forbidden in simulator"
+    throttled = "Too many requests"
+    account_fields = _ACCOUNT_FIELDS
+    snapshot_keys = ("public_key",)
 
     def __init__(self, ctx: SimContext) -> None:
-        self._ctx = ctx
-        self._limiter = RateLimiter(ctx.rate_limit, ctx.clock)
+        super().__init__(ctx)
         self._accounts: dict[str, _Account] = {}
         self._prices: dict[str, Decimal] = {}
         self._serial = 0
         self.accepted: list[tuple[str, str]] = []  # (public key, hash-key variant) per read
-        self._reads: dict[str, Endpoint] = {
+        self._reads: dict[str, Read] = {
             "/balance": self._balance,
             "/transactions": self._listing(CATEGORIES),
             "/transactions/receive": self._listing(("receive",)),
@@ -264,59 +276,52 @@ class PotWalletSim:
 
     # -- HTTP API -----------------------------------------------------------------------------
 
-    def api_app(self) -> web.Application:
-        """The PotWallet API, to be mounted under ``/potwallet``."""
-        log = request_log_middleware(self._ctx.requests, PROVIDER, "/" + PROVIDER)
-        app = web.Application(middlewares=[log])
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        return app
+    def is_write(self, method: str, path: str) -> bool:
+        """The documented write paths, and any call that is not a GET."""
+        return path in WRITE_PATHS or method not in ("GET", "HEAD")
 
-    async def _handle(self, request: web.Request) -> web.Response:
-        path = "/" + request.match_info["tail"]
-        if path in WRITE_PATHS or request.method not in ("GET", "HEAD"):
-            self._ctx.write_calls.append((PROVIDER, path))
-            return _refusal("Forbidden in simulator", status=403)
+    def route(self, method: str, path: str) -> Endpoint[_Account]:  # noqa: ARG002 - GET only
+        """The read at path, answered ``{"success": "true", "message": ...}``."""
         read = self._reads.get(path)
         if read is None:
-            return _refusal("Not found", status=404)
-        public_key = request.headers.get("Access-Public", "")
-        try:
-            account = self._authenticate(request, public_key)
-            delay = self._limiter.take(public_key)
-            if delay > 0:
-                return self._ctx.too_many_requests(
-                    delay, {"success": "false", "message": "Too many requests"}
-                )
-            return json_response(
-                {"success": "true", "message": read(account, request.query, request.query_string)}
-            )
-        except Refused as err:
-            return _refusal(err.message)
+            raise Refusal(404, "Not found")
 
-    def _authenticate(self, request: web.Request, public_key: str) -> _Account:
-        """The account whose key signed this request; Refused otherwise (nonce then burnt)."""
+        def answer(account: _Account, call: Call) -> object:
+            query = call.request.query
+            return {"success": "true", "message": read(account, query, call.request.query_string)}
+
+        return Endpoint(answer)
+
+    def error_body(self, status: int, message: str) -> object:  # noqa: ARG002 - status-free shape
+        """``{"success": "false", "message": ...}`` (refusals are HTTP 200, like every answer)."""
+        return {"success": "false", "message": message}
+
+    def authenticate(self, call: Call) -> Caller[_Account]:
+        """The account whose key signed this request; Refusal otherwise (nonce then burnt)."""
+        request = call.request
+        public_key = request.headers.get("Access-Public", "")
         account = self._accounts.get(public_key)
         if account is None:
-            raise Refused(INVALID_PUBLIC_KEY)
+            raise _refused(INVALID_PUBLIC_KEY)
         nonce = request.headers.get("Access-Nonce", "")
         if not nonce or len(nonce) > MAX_NONCE_LENGTH or not nonce.isprintable():
-            raise Refused(INVALID_NONCE)
+            raise _refused(INVALID_NONCE)
         # The full URL as the client addressed it: scheme, Host header, raw path and query.
         url = f"{request.scheme}://{request.host}{request.raw_path}"
         signature = request.headers.get("Access-Hash", "")
         variant = verify(account.private_key, url, nonce, signature, account.hash_keys)
         if variant is None:
-            raise Refused(INVALID_HASH)
+            raise _refused(INVALID_HASH)
         if nonce in account.nonces:
-            raise Refused(NONCE_USED)
+            raise _refused(NONCE_USED)
         account.remember(nonce)
         self.accepted.append((public_key, variant))
-        return account
+        return Caller(account, public_key)
 
     def _balance(self, account: _Account, _query: Mapping[str, str], _raw: str) -> object:
         return format(self._balance_of(account), "f")
 
-    def _listing(self, categories: tuple[str, ...]) -> Endpoint:
+    def _listing(self, categories: tuple[str, ...]) -> Read:
         def listing(account: _Account, _query: Mapping[str, str], _raw: str) -> object:
             return [api_item(tx) for tx in self._visible(account) if tx.category in categories]
 
@@ -333,29 +338,17 @@ class PotWalletSim:
         currency = query.get("currency") or (raw if raw and "=" not in raw else "USD")
         price = self._prices.get(currency.upper())
         if price is None:
-            raise Refused("Unsupported currency")
+            raise _refused("Unsupported currency")
         return {"price": format(price, "f"), "currency": currency.upper()}
 
     # -- control endpoints ----------------------------------------------------------------------
 
-    def control_app(self) -> web.Application:
-        """Unsigned, unlimited endpoints that drive the simulation, under ``/_sim/potwallet``.
-
-        ``/prices`` is routed before ``/{public_key}``, so no account may be called "prices".
-        """
-        app = web.Application(middlewares=[control_errors])
-        app.router.add_post("/accounts", self._c_add_account)
-        app.router.add_get("/prices", self._c_prices)
-        app.router.add_put("/prices", self._c_set_prices)
-        app.router.add_put("/{public_key}/balance", self._c_set_balance)
-        app.router.add_post("/{public_key}/transactions", self._c_add_transaction)
-        app.router.add_get("/{public_key}", self._c_snapshot)
-        return app
-
-    async def _c_add_account(self, request: web.Request) -> web.Response:
-        fields = read_fields(await read_object(request), _ACCOUNT_FIELDS)
-        self.add_account(**fields)
-        return json_response(self.snapshot(fields["public_key"]), status=201)
+    def control_routes(self, router: web.UrlDispatcher) -> None:
+        """Read and set prices, set a balance, add transactions."""
+        router.add_get("/prices", self._c_prices)
+        router.add_put("/prices", self._c_set_prices)
+        router.add_put("/{public_key}/balance", self._c_set_balance)
+        router.add_post("/{public_key}/transactions", self._c_add_transaction)
 
     async def _c_prices(self, _request: web.Request) -> web.Response:
         return json_response(self.prices())
@@ -379,32 +372,18 @@ class PotWalletSim:
         txid = self.add_transaction(request.match_info["public_key"], **fields)
         return json_response({"txid": txid}, status=201)
 
-    async def _c_snapshot(self, request: web.Request) -> web.Response:
-        return json_response(self.snapshot(request.match_info["public_key"]))
-
 
 def _receiving(account: _Account) -> list[str]:
     """The account's receiving addresses, sorted."""
     return sorted({tx.address for tx in account.transactions if tx.category == "receive"})
 
 
-def _refusal(message: str, *, status: int = 200) -> web.Response:
-    return json_response({"success": "false", "message": message}, status=status)
-
-
-def _as_hash_keys(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise TypeError(f"expected a list of hash key variants, got {value!r}")
-    return tuple(as_str(item) for item in value)
+def _refused(message: str) -> Refusal:
+    """A refusal as PotWallet answers one: HTTP 200 with ``success`` false."""
+    return Refusal(200, message)
 
 
 # Control-endpoint bodies: each field and how to read it (missing required ones answer 400).
-_ACCOUNT_FIELDS = {
-    "public_key": as_str,
-    "private_key": as_str,
-    "balance": to_decimal,
-    "hash_keys": _as_hash_keys,
-}
 _TRANSACTION_FIELDS = {
     "category": as_str,
     "amount": to_decimal,

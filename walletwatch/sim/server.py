@@ -1,4 +1,4 @@
-"""The Simulator: every provider simulation on one aiohttp app, plus the demo scenario."""
+"""The Simulator: every registered provider simulation on one aiohttp app, plus ``/_sim``."""
 
 from __future__ import annotations
 
@@ -6,26 +6,27 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 
-from walletwatch.sim.bitexbit import BitexbitSim
-from walletwatch.sim.bitexbit_scenario import BitexbitScenario
-from walletwatch.sim.common import Clock, ProviderSim, RequestLog, SimContext, json_response
+# The package's __init__ is the registry and re-exports this module: its SIMULATORS are read
+# when a Simulator is built, never at import time.
+from walletwatch import sim as registry
+from walletwatch.sim.base import ProviderSim, Registration
+from walletwatch.sim.common import Clock, RequestLog, SimContext, json_response
 from walletwatch.sim.faults import Faults, fault_middleware
-from walletwatch.sim.kredswallet import KredsWalletSim
-from walletwatch.sim.kredswallet_scenario import KredsWalletScenario
-from walletwatch.sim.potwallet import PotWalletSim
-from walletwatch.sim.potwallet_scenario import PotWalletScenario
-from walletwatch.sim.scenario import DEMO_SEED, WestWalletScenario
-from walletwatch.sim.sila import SilaSim
-from walletwatch.sim.sila_scenario import SilaScenario
-from walletwatch.sim.westwallet import WestWalletSim
+
+DEMO_SEED = 20240601
 
 
 class Simulator:
-    """Simulated provider APIs, each under ``/<name>``, and the ``/_sim`` controls."""
+    """Simulated provider APIs, each under ``/<name>``, and the ``/_sim`` controls.
+
+    It serves every simulator of the registry (``walletwatch.sim.SIMULATORS``), or those
+    given as ``simulators``; each is reachable as ``sims[name]`` (or ``sim.<name>``).
+    """
 
     def __init__(
         self,
@@ -36,6 +37,7 @@ class Simulator:
         retry_after_date: bool = False,
         scenario: bool = False,
         faults: Faults | None = None,
+        simulators: Mapping[str, Registration] | None = None,
     ) -> None:
         self.clock = clock
         self.faults = faults  # injected into every provider API request when set
@@ -45,27 +47,28 @@ class Simulator:
         )
         self.requests: RequestLog = self._ctx.requests
         self.write_calls: list[tuple[str, str]] = self._ctx.write_calls
-        self.westwallet = WestWalletSim(self._ctx)
-        self.kredswallet = KredsWalletSim(self._ctx)
-        self.potwallet = PotWalletSim(self._ctx)
-        self.sila = SilaSim(self._ctx)
-        self.bitexbit = BitexbitSim(self._ctx)
-        self.providers: tuple[ProviderSim, ...] = (
-            self.westwallet,
-            self.kredswallet,
-            self.potwallet,
-            self.sila,
-            self.bitexbit,
-        )
+        chosen = dict(registry.SIMULATORS if simulators is None else simulators)
+        self.sims: dict[str, ProviderSim] = {}
+        for name, entry in chosen.items():
+            provider = entry.simulator(self._ctx)
+            if provider.name != name:
+                raise ValueError(f"simulator registered as {name!r} is named {provider.name!r}")
+            self.sims[name] = provider
         # One random stream per provider, so adding a provider leaves the others' demo as is.
         self._scenarios: tuple[Callable[[], None], ...] = ()
         if scenario:
-            ww = WestWalletScenario(self.westwallet, random.Random(f"{seed}/westwallet"), clock)
-            kw = KredsWalletScenario(self.kredswallet, random.Random(f"{seed}/kredswallet"), clock)
-            pw = PotWalletScenario(self.potwallet, random.Random(f"{seed}/potwallet"), clock)
-            si = SilaScenario(self.sila, random.Random(f"{seed}/sila"), clock)
-            bx = BitexbitScenario(self.bitexbit, random.Random(f"{seed}/bitexbit"), clock)
-            self._scenarios = (ww.step, kw.step, pw.step, si.step, bx.step)
+            self._scenarios = tuple(
+                entry.scenario(self.sims[name], random.Random(f"{seed}/{name}"), clock).step
+                for name, entry in chosen.items()
+                if entry.scenario is not None
+            )
+
+    def __getattr__(self, name: str) -> Any:
+        """A served simulator by provider name, as ``sim.<name>`` (typed loosely, for tests)."""
+        try:
+            return self.__dict__["sims"][name]
+        except KeyError:
+            raise AttributeError(name) from None
 
     def advance(self) -> None:
         """Run one scenario step on every provider (no effect without ``scenario=True``)."""
@@ -79,7 +82,7 @@ class Simulator:
         app = web.Application(middlewares=middlewares)
         app.router.add_get("/_sim/requests", self._requests)
         app.router.add_post("/_sim/advance", self._advance)
-        for provider in self.providers:
+        for provider in self.sims.values():
             mount(app, provider)
         return app
 

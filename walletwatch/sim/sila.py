@@ -19,17 +19,15 @@ from typing import Any
 
 from aiohttp import web
 
+from walletwatch.sim.base import ApiSim, Call, Caller, Endpoint, Refusal
 from walletwatch.sim.common import (
-    RateLimiter,
     SimContext,
     as_str,
     as_time,
-    control_errors,
     json_response,
     load_json,
     read_fields,
     read_object,
-    request_log_middleware,
     to_decimal,
 )
 from walletwatch.sim.sila_auth import TokenIssuer, basic_credentials, keccak256, recover_address
@@ -122,23 +120,30 @@ class _User:
     transactions: dict[str, SimTransaction] = field(default_factory=dict)
 
 
-class ApiError(Exception):
-    """A ``{"success": false}`` answer with an HTTP status."""
+@dataclass(frozen=True, slots=True)
+class _Session:
+    """An authenticated call: its payload and header, and the wallet it reads (none for a token)."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+    payload: Mapping[str, Any]
+    header: Mapping[str, Any]
+    user: _User | None
 
 
-class SilaSim:
-    """In-memory Sila apps and users served over HTTP, with a Python API to drive them."""
+class SilaSim(ApiSim[_Session]):
+    """In-memory Sila apps and users served over HTTP, with a Python API to drive them.
+
+    Its control endpoints ``POST /_sim/sila/{action}`` call the Python API method of that name
+    with the JSON body as keyword arguments (see ``_ACTIONS``); ``GET /_sim/sila/{app}/{user}``
+    is a wallet's snapshot.
+    """
 
     name = PROVIDER
+    forbidden = "forbidden in the simulator"
+    throttled = "rate limited"
+    snapshot_keys = ("app", "user")
 
     def __init__(self, ctx: SimContext) -> None:
-        self._ctx = ctx
-        self._limiter = RateLimiter(ctx.rate_limit, ctx.clock)
+        super().__init__(ctx)
         self._apps: dict[str, _App] = {}
         self._users: dict[tuple[str, str], _User] = {}
         self._seq = itertools.count(1)
@@ -271,64 +276,60 @@ class SilaSim:
 
     # -- HTTP API -----------------------------------------------------------------------------
 
-    def api_app(self) -> web.Application:
-        """The Sila API, to be mounted under ``/sila``."""
-        log = request_log_middleware(self._ctx.requests, PROVIDER, "/" + PROVIDER)
-        app = web.Application(middlewares=[log])
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        return app
+    def is_write(self, method: str, path: str) -> bool:
+        """Every Sila call is a POST: any POST that is not a simulated read writes."""
+        return path not in READ_PATHS and method == "POST"
 
-    async def _handle(self, request: web.Request) -> web.Response:
-        path = "/" + request.match_info["tail"]
+    def route(self, method: str, path: str) -> Endpoint[_Session]:
+        """The read at path, answered with ``success`` and the request's reference."""
         if path not in READ_PATHS:
-            if request.method == "POST":  # every Sila call is a POST: any other one writes
-                self._ctx.write_calls.append((PROVIDER, path))
-                return _failure(403, "forbidden in the simulator")
-            return _failure(404, "not found")
-        if request.method != "POST":
-            return _failure(405, "method not allowed")
-        raw = await request.read()
-        try:
-            payload = _payload(raw)
-            header = self._header(payload)
-            app_handle = header["app_handle"]
-            user = None
-            if path == "/auth_token":
-                self._check_client(request, app_handle)
-            else:
-                user = self._authenticate(request, raw, header)
-            delay = self._limiter.take(app_handle)
-            if delay > 0:
-                body = {"success": False, "status": "FAILURE", "message": "rate limited"}
-                return self._ctx.too_many_requests(delay, body)
-            if user is None:
-                token = self.tokens.issue(app_handle)
-                access = {"token": token.value, "expiration": int(token.expires_at)}
-                answer: dict[str, object] = {"access_token": access}
-            elif path == "/get_wallet":
-                answer = _wallet(user)
-            else:
-                answer = _transactions(user, payload.get("search_filters", {}))
-        except ApiError as err:
-            return _failure(err.status, err.message)
-        reference = header["reference"]
-        return json_response(
-            {"success": True, "status": "SUCCESS", "reference": reference, **answer}
-        )
+            raise Refusal(404, "not found")
+        if method != "POST":
+            raise Refusal(405, "method not allowed")
+        return Endpoint(self._answer)
+
+    def error_body(self, status: int, message: str) -> object:  # noqa: ARG002 - status-free shape
+        """``{"success": false, "status": "FAILURE", "message": ...}``."""
+        return {"success": False, "status": "FAILURE", "message": message}
+
+    def authenticate(self, call: Call) -> Caller[_Session]:
+        """A valid header, then the app's client credentials (for a token) or the user's auth."""
+        payload = _payload(call.body)
+        header = self._header(payload)
+        app_handle = header["app_handle"]
+        user = None
+        if call.path == "/auth_token":
+            self._check_client(call.request, app_handle)
+        else:
+            user = self._authenticate(call.request, call.body, header)
+        return Caller(_Session(payload, header, user), app_handle)
+
+    def _answer(self, session: _Session, call: Call) -> object:
+        user = session.user
+        if user is None:
+            token = self.tokens.issue(session.header["app_handle"])
+            access = {"token": token.value, "expiration": int(token.expires_at)}
+            answer: dict[str, object] = {"access_token": access}
+        elif call.path == "/get_wallet":
+            answer = _wallet(user)
+        else:
+            answer = _transactions(user, session.payload.get("search_filters", {}))
+        reference = session.header["reference"]
+        return {"success": True, "status": "SUCCESS", "reference": reference, **answer}
 
     def _header(self, payload: Mapping[str, Any]) -> Mapping[str, Any]:
         header = payload.get("header")
         if not isinstance(header, dict):
-            raise ApiError(400, "header is required")
+            raise Refusal(400, "header is required")
         reference, created = header.get("reference"), header.get("created")
         if not isinstance(reference, str) or not reference:
-            raise ApiError(400, "header.reference must be a non-empty string")
+            raise Refusal(400, "header.reference must be a non-empty string")
         if isinstance(created, bool) or not isinstance(created, int):
-            raise ApiError(400, "header.created must be Unix seconds")
+            raise Refusal(400, "header.created must be Unix seconds")
         if abs(self._ctx.clock() - created) > MAX_CLOCK_SKEW:
-            raise ApiError(400, "header.created is too far from the server time")
+            raise Refusal(400, "header.created is too far from the server time")
         if header.get("version") != "0.2" or not isinstance(header.get("app_handle"), str):
-            raise ApiError(400, "header.version 0.2 and header.app_handle are required")
+            raise Refusal(400, "header.version 0.2 and header.app_handle are required")
         self.references.append(reference)
         return header
 
@@ -343,7 +344,7 @@ class SilaSim:
             or app.client_id != given[0]
             or not hmac.compare_digest(app.client_secret.encode(), given[1].encode())
         ):
-            raise ApiError(401, "invalid client credentials")
+            raise Refusal(401, "invalid client credentials")
 
     def _authenticate(self, request: web.Request, raw: bytes, header: Mapping[str, Any]) -> _User:
         """The user a read is for, once its token or both of its signatures check out."""
@@ -353,41 +354,31 @@ class SilaSim:
         scheme, _, value = request.headers.get("Authorization", "").partition(" ")
         if scheme == "Bearer":
             if not self.tokens.valid(value, app_handle):
-                raise ApiError(401, "invalid or expired access token")
+                raise Refusal(401, "invalid or expired access token")
         else:
             # The doc answers 403 for an absent signature or a signer not of app_handle.
             app_signature = request.headers.get("authsignature", "")
             if not app_signature or app is None or app.address is None:
-                raise ApiError(403, "auth signature is absent or app_handle unknown")
+                raise Refusal(403, "auth signature is absent or app_handle unknown")
             if recover_address(raw, app_signature) != app.address:
-                raise ApiError(403, "derived address does not belong to app_handle")
+                raise Refusal(403, "derived address does not belong to app_handle")
             user_signature = request.headers.get("usersignature", "")
             if user is not None and recover_address(raw, user_signature) != user.address:
-                raise ApiError(403, "user signature does not match user_handle")
+                raise Refusal(403, "user signature does not match user_handle")
         if user is None:
-            raise ApiError(400, "user_handle is not registered with this app")
+            raise Refusal(400, "user_handle is not registered with this app")
         return user
 
     # -- control endpoints ----------------------------------------------------------------------
 
-    def control_app(self) -> web.Application:
-        """Unsigned, unlimited endpoints that drive the simulation, under ``/_sim/sila``.
-
-        ``POST /{action}`` calls the Python API method of that name with the JSON body as
-        keyword arguments (see ``_ACTIONS``); ``GET /{app}/{user}`` is a wallet's snapshot.
-        """
-        app = web.Application(middlewares=[control_errors])
-        app.router.add_post("/{action}", self._c_action)
-        app.router.add_get("/{app}/{user}", self._c_snapshot)
-        return app
+    def control_routes(self, router: web.UrlDispatcher) -> None:
+        """``POST /{action}``: the Python API method of that name (see ``_ACTIONS``)."""
+        router.add_post("/{action}", self._c_action)
 
     async def _c_action(self, request: web.Request) -> web.Response:
         action = request.match_info["action"]
         fields = read_fields(await read_object(request), _ACTIONS[action])
         return json_response({"result": getattr(self, action)(**fields)})
-
-    async def _c_snapshot(self, request: web.Request) -> web.Response:
-        return json_response(self.snapshot(request.match_info["app"], request.match_info["user"]))
 
 
 def _wallet(user: _User) -> dict[str, object]:
@@ -406,17 +397,17 @@ def _wallet(user: _User) -> dict[str, object]:
 def _transactions(user: _User, filters: object) -> dict[str, object]:
     """One page of /get_transactions for ``search_filters``, newest first by default."""
     if not isinstance(filters, dict) or set(filters) - FILTERS:
-        raise ApiError(400, f"search_filters: only {sorted(FILTERS)} are simulated")
+        raise Refusal(400, f"search_filters: only {sorted(FILTERS)} are simulated")
     page, per_page = filters.get("page", 1), filters.get("per_page", DEFAULT_PER_PAGE)
     types = filters.get("transaction_types", list(TYPES))
     statuses = filters.get("statuses", list(STATUSES))
     ascending, tx_id = filters.get("sort_ascending", False), filters.get("transaction_id")
     if not _positive(page) or not _positive(per_page) or per_page > MAX_PER_PAGE:
-        raise ApiError(400, "search_filters.page and per_page (1-100) must be integers")
+        raise Refusal(400, "search_filters.page and per_page (1-100) must be integers")
     if not isinstance(types, list) or not set(types) <= set(TYPES):
-        raise ApiError(400, "search_filters.transaction_types: unknown type")
+        raise Refusal(400, "search_filters.transaction_types: unknown type")
     if not isinstance(statuses, list) or not isinstance(ascending, bool):
-        raise ApiError(400, "search_filters.statuses or sort_ascending malformed")
+        raise Refusal(400, "search_filters.statuses or sort_ascending malformed")
     matching = sorted(
         (
             tx
@@ -447,17 +438,13 @@ def _as_bool(value: object) -> bool:
     return value
 
 
-def _failure(status: int, message: str) -> web.Response:
-    return json_response({"success": False, "status": "FAILURE", "message": message}, status=status)
-
-
 def _payload(raw: bytes) -> Mapping[str, Any]:
     try:
         data = load_json(raw)
     except ValueError as err:
-        raise ApiError(400, "body is not JSON") from err
+        raise Refusal(400, "body is not JSON") from err
     if not isinstance(data, dict):
-        raise ApiError(400, "body must be a JSON object")
+        raise Refusal(400, "body must be a JSON object")
     return data
 
 

@@ -17,19 +17,17 @@ from typing import Any
 
 from aiohttp import web
 
+from walletwatch.sim.base import ApiSim, Call, Caller, Endpoint, Refusal
 from walletwatch.sim.common import (
-    RateLimiter,
     SimContext,
     as_amounts,
     as_int,
     as_str,
     as_time,
-    control_errors,
     json_response,
     load_json,
     read_fields,
     read_object,
-    request_log_middleware,
     to_decimal,
 )
 
@@ -111,40 +109,35 @@ def snapshot_item(tx: SimTransaction) -> dict[str, object]:
     return {**api_item(tx), "amount": format(tx.amount, "f")}
 
 
-class ApiError(Exception):
-    """An API answer with a body-level ``error`` code and an HTTP status."""
-
-    def __init__(self, error: str, status: int = 400) -> None:
-        super().__init__(error)
-        self.error = error
-        self.status = status
-
-
 def select(
     transactions: Iterable[SimTransaction], params: Mapping[str, object]
 ) -> list[SimTransaction]:
-    """The page ``POST /wallet/transactions`` asks for, ordered by id; ApiError on a bad param."""
+    """The page ``POST /wallet/transactions`` asks for, ordered by id; Refusal on a bad param."""
     kind = params.get("type")
     currency = params.get("currency")
     limit = params.get("limit", DEFAULT_LIMIT)
     offset = params.get("offset", 0)
     order = params.get("order", "desc")
     if kind is not None and kind not in TYPES:
-        raise ApiError("bad_type")
+        raise Refusal(400, "bad_type")
     if currency is not None and not isinstance(currency, str):
-        raise ApiError("bad_currency")
+        raise Refusal(400, "bad_currency")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_LIMIT:
-        raise ApiError("bad_limit")
+        raise Refusal(400, "bad_limit")
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise ApiError("bad_offset")
+        raise Refusal(400, "bad_offset")
     if order not in ("desc", "asc"):
-        raise ApiError("bad_order")
+        raise Refusal(400, "bad_order")
     matching = sorted(
         (tx for tx in transactions if kind in (None, tx.type) and currency in (None, tx.currency)),
         key=lambda tx: tx.id,
         reverse=order == "desc",
     )
     return matching[offset : offset + limit]
+
+
+# POST /_sim/westwallet/accounts: each body field and how to read it.
+_ACCOUNT_FIELDS = {"api_key": as_str, "secret_key": as_str, "balances": as_amounts}
 
 
 @dataclass(slots=True)
@@ -156,20 +149,22 @@ class _Account:
     transactions: dict[int, SimTransaction]
 
 
-Endpoint = Callable[[_Account, Mapping[str, object]], dict[str, object]]
+Read = Callable[[_Account, Mapping[str, object]], dict[str, object]]
 
 
-class WestWalletSim:
+class WestWalletSim(ApiSim[_Account]):
     """In-memory WestWallet accounts served over HTTP, with a Python API to drive them."""
 
     name = PROVIDER
+    forbidden = "forbidden_in_simulator"
+    throttled = "too_many_requests"
+    account_fields = _ACCOUNT_FIELDS
 
     def __init__(self, ctx: SimContext) -> None:
-        self._ctx = ctx
-        self._limiter = RateLimiter(ctx.rate_limit, ctx.clock)
+        super().__init__(ctx)
         self._accounts: dict[str, _Account] = {}
         self._next_id = 1
-        self._reads: dict[str, tuple[str, Endpoint]] = {
+        self._reads: dict[str, tuple[str, Read]] = {
             "/wallet/balances": ("GET", self._balances),
             "/wallet/transactions": ("POST", self._transactions),
             "/wallet/transaction": ("POST", self._transaction),
@@ -274,37 +269,31 @@ class WestWalletSim:
 
     # -- HTTP API -----------------------------------------------------------------------------
 
-    def api_app(self) -> web.Application:
-        """The WestWallet API, to be mounted under ``/westwallet``."""
-        log = request_log_middleware(self._ctx.requests, PROVIDER, "/" + PROVIDER)
-        app = web.Application(middlewares=[log])
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        return app
+    def is_write(self, method: str, path: str) -> bool:
+        """The documented write paths, and any non-GET call in their namespaces."""
+        if path in self._reads:
+            return False
+        return path in WRITE_PATHS or (
+            method not in ("GET", "HEAD") and path.startswith(WRITE_NAMESPACES)
+        )
 
-    async def _handle(self, request: web.Request) -> web.Response:
-        path = "/" + request.match_info["tail"]
+    def route(self, method: str, path: str) -> Endpoint[_Account]:
+        """The read at path, called with its one method and a JSON object body (or none)."""
         read = self._reads.get(path)
         if read is None:
-            if path in WRITE_PATHS or (
-                request.method not in ("GET", "HEAD") and path.startswith(WRITE_NAMESPACES)
-            ):
-                self._ctx.write_calls.append((PROVIDER, path))
-                return json_response({"error": "forbidden_in_simulator"}, status=403)
-            return json_response({"error": "not_found"}, status=404)
-        method, endpoint = read
-        if request.method != method:
-            return json_response({"error": "method_not_allowed"}, status=405)
-        body = await request.read()
-        try:
-            account = self._authenticate(request, body)
-            delay = self._limiter.take(request.headers["X-API-KEY"])
-            if delay > 0:
-                return self._ctx.too_many_requests(delay, {"error": "too_many_requests"})
-            return json_response(endpoint(account, _params(body)))
-        except ApiError as err:
-            return json_response({"error": err.error}, status=err.status)
+            raise Refusal(404, "not_found")
+        wanted, answer = read
+        if method != wanted:
+            raise Refusal(405, "method_not_allowed")
+        return Endpoint(lambda account, call: answer(account, _params(call.body)))
 
-    def _authenticate(self, request: web.Request, body: bytes) -> _Account:
+    def error_body(self, status: int, message: str) -> object:  # noqa: ARG002 - status-free shape
+        """``{"error": code}``, whatever the status."""
+        return {"error": message}
+
+    def authenticate(self, call: Call) -> Caller[_Account]:
+        """The account whose secret signed timestamp + body, within the allowed clock skew."""
+        request, body = call.request, call.body
         key = request.headers.get("X-API-KEY", "")
         timestamp = request.headers.get("X-ACCESS-TIMESTAMP", "")
         signature = request.headers.get("X-ACCESS-SIGN", "")
@@ -316,8 +305,8 @@ class WestWalletSim:
             or abs(self._ctx.clock() - int(timestamp)) > MAX_CLOCK_SKEW
             or not verify(account.secret_key, timestamp, body, signature)
         ):
-            raise ApiError("wrong_credentials", status=401)
-        return account
+            raise Refusal(401, "wrong_credentials")
+        return Caller(account, key)
 
     @staticmethod
     def _balances(account: _Account, _params: Mapping[str, object]) -> dict[str, object]:
@@ -332,7 +321,7 @@ class WestWalletSim:
     def _transaction(account: _Account, params: Mapping[str, object]) -> dict[str, object]:
         tx_id = params.get("id")
         if isinstance(tx_id, bool) or not isinstance(tx_id, int):
-            raise ApiError("bad_id")
+            raise Refusal(400, "bad_id")
         tx = account.transactions.get(tx_id)
         if tx is None:
             return {"error": "not_found"}  # WestWallet answers HTTP 200 with a body error
@@ -340,20 +329,11 @@ class WestWalletSim:
 
     # -- control endpoints ----------------------------------------------------------------------
 
-    def control_app(self) -> web.Application:
-        """Unsigned, unlimited endpoints that drive the simulation, under ``/_sim/westwallet``."""
-        app = web.Application(middlewares=[control_errors])
-        app.router.add_post("/accounts", self._c_add_account)
-        app.router.add_put("/{api_key}/balances", self._c_set_balances)
-        app.router.add_post("/{api_key}/transactions", self._c_add_transaction)
-        app.router.add_post("/{api_key}/transactions/{tx_id:[0-9]+}", self._c_set_status)
-        app.router.add_get("/{api_key}", self._c_snapshot)
-        return app
-
-    async def _c_add_account(self, request: web.Request) -> web.Response:
-        fields = read_fields(await read_object(request), _ACCOUNT_FIELDS)
-        self.add_account(**fields)
-        return json_response(self.snapshot(fields["api_key"]), status=201)
+    def control_routes(self, router: web.UrlDispatcher) -> None:
+        """Set balances, add transactions, change a transaction's status."""
+        router.add_put("/{api_key}/balances", self._c_set_balances)
+        router.add_post("/{api_key}/transactions", self._c_add_transaction)
+        router.add_post("/{api_key}/transactions/{tx_id:[0-9]+}", self._c_set_status)
 
     async def _c_set_balances(self, request: web.Request) -> web.Response:
         api_key = request.match_info["api_key"]
@@ -375,12 +355,8 @@ class WestWalletSim:
         self.set_status(api_key, tx_id, **read_fields(await read_object(request), _STATUS_FIELDS))
         return json_response(snapshot_item(self.transaction(api_key, tx_id)))
 
-    async def _c_snapshot(self, request: web.Request) -> web.Response:
-        return json_response(self.snapshot(request.match_info["api_key"]))
-
 
 # Control-endpoint bodies: each field and how to read it (missing required ones answer 400).
-_ACCOUNT_FIELDS = {"api_key": as_str, "secret_key": as_str, "balances": as_amounts}
 _STATUS_FIELDS = {"status": as_str, "confirmations": as_int, "txid": as_str}
 _TRANSACTION_FIELDS = {
     "type": as_str,
@@ -394,13 +370,13 @@ _TRANSACTION_FIELDS = {
 
 
 def _params(body: bytes) -> Mapping[str, object]:
-    """The JSON object a read call carries (``{}`` without a body); ApiError when unreadable."""
+    """The JSON object a read call carries (``{}`` without a body); Refusal when unreadable."""
     if not body.strip():
         return {}
     try:
         data = load_json(body)
     except ValueError as err:
-        raise ApiError("bad_json") from err
+        raise Refusal(400, "bad_json") from err
     if not isinstance(data, dict):
-        raise ApiError("bad_json")
+        raise Refusal(400, "bad_json")
     return data

@@ -1,4 +1,4 @@
-"""The seeded demo scenario: deposits arrive, withdrawals progress, one is stuck, one runs low.
+"""The seeded WestWallet demo: deposits arrive, withdrawals progress, one is stuck, one runs low.
 
 The demo config is meant to watch ``DEMO_WESTWALLET_ACCOUNTS`` with ``low_balance: {USDT:
 1000}`` and ``withdrawal_stuck_after: 1h`` on the first account.
@@ -12,8 +12,6 @@ from decimal import Decimal
 
 from walletwatch.sim.common import Clock
 from walletwatch.sim.westwallet import WestWalletSim
-
-DEMO_SEED = 20240601
 
 # (account name for the demo config, api_key, secret_key)
 DEMO_WESTWALLET_ACCOUNTS = (
