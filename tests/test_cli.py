@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ import yaml
 
 from tests.simthread import serve_in_thread
 from walletwatch import __version__
-from walletwatch.cli import main
+from walletwatch.cli import _parser, main, simulator_banner
 from walletwatch.sim import Simulator
 
 KEY, SECRET = "cli-key", "cli-secret"
@@ -204,3 +205,60 @@ class TestDemo:
             _, err = proc.communicate(timeout=DEADLINE)
         assert proc.returncode == 0, err
         assert f"http://127.0.0.1:{port}/metrics" in err
+
+
+class TestHelp:
+    def test_every_option_says_what_it_does(self) -> None:
+        """Every option of every command has help text; check's --shard does not say poll."""
+        parser = _parser()
+        (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        for name, sub in commands.choices.items():
+            for action in sub._actions:
+                assert action.help, f"walletwatch {name} {'/'.join(action.option_strings)}"
+        check = commands.choices["check"]
+        (shard,) = [a for a in check._actions if "--shard" in a.option_strings]
+        assert "poll" not in str(shard.help)
+
+
+class TestSimulateBanner:
+    def test_names_every_account_with_its_base_url_and_credentials(self) -> None:
+        """The banner gives, per account of the simulator, what a config needs."""
+        banner = simulator_banner("http://127.0.0.1:10102")
+        lines = banner.splitlines()
+        assert lines[0] == "simulator listening on http://127.0.0.1:10102"
+        for provider, path, credential in (
+            ("westwallet", "/westwallet", "api_key=demo-hot-key"),
+            ("kredswallet", "/kredswallet/api", "api_secret=demo-kreds-secret"),
+            ("potwallet", "/potwallet", "public_key=demo-pot-public"),
+            ("sila", "/sila", "client_id=walletwatch-demo-client"),
+            ("bitexbit", "/bitexbit/api/gateway", "secret_key=demo-bitexbit-secret"),
+        ):
+            (line,) = [line for line in lines if credential in line]
+            assert line.split()[0] == provider
+            assert f"base_url=http://127.0.0.1:10102{path} " in line
+
+
+class TestOnceRetries:
+    def test_waits_out_one_retry_after(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Run twice in a row on a key's 1 request/s, once meets the provider's 429 (the
+        first run's requests still count there), waits it out and reports the account up."""
+        sim = Simulator(rate_limit=1)
+        sim.westwallet.add_account(KEY, SECRET, {"BTC": Decimal("1.5")})
+        limits = {"westwallet": {"rate_limit": 1}}
+        with serve_in_thread(sim) as url:
+            path = write_config(tmp_path, url, providers=limits)
+            for _ in range(2):
+                assert main(["once", "-c", str(path), "--json"]) == 0
+                (row,) = json.loads(capsys.readouterr().out)
+                assert row["up"] is True, row["errors"]
+        assert sim.requests.count(status=429) >= 1, "no 429 was answered: the test proves nothing"
+
+    def test_the_table_gives_each_failure_its_reason(
+        self, tmp_path: Path, sim_url: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A refused key shows as ``(auth)`` beside each endpoint's error."""
+        path = write_config(tmp_path, sim_url, secret="wrong-secret")
+        assert main(["once", "-c", str(path)]) == 1
+        assert "balances (auth): " in capsys.readouterr().out
