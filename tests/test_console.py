@@ -41,7 +41,7 @@ class TestEventLine:
         )
         assert line == (
             "22:13:20 CRIT withdrawal.stuck           bitexbit/hot  0.5 BTC  id 77  "
-            "25 (moderation)  in flight 3h01m  tx ffffffffffff..."
+            "25 (moderation)  in flight 3h01m  tx ffffffffffffffff..."
         )
 
     def test_a_balance_change_shows_before_and_after(self) -> None:

@@ -24,8 +24,8 @@ LABELS = {"critical": "CRIT", "warning": "WARN", "info": "info"}
 UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 """What a line must not show as it is: control characters (an escape sequence rewrites the
 terminal, a newline breaks the line) and lone surrogates (no terminal encoding has them)."""
-TXID_CHARS = 12
-"""How much of a txid a line shows: enough to find it, short enough for one line."""
+ID_CHARS = 16
+"""How much of an id or txid a line shows: enough to find it, short enough for one line."""
 
 
 def event_line(event: Event, *, colour: bool) -> str:
@@ -50,7 +50,7 @@ def _details(f: Mapping[str, Any]) -> str:
     if f.get("threshold") is not None:
         parts.append(f"threshold {_money(f['threshold'])}")
     if f.get("transfer_id") is not None:
-        parts.append(f"id {_text(f['transfer_id'])}")
+        parts.append(f"id {_short(f['transfer_id'])}")
     if f.get("status") is not None:
         name = f.get("status_name")
         status = _text(f["status"]) + (f" ({_text(name)})" if name else "")
@@ -58,14 +58,19 @@ def _details(f: Mapping[str, Any]) -> str:
         parts.append(f"{_text(previous)} -> {status}" if previous else status)
     if f.get("age_seconds") is not None:
         parts.append(f"in flight {_duration(f['age_seconds'])}")
-    if f.get("txid"):
-        txid = _text(f["txid"])
-        parts.append("tx " + (txid if len(txid) <= TXID_CHARS else txid[:TXID_CHARS] + "..."))
+    if f.get("txid") and f["txid"] != f.get("transfer_id"):  # PotWallet's ids are txids
+        parts.append(f"tx {_short(f['txid'])}")
     if f.get("endpoint") is not None:  # account.down and .recovered
         parts.append(f"endpoint {_text(f['endpoint'])}")
     if f.get("reason") is not None:
         parts.append(f"reason {_text(f['reason'])}")
     return "  ".join(parts)
+
+
+def _short(value: object) -> str:
+    """An id or txid cut to what finds it: the events file and webhooks have it whole."""
+    text = _text(value)
+    return text if len(text) <= ID_CHARS else text[:ID_CHARS] + "..."
 
 
 def _money(value: object) -> str:

@@ -63,6 +63,7 @@ def configure(fmt: str | None, stream: TextIO, level: int = logging.INFO) -> Non
             *last,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        # One write per line: a log line and an event line on the same stream never mix.
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
