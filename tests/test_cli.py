@@ -253,7 +253,8 @@ class TestDemo:
             try:
                 records.append(json.loads(line))
             except ValueError:
-                raise AssertionError(f"not one JSON object: {lines[max(i - 1, 0) : i + 1]}") from None
+                mixed = lines[max(i - 1, 0) : i + 1]
+                raise AssertionError(f"not one JSON object: {mixed}") from None
         assert {r["kind"] for r in records} == {"event", "log"}
         assert all(("event_id" in r) == (r["kind"] == "event") for r in records)
 
