@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import pty
+import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -19,7 +23,9 @@ import yaml
 
 from tests.simthread import serve_in_thread
 from walletwatch import __version__
-from walletwatch.cli import main
+from walletwatch.cli import _demo_yaml, _parser, main, simulator_banner
+from walletwatch.config import Listen
+from walletwatch.console import COLOURS
 from walletwatch.sim import Simulator
 
 KEY, SECRET = "cli-key", "cli-secret"
@@ -176,31 +182,202 @@ class TestRun:
 
 
 class TestDemo:
-    """walletwatch demo keeps the README's promise."""
+    """walletwatch demo keeps every promise the README makes about it."""
 
-    def test_metrics_within_ten_seconds(self) -> None:
-        """Within 10 s /metrics shows balances, in-flight transfers and up 1."""
+    def test_what_the_readme_promises(self) -> None:
+        """Seven accounts at five providers up within 10 s; three stuck withdrawals (WestWallet
+        pending, bitexbit in moderation, Sila in review); ww-exchange-hot's USDT runs low;
+        piped, events and logs are JSON lines told apart by their kind."""
         port = free_port()
         proc = subprocess.Popen(
             [sys.executable, "-m", "walletwatch", "demo", "--listen", f"127.0.0.1:{port}"],
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        wanted = ("walletwatch_balance{", "walletwatch_transfers_in_flight{", "walletwatch_up{")
+        lines: list[str] = []
+        stdout = proc.stdout
+        assert stdout is not None
+        reader = threading.Thread(target=lambda: lines.extend(iter(stdout.readline, "")))
+        reader.start()
 
         def complete(body: str) -> bool:
             ups = [line for line in body.splitlines() if line.startswith("walletwatch_up{")]
+            wanted = ("walletwatch_balance{", "walletwatch_transfers_in_flight{")
             return (
-                all(w in body for w in wanted)
-                and bool(ups)
+                len(ups) == 7
+                and all(w in body for w in wanted)
                 and all(line.endswith(" 1.0") for line in ups)
             )
 
+        def story() -> set[tuple[str, str, str]]:
+            events = [
+                json.loads(line) for line in list(lines) if line.startswith('{"kind":"event"')
+            ]
+            return {
+                (
+                    e["event"],
+                    e["account"],
+                    str(e.get("status_name") or e.get("status") or e["currency"]),
+                )
+                for e in events
+                if e["event"] in ("withdrawal.stuck", "balance.low")
+            }
+
+        wanted = {
+            ("withdrawal.stuck", "ww-exchange-hot", "pending"),
+            ("withdrawal.stuck", "bx-gateway", "moderation"),
+            ("withdrawal.stuck", "sila-ecdsa", "review"),
+            ("balance.low", "ww-exchange-hot", "USDT"),
+        }
         try:
-            wait_for(f"http://127.0.0.1:{port}/metrics", complete, deadline=10.0)
+            metrics = wait_for(f"http://127.0.0.1:{port}/metrics", complete, deadline=10.0)
+            end = time.monotonic() + 45
+            while not wanted <= story() and time.monotonic() < end:
+                time.sleep(0.2)  # a real subprocess: there is no clock to fake
         finally:
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=DEADLINE)
+            reader.join(timeout=DEADLINE)
         assert proc.returncode == 0, err
         assert f"http://127.0.0.1:{port}/metrics" in err
+        providers = {
+            line.split('provider="')[1].split('"')[0]
+            for line in metrics.splitlines()
+            if line.startswith("walletwatch_up{")
+        }
+        assert providers == {"westwallet", "kredswallet", "potwallet", "sila", "bitexbit"}
+        assert wanted <= story(), story()
+        records = []
+        for i, line in enumerate(lines):  # every line whole: logs and events never mix
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                mixed = lines[max(i - 1, 0) : i + 1]
+                raise AssertionError(f"not one JSON object: {mixed}") from None
+        assert {r["kind"] for r in records} == {"event", "log"}
+        assert all(("event_id" in r) == (r["kind"] == "event") for r in records)
+
+    def test_a_terminal_gets_one_short_coloured_line_per_event(self) -> None:
+        """On a terminal, events are short lines coloured by severity, not JSON."""
+        port = free_port()
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "walletwatch", "demo", "--listen", f"127.0.0.1:{port}"],
+            stdout=follower,
+            stderr=subprocess.PIPE,
+        )
+        os.close(follower)
+        try:
+            wait_for(f"http://127.0.0.1:{port}/metrics", lambda body: "walletwatch_up{" in body)
+            out = b""
+            end = time.monotonic() + DEADLINE
+            while b"deposit.detected" not in out and time.monotonic() < end:
+                ready, _, _ = select.select([leader], [], [], 0.5)
+                if ready:
+                    out += os.read(leader, 65536)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=DEADLINE)
+            os.close(leader)
+        events = [
+            line
+            for line in out.decode().splitlines()
+            if "deposit.detected" in line and "event_id" not in line
+        ]
+        assert events, out[-2000:]
+        for line in events:
+            assert line.startswith(COLOURS["info"]), line
+            assert len(line) < 160, line
+
+
+class TestHelp:
+    def test_every_option_says_what_it_does(self) -> None:
+        """Every option of every command has help text; check's --shard does not say poll."""
+        parser = _parser()
+        (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        for name, sub in commands.choices.items():
+            for action in sub._actions:
+                assert action.help, f"walletwatch {name} {'/'.join(action.option_strings)}"
+        check = commands.choices["check"]
+        (shard,) = [a for a in check._actions if "--shard" in a.option_strings]
+        assert "poll" not in str(shard.help)
+
+
+class TestSimulateBanner:
+    def test_names_every_account_with_its_base_url_and_credentials(self) -> None:
+        """The banner gives, per account of the simulator, what a config needs."""
+        banner = simulator_banner("http://127.0.0.1:10102")
+        lines = banner.splitlines()
+        assert lines[0] == "simulator listening on http://127.0.0.1:10102"
+        for provider, path, credential in (
+            ("westwallet", "/westwallet", "api_key=demo-hot-key"),
+            ("kredswallet", "/kredswallet/api", "api_secret=demo-kreds-secret"),
+            ("potwallet", "/potwallet", "public_key=demo-pot-public"),
+            ("sila", "/sila", "client_id=walletwatch-demo-client"),
+            ("bitexbit", "/bitexbit/api/gateway", "secret_key=demo-bitexbit-secret"),
+        ):
+            (line,) = [line for line in lines if credential in line]
+            assert line.split()[0] == provider
+            assert f"base_url=http://127.0.0.1:10102{path} " in line
+
+
+class TestOnceRetries:
+    def test_waits_out_one_retry_after(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Run twice in a row on a key's 1 request/s, once meets the provider's 429 (the
+        first run's requests still count there), waits it out and reports the account up."""
+        sim = Simulator(rate_limit=1)
+        sim.westwallet.add_account(KEY, SECRET, {"BTC": Decimal("1.5")})
+        limits = {"westwallet": {"rate_limit": 1}}
+        with serve_in_thread(sim) as url:
+            path = write_config(tmp_path, url, providers=limits)
+            for _ in range(2):
+                assert main(["once", "-c", str(path), "--json"]) == 0
+                (row,) = json.loads(capsys.readouterr().out)
+                assert row["up"] is True, row["errors"]
+        assert sim.requests.count(status=429) >= 1, "no 429 was answered: the test proves nothing"
+
+    def test_the_table_gives_each_failure_its_reason(
+        self, tmp_path: Path, sim_url: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A refused key shows as ``(auth)`` beside each endpoint's error."""
+        path = write_config(tmp_path, sim_url, secret="wrong-secret")
+        assert main(["once", "-c", str(path)]) == 1
+        assert "balances (auth): " in capsys.readouterr().out
+
+
+class TestSimulatorExample:
+    """examples/simulator.yaml: every provider against the simulator, usable as it is."""
+
+    EXAMPLE = Path(__file__).parent.parent / "examples" / "simulator.yaml"
+
+    def test_holds_the_simulators_accounts(self) -> None:
+        """Its accounts are the demo's, pointed at simulate's default address."""
+        example = yaml.safe_load(self.EXAMPLE.read_text())
+        demo = _demo_yaml("http://127.0.0.1:10102", Listen("127.0.0.1", 10101))
+        assert example["accounts"] == demo["accounts"]
+        assert example["listen"] == "127.0.0.1:10101"
+
+    def test_check_takes_it_as_it_is(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """check accepts it at the mode a checkout gives it (world-readable)."""
+        copy = tmp_path / "simulator.yaml"
+        copy.write_text(self.EXAMPLE.read_text())
+        copy.chmod(0o644)
+        assert main(["check", "-c", str(copy)]) == 0
+        assert "OK, 7 account(s)" in capsys.readouterr().out
+
+    def test_every_account_is_up_against_the_simulator(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """once with it (only the simulator's address changed) sees every account up."""
+        with serve_in_thread(Simulator(scenario=True, rate_limit=100_000)) as url:
+            copy = tmp_path / "simulator.yaml"
+            copy.write_text(self.EXAMPLE.read_text().replace("http://127.0.0.1:10102", url))
+            assert main(["once", "-c", str(copy), "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert len(rows) == 7
+        assert all(row["up"] for row in rows), [r["errors"] for r in rows if not r["up"]]

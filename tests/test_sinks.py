@@ -112,13 +112,23 @@ async def commit(store: AsyncStore, events: Sequence[Event], account: str = "hot
 
 class TestStreamSink:
     async def test_writes_one_json_line_per_event(self) -> None:
-        """Each event becomes one line holding its JSON form, in order."""
+        """Each event becomes one line holding its JSON form, led by ``"kind": "event"``."""
         stream = io.StringIO()
         events = make_events(0, 3)
         await StreamSink(stream).deliver(events)
         lines = stream.getvalue().splitlines()
-        assert [json.loads(line) for line in lines] == [e.to_dict() for e in events]
+        assert [json.loads(line) for line in lines] == [
+            {"kind": "event", **e.to_dict()} for e in events
+        ]
+        assert all(line.startswith('{"kind":"event",') for line in lines)
         assert stream.getvalue().endswith("\n")
+
+    async def test_renders_with_the_given_function(self) -> None:
+        """A sink for a person writes what its render function makes of each event."""
+        stream = io.StringIO()
+        events = make_events(0, 2)
+        await StreamSink(stream, render=lambda e: f"<{e.event_id}>").deliver(events)
+        assert stream.getvalue() == "".join(f"<{e.event_id}>\n" for e in events)
 
     async def test_batches_append(self) -> None:
         """Successive batches follow each other on the stream."""

@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import gc
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
@@ -28,6 +28,7 @@ from walletwatch.clockwatch import ClockWatch
 from walletwatch.config import AccountConfig, Config
 from walletwatch.context import Nonces, ProviderContext, Shared
 from walletwatch.errors import ConfigError
+from walletwatch.events import Event
 from walletwatch.http import Http
 from walletwatch.listener import HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, Listener, raise_open_files
 from walletwatch.metrics import WalletwatchCollector
@@ -35,7 +36,14 @@ from walletwatch.providers import REGISTRY
 from walletwatch.reload import RESTART_KEYS, changes, restart_needed, slices, yield_loop
 from walletwatch.render import ReloadStatus
 from walletwatch.scheduler import Scheduler
-from walletwatch.sinks import DELIVERY_GRACE, Dispatcher, FileSink, StreamSink, WebhookSink
+from walletwatch.sinks import (
+    DELIVERY_GRACE,
+    Dispatcher,
+    FileSink,
+    StreamSink,
+    WebhookSink,
+    stdout_json,
+)
 from walletwatch.store import MEMORY, StateFileLost, Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.throttle import Throttle, exception_handler, throttled_logger
@@ -79,6 +87,7 @@ class Daemon:
         *,
         clock: Clock,
         stdout: TextIO | None = None,
+        stdout_lines: Callable[[Event], str] = stdout_json,
         rng: random.Random | None = None,
         state_path: Path | None = None,
         providers: Mapping[str, ProviderFactory] = REGISTRY,
@@ -99,6 +108,7 @@ class Daemon:
             clock, rng=rng, on_delay=self.telemetry.delay, on_round=self._freeze
         )
         self._stdout = stdout
+        self._stdout_lines = stdout_lines  # JSON, or console lines for a person
         self._state_path = state_path or config.state_path
         self._buckets: dict[str, TokenBucket] = {}
         # Polls start by deadline among those sharing a bucket: one arbiter per provider with
@@ -149,7 +159,7 @@ class Daemon:
         )
         sinks: list[Sink] = []
         if self._stdout is not None:
-            sinks.append(StreamSink(self._stdout))
+            sinks.append(StreamSink(self._stdout, render=self._stdout_lines))
         if self.config.events_file is not None:
             sinks.append(FileSink(self.config.events_file))
         sinks.extend(WebhookSink(hook, session, self.clock) for hook in self.config.sinks)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -24,12 +25,16 @@ from walletwatch import __version__, logs
 from walletwatch.app import Daemon
 from walletwatch.clock import SystemClock
 from walletwatch.config import Config, Listen, load_config, parse_config
-from walletwatch.errors import ConfigError, WalletwatchError
+from walletwatch.console import event_line
+from walletwatch.errors import ConfigError, RateLimited, WalletwatchError
+from walletwatch.events import Event
 from walletwatch.loader import load_config_apart
+from walletwatch.model import plain
 from walletwatch.notify import notify, watchdog, watchdog_period
 from walletwatch.shard import Shard, parse_shard
 from walletwatch.sim import Simulator, start
 from walletwatch.sim.faults import parse_faults
+from walletwatch.sinks import stdout_json
 from walletwatch.store import StateLock, StateLocked, StoreError, set_aside
 from walletwatch.watcher import AccountWatcher
 
@@ -64,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the daemon")
-    run.add_argument("-c", "--config", type=Path, required=True)
+    run.add_argument("-c", "--config", type=Path, required=True, help=CONFIG_HELP)
     run.add_argument("--shard", type=_shard, default=None, help=SHARD_HELP)
     run.add_argument(
         "--reset-state",
@@ -74,19 +79,34 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate a config file (exit 0, or 2 with problems)")
-    check.add_argument("-c", "--config", type=Path, required=True)
-    check.add_argument("--shard", type=_shard, default=None, help=SHARD_HELP)
+    check.add_argument("-c", "--config", type=Path, required=True, help=CONFIG_HELP)
+    check.add_argument(
+        "--shard",
+        type=_shard,
+        default=None,
+        help="check the accounts of shard K of N only (K/N; overrides the config's shard:)",
+    )
     check.set_defaults(func=cmd_check)
 
     once = sub.add_parser("once", help="poll every account once and print the result")
-    once.add_argument("-c", "--config", type=Path, required=True)
+    once.add_argument("-c", "--config", type=Path, required=True, help=CONFIG_HELP)
     once.add_argument("--shard", type=_shard, default=None, help=SHARD_HELP)
     once.add_argument("--json", action="store_true", help="print JSON instead of a table")
     once.set_defaults(func=cmd_once)
 
     simulate = sub.add_parser("simulate", help="run the provider simulator alone")
-    simulate.add_argument("--listen", type=_listen, default=Listen("127.0.0.1", 10102))
-    simulate.add_argument("--seed", type=int, default=None)
+    simulate.add_argument(
+        "--listen",
+        type=_listen,
+        default=Listen("127.0.0.1", 10102),
+        help="HOST:PORT to serve every provider on (default 127.0.0.1:10102; port 0 picks one)",
+    )
+    simulate.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the scenario's random choices, to replay the same run (default: fixed)",
+    )
     simulate.add_argument("--tick", type=float, default=5.0, help="seconds per scenario step")
     simulate.add_argument("--no-scenario", action="store_true", help="start with no accounts")
     simulate.add_argument(
@@ -98,13 +118,19 @@ def _parser() -> argparse.ArgumentParser:
     simulate.set_defaults(func=cmd_simulate)
 
     demo = sub.add_parser("demo", help="simulator and daemon together on loopback")
-    demo.add_argument("--listen", type=_listen, default=Listen("127.0.0.1", 10101))
+    demo.add_argument(
+        "--listen",
+        type=_listen,
+        default=Listen("127.0.0.1", 10101),
+        help="HOST:PORT of the daemon's /metrics and status page (default 127.0.0.1:10101)",
+    )
     demo.add_argument("--tick", type=float, default=3.0, help="seconds per scenario step")
     demo.set_defaults(func=cmd_demo)
     return parser
 
 
 SHARD_HELP = "poll only shard K of N (K/N; overrides the config's shard:)"
+CONFIG_HELP = "the YAML config file (config.yaml in the repository is a commented example)"
 
 
 def _shard(text: str) -> Shard:
@@ -138,7 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except StateLocked as err:
             return _locked(err)
     try:
-        return asyncio.run(_serve(config, sys.stdout, path=args.config))
+        return asyncio.run(_serve(config, sys.stdout, path=args.config, lines=_event_lines(config)))
     except StateLocked as err:
         return _locked(err)
     except StoreError as err:
@@ -151,6 +177,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
+
+
+def _event_lines(config: Config) -> Callable[[Event], str]:
+    """Events on stdout as the logs are: a short line each on a terminal, else JSON lines."""
+    if logs.console(config.log_format, sys.stdout):
+        return functools.partial(event_line, colour=True)
+    return stdout_json
 
 
 def _locked(err: StateLocked) -> int:
@@ -185,11 +218,15 @@ def reset_state(path: Path) -> None:
 
 
 async def _serve(
-    config: Config, stdout: TextIO, before: str | None = None, path: Path | None = None
+    config: Config,
+    stdout: TextIO,
+    before: str | None = None,
+    path: Path | None = None,
+    lines: Callable[[Event], str] = stdout_json,
 ) -> int:
     """Run the daemon until SIGTERM/SIGINT; SIGHUP reloads ``path``; tell systemd how it goes."""
     clock = SystemClock()
-    daemon = Daemon(config, clock=clock, stdout=stdout)
+    daemon = Daemon(config, clock=clock, stdout=stdout, stdout_lines=lines)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -313,25 +350,48 @@ async def _once(config: Config) -> list[AccountWatcher]:
     await daemon.start(serve=False)
     try:
         await daemon.poll_once()
+        await _retry_rate_limited(daemon.watchers.values())
     finally:
         await daemon.close()
     return list(daemon.watchers.values())
 
 
+async def _retry_rate_limited(watchers: Iterable[AccountWatcher]) -> None:
+    """Poll once more each endpoint that got HTTP 429, after its Retry-After.
+
+    The 429 paused the key's rate budget for the Retry-After the provider gave (capped at
+    the provider's ``max_backoff``), and the new poll waits for it there, inside the poll's
+    own time limit: ``once`` run right after another, or beside the daemon, then reports
+    the account rather than the provider's rate limit.
+    """
+    again = {
+        w: [e for e, h in sorted(w.health.items()) if h.reason == RateLimited.reason]
+        for w in watchers
+    }
+
+    async def poll(watcher: AccountWatcher, endpoints: list[str]) -> None:
+        for endpoint in endpoints:
+            await watcher.poll(endpoint)
+
+    await asyncio.gather(*(poll(w, endpoints) for w, endpoints in again.items() if endpoints))
+
+
 def _summary(w: AccountWatcher) -> dict[str, Any]:
+    failed = [(e, h) for e, h in sorted(w.health.items()) if not h.ok]
     return {
         "provider": w.provider,
         "account": w.name,
         "up": w.up,
         "balances": {
             c: {
-                "available": str(t.balance.available),
-                "pending": None if t.balance.pending is None else str(t.balance.pending),
+                "available": plain(t.balance.available),
+                "pending": None if t.balance.pending is None else plain(t.balance.pending),
             }
             for c, t in sorted(w.state.balances.items())
         },
         "in_flight": sum(1 for _ in w.state.in_flight()),
-        "errors": {e: h.error for e, h in sorted(w.health.items()) if not h.ok},
+        "errors": {e: h.error for e, h in failed},
+        "reasons": {e: h.reason for e, h in failed},
     }
 
 
@@ -339,9 +399,10 @@ def _table(rows: list[dict[str, Any]]) -> str:
     header = ("PROVIDER", "ACCOUNT", "UP", "IN FLIGHT", "BALANCES / ERRORS")
     lines = [header]
     for r in rows:
-        detail = "; ".join(f"{e}: {msg}" for e, msg in r["errors"].items()) or ", ".join(
-            f"{b['available']} {c}" for c, b in r["balances"].items()
-        )
+        reasons = r.get("reasons", {})
+        detail = "; ".join(
+            f"{e} ({reasons.get(e) or 'failed'}): {msg}" for e, msg in r["errors"].items()
+        ) or ", ".join(f"{b['available']} {c}" for c, b in r["balances"].items())
         lines.append(
             (r["provider"], r["account"], "yes" if r["up"] else "NO", str(r["in_flight"]), detail)
         )
@@ -371,11 +432,31 @@ async def _simulate(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"simulator listening on http://{args.listen.host}:{port}", file=sys.stderr, flush=True)
+    print(simulator_banner(f"http://{_host(args.listen.host)}:{port}"), file=sys.stderr, flush=True)
     try:
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+def simulator_banner(url: str) -> str:
+    """Where the simulator listens, and per account the base_url and credentials it takes."""
+    lines = [
+        f"simulator listening on {url}",
+        "accounts it knows (examples/simulator.yaml is a config of them all):",
+    ]
+    for account in _demo_yaml(url, Listen("127.0.0.1", 0))["accounts"]:
+        credentials = " ".join(f"{k}={v}" for k, v in account["credentials"].items())
+        auth = f" auth={account['auth']}" if "auth" in account else ""
+        lines.append(
+            f"  {account['provider']:<12} {account['name']:<16} base_url={account['base_url']}"
+            f"{auth} {credentials}"
+        )
+    return "\n".join(lines)
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -394,14 +475,18 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
             "walletwatch demo: metrics at {url}/metrics, overview at {url}/ ; events in "
             f"{config.events_file} ; Ctrl-C stops"
         )
-        return await _serve(config, sys.stdout, before=banner)
+        return await _serve(config, sys.stdout, before=banner, lines=_event_lines(config))
     finally:
         await runner.cleanup()
 
 
 def demo_config(sim_url: str, listen: Listen, workdir: Path) -> Config:
     """The built-in demo config pointed at a simulator."""
+    return parse_config(_demo_yaml(sim_url, listen), base_dir=workdir, environ={})
+
+
+def _demo_yaml(sim_url: str, listen: Listen) -> Any:
+    """walletwatch/demo.yaml as loaded YAML, pointed at ``sim_url`` and listening on ``listen``."""
     text = resources.files("walletwatch").joinpath("demo.yaml").read_text()
-    host = f"[{listen.host}]" if ":" in listen.host else listen.host
-    text = text.replace("SIM_URL", sim_url).replace("LISTEN", f"{host}:{listen.port}")
-    return parse_config(yaml.safe_load(text), base_dir=workdir, environ={})
+    text = text.replace("SIM_URL", sim_url).replace("LISTEN", f"{_host(listen.host)}:{listen.port}")
+    return yaml.safe_load(text)

@@ -7,6 +7,7 @@ YAML tree, resolves credentials ({env}, {file}, {credential}) and builds the obj
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import os
 import re
@@ -15,6 +16,7 @@ import stat
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
+from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -300,6 +302,20 @@ def _refuse_exposed_secrets(path: Path, data: Mapping[Any, object]) -> None:
 _NOT_SECRET = ("app_handle", "user_handle")  # Sila's handles name the app and wallet: public
 
 
+@functools.cache
+def _published() -> frozenset[str]:
+    """The simulator's demo credentials (walletwatch/demo.yaml, printed by ``simulate``).
+
+    They are public by design, so a world-readable config may hold them: that is what lets
+    examples/simulator.yaml run from a fresh checkout.
+    """
+    text = resources.files("walletwatch").joinpath("demo.yaml").read_text()
+    accounts = yaml.safe_load(text)["accounts"]
+    return frozenset(
+        str(value) for account in accounts for value in account["credentials"].values()
+    )
+
+
 def _literal_secrets(data: Mapping[Any, object]) -> list[str]:
     """Paths of the credential values (and webhook URLs, headers, secrets) written literally."""
     found: list[str] = []
@@ -313,7 +329,7 @@ def _literal_secrets(data: Mapping[Any, object]) -> list[str]:
             found.extend(
                 f"{prefix}.credentials.{name}"
                 for name, value in credentials.items()
-                if isinstance(value, str) and name not in _NOT_SECRET
+                if isinstance(value, str) and name not in _NOT_SECRET and value not in _published()
             )
     sinks = data.get("sinks")
     for i, sink in enumerate(sinks if isinstance(sinks, list) else ()):

@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from walletwatch.escape import SURROGATES, cleaned
+from walletwatch.model import plain
 
 SEVERITY: Mapping[str, str] = {
     "deposit.detected": "info",
@@ -58,7 +59,7 @@ class Event:
         return SEVERITY[self.event]
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready form: RFC 3339 UTC time, Decimals as exact strings, no None values."""
+        """The JSON-ready form: RFC 3339 UTC time, Decimals as fixed-point text, no None values."""
         body: dict[str, Any] = {
             "event": self.event,
             "event_id": self.event_id,
@@ -69,19 +70,22 @@ class Event:
         }
         for key, value in self.fields.items():
             if value is not None:
-                body[key] = str(value) if isinstance(value, Decimal) else value
+                body[key] = plain(value) if isinstance(value, Decimal) else value
         return body
 
-    def to_json(self) -> str:
+    def to_json(self, **head: str) -> str:
         """One line of JSON that strict parsers accept: a lone surrogate is kept escaped.
+
+        ``head`` fields come first (``kind="event"`` tells events from logs on stdout).
 
         Python would write a lone surrogate as the escape ``\\ud800``, which many JSON parsers
         refuse; it is written as the six characters ``\\ud800`` instead (JSON ``"\\\\ud800"``),
         as parsing keeps provider text, so this is defence in depth. A value JSON has no form
         for is written as its ``str``: never an exception.
         """
+        body = {**head, **self.to_dict()} if head else self.to_dict()
         return json.dumps(
-            cleaned(self.to_dict(), SURROGATES), separators=(",", ":"), sort_keys=False, default=str
+            cleaned(body, SURROGATES), separators=(",", ":"), sort_keys=False, default=str
         )
 
     @classmethod

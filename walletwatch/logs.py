@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
+from decimal import Decimal
 from typing import TextIO
 
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
 from walletwatch.escape import escaped
+from walletwatch.model import plain
 
 LOG_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 """What a log line must not carry as it is: lone surrogates (no stream can encode them) and
@@ -26,14 +27,30 @@ def escape_text(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     return event_dict
 
 
+def plain_amounts(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Write Decimal values as fixed-point text (``0.00000000``, never ``0E-8``)."""
+    for key, value in event_dict.items():
+        if isinstance(value, Decimal):
+            event_dict[key] = plain(value)
+    return event_dict
+
+
+def mark_log(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Lead a JSON log line with ``"kind": "log"``: alert events on stdout say ``"event"``."""
+    return {"kind": "log", **event_dict}
+
+
+def console(fmt: str | None, stream: TextIO) -> bool:
+    """Whether output to ``stream`` is for a person: ``console``, or None and a terminal."""
+    return fmt == "console" or (fmt is None and stream.isatty())
+
+
 def configure(fmt: str | None, stream: TextIO, level: int = logging.INFO) -> None:
     """Send logs to ``stream`` as ``json`` or ``console`` (None: console on a terminal)."""
-    if fmt is None:
-        fmt = "console" if sys.stderr.isatty() else "json"
-    renderer: structlog.types.Processor = (
-        structlog.dev.ConsoleRenderer()
-        if fmt == "console"
-        else structlog.processors.JSONRenderer(sort_keys=False)
+    last: list[structlog.types.Processor] = (
+        [structlog.dev.ConsoleRenderer()]
+        if console(fmt, stream)
+        else [mark_log, structlog.processors.JSONRenderer(sort_keys=False)]
     )
     structlog.configure(
         processors=[
@@ -42,9 +59,11 @@ def configure(fmt: str | None, stream: TextIO, level: int = logging.INFO) -> Non
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             escape_text,
-            renderer,
+            plain_amounts,
+            *last,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        # One write per line: a log line and an event line on the same stream never mix.
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )

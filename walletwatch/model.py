@@ -37,6 +37,11 @@ class State(StrEnum):
 _FINAL = frozenset({State.OK, State.FAILED, State.CANCELED})
 
 
+def plain(amount: Decimal) -> str:
+    """An amount as exact fixed-point text, never in exponent form (``0E-8`` is ``0.00000000``)."""
+    return format(amount, "f")
+
+
 @dataclass(frozen=True, slots=True)
 class Balance:
     """One currency's balance at an account."""

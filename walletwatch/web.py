@@ -20,6 +20,7 @@ from prometheus_client.openmetrics.exposition import UNDERSCORES
 from walletwatch import __version__
 from walletwatch.escape import escaped
 from walletwatch.metrics import WalletwatchCollector
+from walletwatch.model import plain
 from walletwatch.watcher import AccountWatcher
 from walletwatch.webauth import BasicAuth, middleware
 
@@ -230,7 +231,7 @@ def render_index(watchers: Iterable[AccountWatcher]) -> str:
     for w in watchers:
         state = "up" if w.up else ("waiting" if not w.polled else "DOWN")
         balances = ", ".join(
-            f"{t.balance.available} {c}" for c, t in sorted(w.state.balances.items())
+            f"{plain(t.balance.available)} {c}" for c, t in sorted(w.state.balances.items())
         )
         in_flight = sum(1 for _ in w.state.in_flight())
         rows.append(

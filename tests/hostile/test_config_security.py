@@ -103,6 +103,15 @@ class TestWorldReadable:
             "{credential: NAME}"
         )
 
+    def test_the_simulators_published_keys_are_not_secrets(self, tmp_path: Path) -> None:
+        """The simulator's demo keys (walletwatch simulate prints them) may be literal in a
+        world-readable file; a real secret beside them is still refused."""
+        demo = {"api_key": "demo-hot-key", "secret_key": "demo-hot-secret"}
+        assert load_config(write(tmp_path, demo, 0o644), environ=ENV).accounts
+        mixed = {"api_key": "demo-hot-key", "secret_key": "real-secret"}
+        with pytest.raises(ConfigError, match=r"\(accounts\[0\]\.credentials\.secret_key\)"):
+            load_config(write(tmp_path, mixed, 0o644), environ=ENV)
+
     @pytest.mark.parametrize("mode", [0o600, 0o640, 0o400])
     def test_private_file_may_hold_literals(self, tmp_path: Path, mode: int) -> None:
         """Readable by owner (and group) only, literal secrets are accepted."""

@@ -17,7 +17,7 @@ from walletwatch.sinks.dispatcher import (
     DeliveryError,
     Dispatcher,
 )
-from walletwatch.sinks.files import FileSink, StreamSink
+from walletwatch.sinks.files import FileSink, StreamSink, stdout_json
 from walletwatch.sinks.webhook import (
     SIGNATURE_HEADER,
     Verdict,
@@ -38,6 +38,7 @@ __all__ = [
     "Verdict",
     "WebhookSink",
     "signature",
+    "stdout_json",
     "verdict",
     "webhook_secrets",
 ]

@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -23,18 +23,33 @@ TAIL_BYTES = 1024 * 1024
 """How much of an existing events file is read at start to remember its last event_ids."""
 
 
+def stdout_json(event: Event) -> str:
+    """An event as a JSON line for stdout, where ``"kind": "event"`` tells it from the logs."""
+    return event.to_json(kind="event")
+
+
 class StreamSink:
-    """Writes events as JSON lines to a text stream (stdout, beside the logs)."""
+    """Writes events a line each to a text stream (stdout, beside the logs).
+
+    ``render`` makes the line: JSON (``stdout_json``) by default, or ``console.event_line``
+    for a person at a terminal.
+    """
 
     batch_size = BATCH
 
-    def __init__(self, stream: TextIO, name: str = "stdout") -> None:
+    def __init__(
+        self,
+        stream: TextIO,
+        name: str = "stdout",
+        render: Callable[[Event], str] = stdout_json,
+    ) -> None:
         self.name = name
         self._stream = stream
+        self._render = render
 
     async def deliver(self, events: Sequence[Event]) -> None:
         """Write and flush the batch."""
-        self._stream.write("".join(e.to_json() + "\n" for e in events))
+        self._stream.write("".join(self._render(e) + "\n" for e in events))
         self._stream.flush()
 
 
