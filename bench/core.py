@@ -33,7 +33,7 @@ from walletwatch.model import Balance, Direction, Observation, State, Transfer
 from walletwatch.store import AsyncStore, Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState, observe
-from walletwatch.types import SystemClock
+from walletwatch.types import SystemClock, Tracked
 from walletwatch.watcher import AccountWatcher
 
 NOW = 1_700_000_000.0
@@ -45,9 +45,9 @@ class NoClient:
 
     endpoints = ("balances", "deposits", "withdrawals")
 
-    async def poll(self, endpoint: str, state: AccountState) -> Observation:
+    async def poll(self, endpoint: str, tracked: Tracked) -> Observation:
         """Never called."""
-        del state
+        del tracked
         raise AssertionError(endpoint)
 
 

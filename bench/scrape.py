@@ -40,7 +40,7 @@ from walletwatch.model import Balance, Direction, Gauge, Observation, State, Tra
 from walletwatch.store import AsyncStore, Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState, Total, TrackedBalance, TrackedTransfer
-from walletwatch.types import SystemClock
+from walletwatch.types import SystemClock, Tracked
 from walletwatch.watcher import AccountWatcher, EndpointHealth
 from walletwatch.web import create_app
 
@@ -67,9 +67,9 @@ class NoClient:
 
     endpoints = ENDPOINTS
 
-    async def poll(self, endpoint: str, state: AccountState) -> Observation:
+    async def poll(self, endpoint: str, tracked: Tracked) -> Observation:
         """Never called."""
-        del state
+        del tracked
         raise AssertionError(endpoint)
 
 

@@ -71,7 +71,8 @@ from walletwatch.model import (
     Transfer,
 )
 from walletwatch.providers import parse
-from walletwatch.tracker import AccountState
+from walletwatch.providers.paging import EMPTY, Page, page_back
+from walletwatch.types import InFlight, Tracked
 
 PAGE_SIZE = 100  # the documented default page size
 MAX_LOOKUPS = 10  # single-transaction refreshes per poll, oldest in-flight first
@@ -408,7 +409,7 @@ class KredsWallet:
     def __repr__(self) -> str:
         return f"KredsWallet(base_url={self._base!r})"
 
-    async def poll(self, endpoint: str, state: AccountState) -> Observation:
+    async def poll(self, endpoint: str, tracked: Tracked) -> Observation:
         """Poll ``status``, ``balances``, ``deposits`` or ``withdrawals``."""
         if endpoint == "status":
             body = await self._get("/status", endpoint, signed=False)
@@ -420,7 +421,7 @@ class KredsWallet:
                 endpoint, balances=(parse_balance(balance, summary, self._currency),)
             )
         direction = self._directions[endpoint]
-        transfers, malformed = await self._history(direction, state, endpoint)
+        transfers, malformed = await self._history(direction, tracked, endpoint)
         return Observation(
             endpoint,
             transfers=transfers,
@@ -429,44 +430,40 @@ class KredsWallet:
         )
 
     async def _history(
-        self, direction: Direction, state: AccountState, endpoint: str
+        self, direction: Direction, tracked: Tracked, endpoint: str
     ) -> tuple[tuple[Transfer, ...], tuple[Malformed, ...]]:
         """Newest first, paging back until a known transfer, then refresh stale in-flight ones."""
-        listed: list[Transfer] = []
-        malformed: list[Malformed] = []
-        for page in range(1, self._max_pages + 1):
-            body = await self._get(f"{LISTS[direction]}/{page}/{PAGE_SIZE}", endpoint)
+
+        async def fetch(number: int) -> Page:
+            body = await self._get(f"{LISTS[direction]}/{number + 1}/{PAGE_SIZE}", endpoint)
             batch, bad, count = parse_transfers(body, direction, self._currency, self._required)
-            listed.extend(batch)
-            malformed.extend(bad)
-            if count < PAGE_SIZE or any(state.known(direction, t.id) for t in batch):
-                break
-        seen = {t.id: t for t in merge_outputs(listed)}
-        stale = sorted(
-            (
-                tracked
-                for tracked in state.in_flight()
-                if tracked.transfer.direction is direction
-                and tracked.transfer.id not in seen
-                and TXID.fullmatch(tracked.transfer.id)
-            ),
-            key=lambda tracked: tracked.started_at,
-        )
-        for tracked in stale[:MAX_LOOKUPS]:
+            return Page(batch, bad, last=count < PAGE_SIZE)
+
+        async def look_up(item: InFlight) -> Page:
             try:
-                body = await self._get(f"/user/transaction/{tracked.transfer.id}", endpoint)
+                body = await self._get(f"/user/transaction/{item.transfer.id}", endpoint)
             except NonceRefused:
                 raise
             except Rejected:
-                continue  # unknown to the wallet now: keep what we know rather than guess
+                return EMPTY  # unknown to the wallet now: keep what we know rather than guess
             # Only the confirmations are taken from a lookup: its amount is the transaction's
             # net effect, which for a payment to oneself differs from the listed entries.
             confirmations, mined = parse_lookup(body)
-            fresh = with_confirmations(tracked.transfer, confirmations, self._required)
+            fresh = with_confirmations(item.transfer, confirmations, self._required)
             if mined is not None:
                 fresh = replace(fresh, created_at=mined)
-            seen[fresh.id] = fresh
-        return tuple(seen.values()), tuple(malformed)
+            return Page((fresh,))
+
+        return await page_back(
+            fetch,
+            direction,
+            tracked,
+            self._max_pages,
+            look_up=look_up,
+            max_lookups=MAX_LOOKUPS,
+            lookable=lambda transfer: TXID.fullmatch(transfer.id) is not None,
+            merge=merge_outputs,
+        )
 
     async def _get(self, path: str, endpoint: str, *, signed: bool = True) -> Any:
         """GET ``path`` under base_url; signed requests take the next nonce of the API key."""

@@ -36,7 +36,7 @@ from walletwatch.model import (
     Transfer,
 )
 from walletwatch.providers import parse
-from walletwatch.tracker import AccountState
+from walletwatch.types import Tracked
 
 CURRENCY = "POT"
 CATEGORIES: Mapping[Direction, str] = {Direction.DEPOSIT: "receive", Direction.WITHDRAWAL: "send"}
@@ -242,12 +242,12 @@ class PotWallet:
     def __repr__(self) -> str:
         return f"PotWallet(base_url={self._base!r}, hash_key={self._hash_key!r})"
 
-    async def poll(self, endpoint: str, state: AccountState) -> Observation:
+    async def poll(self, endpoint: str, tracked: Tracked) -> Observation:
         """Poll ``balances``, ``deposits``, ``withdrawals`` or ``price``.
 
-        ``state`` is not needed: every listing is complete, so nothing is looked up.
+        ``tracked`` is not needed: every listing is complete, so nothing is looked up.
         """
-        del state
+        del tracked
         if endpoint == "balances":
             payload = await self._call("/balance", endpoint)
             return Observation(endpoint, balances=parse_balance(payload))
