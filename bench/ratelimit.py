@@ -28,7 +28,8 @@ from simproc import KINDS, SimProcess, percentile, simulator
 
 from walletwatch import logs
 from walletwatch.app import Daemon
-from walletwatch.config import PROVIDERS, Config, parse_config
+from walletwatch.config import Config, parse_config
+from walletwatch.providers import SCHEMAS as PROVIDERS
 from walletwatch.scheduler import Scheduler, paced
 from walletwatch.types import SystemClock
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from walletwatch.config import ProviderSettings
+from walletwatch.configmodel import ProviderSettings
 from walletwatch.http import Http
 from walletwatch.store import AsyncStore
 from walletwatch.types import Clock

@@ -56,6 +56,7 @@ from walletwatch.config import AccountConfig
 from walletwatch.escape import escaped as escaped_text
 from walletwatch.events import EVENT_NAMES
 from walletwatch.model import Direction, Gauge
+from walletwatch.providers import gauge_help
 from walletwatch.telemetry import Histogram, Telemetry
 from walletwatch.tracker import AccountState, TrackedTransfer, is_stuck
 from walletwatch.types import Clock
@@ -273,15 +274,6 @@ CLOCK_OFFSET = Family(
     "gauge",
     "System wall clock less walletwatch's steady time: a step since start (restart adopts it).",
 )
-
-# Provider-specific gauges (model.Gauge): each name is a family labelled by account, provider
-# and the gauge's own labels; these are their help texts.
-PROVIDER_GAUGES = {
-    "wallet_whitelisted": "1 if the wallet is whitelisted (Sila)",
-    "api_enabled": "1 if the provider reports its API enabled (KredsWallet)",
-    "payment_method_enabled": "1 if the payment method is enabled (bitexbit)",
-    "price": "price of the provider's currency in the quote currency (PotWallet)",
-}
 
 # The order the families are served in: those made from the watchers (with the provider
 # gauges, sorted by name, after ACCOUNT_FAMILIES), then walletwatch's own.
@@ -803,7 +795,7 @@ class _Render:
             yield family, [family.header(openmetrics), *self.lines.pop(family)]
         for name in sorted(self.gauges) if gauges else ():
             labels = Labels(*sorted(self.gauge_label_names[name]))
-            family = Family(name, "gauge", PROVIDER_GAUGES.get(name, name), labels)
+            family = Family(name, "gauge", gauge_help(name), labels)
             yield family, [family.header(openmetrics), *self.gauges[name]]
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from walletwatch.config import AccountConfig
+    from walletwatch.configmodel import AccountConfig
     from walletwatch.context import ProviderContext
     from walletwatch.events import Event
     from walletwatch.model import Direction, Observation, Transfer

@@ -30,7 +30,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import SplitResult, urlencode, urlsplit, urlunsplit
 
-from walletwatch.config import AccountConfig
+from walletwatch.configmodel import AccountConfig
 from walletwatch.context import ProviderContext
 from walletwatch.errors import BadPayload
 from walletwatch.model import (
@@ -45,6 +45,8 @@ from walletwatch.model import (
 from walletwatch.providers import parse
 from walletwatch.providers.bitexbit_auth import SignedAtSend, auth_headers
 from walletwatch.providers.paging import Page, page_back
+from walletwatch.providers.spec import ProviderSpec
+from walletwatch.schema import Option, ProviderSchema, choice
 from walletwatch.types import Tracked
 
 PAGE_SIZE = 50
@@ -362,3 +364,23 @@ class Bitexbit:
             "GET", url, endpoint=endpoint, headers=SignedAtSend(build)
         )
         return response.json()
+
+
+# The config contract, with the published limits (NOTES.md).
+SCHEMA = ProviderSchema(
+    name="bitexbit",
+    base_url="https://www.bitexbit.com/api/gateway",
+    rate_limit=2.0,
+    host_rate_limit=100.0,  # the doc's per-IP limit
+    credentials=("api_key", "secret_key"),
+    identity="api_key",
+    options={
+        # The doc shows two signing schemes and the latest gateway docs a third.
+        "auth_scheme": Option("gateway", choice("gateway", "v2", "v1")),
+        # The gateway has no balance endpoint; "v2" reads the v2 API's balance.
+        "balances": Option(None, choice(None, "v2")),
+    },
+)
+PROVIDER = ProviderSpec(
+    SCHEMA, Bitexbit, gauges={GAUGE: "1 if the payment method is enabled (bitexbit)"}
+)

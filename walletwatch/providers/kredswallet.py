@@ -40,17 +40,13 @@ What shared/providers/NOTES.md says, and what this module makes of it:
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
-import json
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from walletwatch.config import AccountConfig
+from walletwatch.configmodel import AccountConfig
 from walletwatch.context import ProviderContext
 from walletwatch.errors import (
     AuthFailed,
@@ -71,13 +67,15 @@ from walletwatch.model import (
     Transfer,
 )
 from walletwatch.providers import parse
+from walletwatch.providers.kredswallet_auth import PUBLIC_HEADERS, auth_headers
 from walletwatch.providers.paging import EMPTY, Page, page_back
+from walletwatch.providers.spec import ProviderSpec
+from walletwatch.schema import Option, ProviderSchema, integer_at_least, nonempty_string
 from walletwatch.types import InFlight, Tracked
 
 PAGE_SIZE = 100  # the documented default page size
 MAX_LOOKUPS = 10  # single-transaction refreshes per poll, oldest in-flight first
 ERROR_STATUSES = (400, 401, 404, 500)  # answers whose body says more than the status
-PUBLIC_HEADERS = {"Accept": "application/json"}
 TXID = re.compile(r"[0-9a-fA-F]{64}")
 
 LISTS: Mapping[Direction, str] = {
@@ -108,31 +106,6 @@ AUTH_WORDS = (
     "forbidden",
     "denied",
 )
-
-
-# Signing ------------------------------------------------------------------------------------
-
-
-def payload(nonce: int) -> str:
-    """X-WWT-PAYLOAD: base64 of the compact JSON ``{"nonce":"<nonce>"}`` (the nonce a string)."""
-    text = json.dumps({"nonce": str(nonce)}, separators=(",", ":"))
-    return base64.b64encode(text.encode()).decode("ascii")
-
-
-def sign(secret: str, payload_text: str) -> str:
-    """X-WWT-SIGNATURE: hex HMAC-SHA512 of the base64 payload text, keyed with the secret."""
-    return hmac.new(secret.encode(), payload_text.encode(), hashlib.sha512).hexdigest()
-
-
-def auth_headers(api_key: str, secret: str, nonce: int) -> dict[str, str]:
-    """The headers of a signed request."""
-    text = payload(nonce)
-    return {
-        **PUBLIC_HEADERS,
-        "X-WWT-APIKEY": api_key,
-        "X-WWT-PAYLOAD": text,
-        "X-WWT-SIGNATURE": sign(secret, text),
-    }
 
 
 # Errors -------------------------------------------------------------------------------------
@@ -484,3 +457,24 @@ class KredsWallet:
         # The signature too: a server may repeat the request's headers in its error.
         hide = (api_key, secret, headers["X-WWT-SIGNATURE"])
         return read_response(response, nonce, where, hide)
+
+
+# The config contract. No published rate limit (NOTES.md): a conservative 2/s.
+SCHEMA = ProviderSchema(
+    name="kredswallet",
+    base_url="https://kredswallet.com/api",
+    rate_limit=2.0,
+    credentials=("api_key", "api_secret"),
+    identity="api_key",
+    options={
+        # KredsWallet has no transfer status: a transfer is done at N confirmations.
+        "confirmations_required": Option(6, integer_at_least(1)),
+        # One currency per (possibly self-hosted) instance.
+        "currency": Option("KREDS", nonempty_string),
+    },
+)
+PROVIDER = ProviderSpec(
+    SCHEMA,
+    KredsWallet,
+    gauges={"api_enabled": "1 if the provider reports its API enabled (KredsWallet)"},
+)

@@ -23,7 +23,7 @@ from urllib.parse import quote, urlencode
 
 from yarl import URL
 
-from walletwatch.config import AccountConfig
+from walletwatch.configmodel import AccountConfig
 from walletwatch.context import ProviderContext
 from walletwatch.errors import AuthFailed, BadPayload, ProviderError, RateLimited, Rejected, redact
 from walletwatch.model import (
@@ -36,6 +36,8 @@ from walletwatch.model import (
     Transfer,
 )
 from walletwatch.providers import parse
+from walletwatch.providers.spec import ProviderSpec
+from walletwatch.schema import Option, ProviderSchema, choice, nonempty_string
 from walletwatch.types import Tracked
 
 CURRENCY = "POT"
@@ -286,3 +288,23 @@ class PotWallet:
         payload = response.json()
         check_success(payload, endpoint, secrets)  # a refusal raises here, credentials redacted
         return payload
+
+
+# The config contract. No published rate limit (NOTES.md): a conservative 1/s.
+SCHEMA = ProviderSchema(
+    name="potwallet",
+    base_url="https://api.potwallet.com/v1",
+    rate_limit=1.0,
+    credentials=("public_key", "private_key"),
+    identity="public_key",
+    options={
+        # The live service keys the HMAC with the raw key; the doc's PHP uses sha1(key).
+        "hash_key": Option("raw", choice("raw", "sha1")),
+        "price_currency": Option("USD", nonempty_string),
+    },
+)
+PROVIDER = ProviderSpec(
+    SCHEMA,
+    PotWallet,
+    gauges={"price": "price of the provider's currency in the quote currency (PotWallet)"},
+)

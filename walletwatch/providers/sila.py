@@ -19,7 +19,7 @@ from typing import Any
 
 from coincurve import PrivateKey
 
-from walletwatch.config import AccountConfig
+from walletwatch.configmodel import AccountConfig
 from walletwatch.context import ProviderContext
 from walletwatch.errors import AuthFailed, BadPayload, ConfigError, Rejected, redact
 from walletwatch.http import Response
@@ -42,6 +42,8 @@ from walletwatch.providers.sila_auth import (
     ecdsa_headers,
     load_private_key,
 )
+from walletwatch.providers.spec import ProviderSpec
+from walletwatch.schema import Option, ProviderSchema, choice
 from walletwatch.types import InFlight, Tracked
 
 VERSION = "0.2"
@@ -353,3 +355,24 @@ class Sila:
         reference = str(uuid.uuid4())  # a fresh, non-null reference per request
         created = int(self._clock.time())
         return request_body(self._app_handle, user_handle, created, reference, fields)
+
+
+# The config contract. No published rate limit (NOTES.md): a conservative 2/s.
+SCHEMA = ProviderSchema(
+    name="sila",
+    base_url="https://sandbox.silamoney.com/0.2",
+    rate_limit=2.0,
+    credentials=("app_handle", "user_handle"),
+    identity="app_handle",
+    options={"auth": Option("ecdsa", choice("ecdsa", "token"))},
+    credential_option="auth",
+    credential_variants={
+        "ecdsa": ("app_private_key", "user_private_key"),
+        "token": ("client_id", "client_secret"),
+    },
+    # The handles name the app and the wallet: public, unlike the keys.
+    public_credentials=("app_handle", "user_handle"),
+)
+PROVIDER = ProviderSpec(
+    SCHEMA, Sila, gauges={"wallet_whitelisted": "1 if the wallet is whitelisted (Sila)"}
+)

@@ -13,12 +13,14 @@ import json
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from walletwatch.config import AccountConfig
+from walletwatch.configmodel import AccountConfig
 from walletwatch.context import ProviderContext
 from walletwatch.errors import AuthFailed, BadPayload, RateLimited, Rejected, redact
 from walletwatch.model import Balance, Direction, Malformed, Observation, State, Transfer
 from walletwatch.providers import parse
 from walletwatch.providers.paging import EMPTY, Page, page_back
+from walletwatch.providers.spec import ProviderSpec
+from walletwatch.schema import ProviderSchema
 from walletwatch.types import InFlight, Tracked
 
 PAGE_SIZE = 50  # the API's maximum
@@ -208,3 +210,14 @@ class WestWallet:
         # A refusal raises here, with what was sent masked; parse_* then see an "ok" answer.
         check_error(payload, endpoint, (api_key, secret, headers["X-ACCESS-SIGN"]))
         return payload
+
+
+# The config contract. No published rate limit (NOTES.md): a conservative 2/s.
+SCHEMA = ProviderSchema(
+    name="westwallet",
+    base_url="https://api.westwallet.io",
+    rate_limit=2.0,
+    credentials=("api_key", "secret_key"),
+    identity="api_key",
+)
+PROVIDER = ProviderSpec(SCHEMA, WestWallet)
