@@ -1,8 +1,9 @@
 """What a valid config looks like: value validators and the shape of a provider's contract.
 
 Validators are pure functions of one loaded YAML value. They return the parsed value or raise
-``Invalid`` carrying one or more ``(sub-path, message)`` problems; ``config.py`` prefixes the
-path and collects them. Messages show offending values, so no validator sees a credential.
+``Invalid`` carrying one or more ``(sub-path, message)`` problems; ``configcheck.py``
+prefixes the path and collects them. Messages show offending values, so no validator sees a
+credential. Each provider's contract (a ProviderSchema) lives in its own module.
 """
 
 from __future__ import annotations

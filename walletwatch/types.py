@@ -106,9 +106,9 @@ class InFlight(Protocol):
 class Tracked(Protocol):
     """What a provider may know of an account's tracked transfers (tracker.AccountState).
 
-    ``known`` holds for at least each direction's newest transfers, whatever their age (the
-    tracker keeps them): a client paging a history back, newest first, may stop at the
-    first known one.
+    ``known`` holds for each direction's newest transfers whatever their age (the tracker
+    keeps its KEEP_NEWEST newest), so paging a history back, newest first, may stop at the
+    first known one (providers/paging.py).
     """
 
     def known(self, direction: Direction, transfer_id: str) -> bool:

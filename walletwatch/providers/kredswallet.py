@@ -366,7 +366,7 @@ class KredsWallet:
         currency = account.options["currency"]
         required = account.options["confirmations_required"]
         if not isinstance(currency, str) or not isinstance(required, int):
-            raise TypeError("kredswallet options: config.py validates currency and confirmations")
+            raise TypeError("kredswallet options: SCHEMA validates currency and confirmations")
         self._currency = currency
         self._required = required
         self._base = account.base_url
