@@ -35,6 +35,7 @@ from walletwatch.model import Balance, Direction, Observation, State, Transfer
 from walletwatch.store import Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState, observe
+from walletwatch.types import Tracked
 from walletwatch.watcher import AccountWatcher
 
 NOW = 1_700_000_000.0
@@ -46,9 +47,9 @@ class NoClient:
 
     endpoints = ("balances", "deposits", "withdrawals")
 
-    async def poll(self, endpoint: str, state: AccountState) -> Observation:
+    async def poll(self, endpoint: str, tracked: Tracked) -> Observation:
         """Never called."""
-        del state
+        del tracked
         raise AssertionError(endpoint)
 
 

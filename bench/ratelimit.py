@@ -30,7 +30,8 @@ from walletwatch import logs
 from walletwatch.app import Daemon
 from walletwatch.budget import paced
 from walletwatch.clock import SystemClock
-from walletwatch.config import PROVIDERS, Config, parse_config
+from walletwatch.config import Config, parse_config
+from walletwatch.providers import SCHEMAS as PROVIDERS
 from walletwatch.scheduler import Scheduler
 
 PROVIDER = "bitexbit"  # any provider of simproc.KINDS (and, for latency.py, INJECTORS)

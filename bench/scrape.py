@@ -43,6 +43,7 @@ from walletwatch.model import Balance, Direction, Gauge, Observation, State, Tra
 from walletwatch.store import Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState, Total, TrackedBalance, TrackedTransfer
+from walletwatch.types import Tracked
 from walletwatch.watcher import AccountWatcher
 from walletwatch.web import create_app
 
@@ -69,9 +70,9 @@ class NoClient:
 
     endpoints = ENDPOINTS
 
-    async def poll(self, endpoint: str, state: AccountState) -> Observation:
+    async def poll(self, endpoint: str, tracked: Tracked) -> Observation:
         """Never called."""
-        del state
+        del tracked
         raise AssertionError(endpoint)
 
 

@@ -20,7 +20,7 @@ from walletwatch.http import Http
 from walletwatch.model import Observation
 from walletwatch.store import Store
 from walletwatch.telemetry import Telemetry
-from walletwatch.tracker import AccountState
+from walletwatch.types import Tracked
 
 START = 1_700_000_000.0
 
@@ -117,11 +117,11 @@ class ScriptedProvider:
     def __init__(self, endpoints: tuple[str, ...]) -> None:
         self.endpoints = endpoints
         self.answers: dict[str, list[Observation | Exception]] = {e: [] for e in endpoints}
-        self.states: list[AccountState] = []
+        self.states: list[Tracked] = []
 
-    async def poll(self, endpoint: str, state: AccountState) -> Observation:
+    async def poll(self, endpoint: str, tracked: Tracked) -> Observation:
         """The next scripted answer: an Observation returned or an exception raised."""
-        self.states.append(state)
+        self.states.append(tracked)
         answer = self.answers[endpoint].pop(0)
         if isinstance(answer, Exception):
             raise answer

@@ -13,7 +13,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from walletwatch.config import (
-    PROVIDERS,
     Config,
     Listen,
     ProviderSettings,
@@ -24,6 +23,7 @@ from walletwatch.config import (
     parse_duration,
 )
 from walletwatch.errors import ConfigError
+from walletwatch.providers import SCHEMAS as PROVIDERS
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {"WW_KEY": "env-api-key-0001", "WW_SECRET": "env-secret-0002"}

@@ -43,7 +43,7 @@ from walletwatch.signals import StopSignal
 from walletwatch.store import Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState
-from walletwatch.types import Provider
+from walletwatch.types import Provider, Tracked
 from walletwatch.watcher import AccountWatcher
 
 T = TypeVar("T")
@@ -1044,9 +1044,9 @@ class FlakyProvider:
         self.down = False
         self.polls: list[tuple[str, bool]] = []
 
-    async def poll(self, endpoint: str, state: AccountState) -> Observation:
+    async def poll(self, endpoint: str, tracked: Tracked) -> Observation:
         """An empty observation, or Unavailable."""
-        del state
+        del tracked
         self.polls.append((endpoint, self.down))
         if self.down:
             raise Unavailable("provider down")
@@ -1170,9 +1170,9 @@ class BucketlessClient:
 
     endpoints = ("balances",)
 
-    async def poll(self, endpoint: str, state: AccountState) -> Observation:
+    async def poll(self, endpoint: str, tracked: Tracked) -> Observation:
         """Never called."""
-        del state
+        del tracked
         raise AssertionError(endpoint)
 
 

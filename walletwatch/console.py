@@ -58,7 +58,7 @@ def _details(f: Mapping[str, Any]) -> str:
         parts.append(f"{_text(previous)} -> {status}" if previous else status)
     if f.get("age_seconds") is not None:
         parts.append(f"in flight {_duration(f['age_seconds'])}")
-    if f.get("txid") and f["txid"] != f.get("transfer_id"):  # PotWallet's ids are txids
+    if f.get("txid") and f["txid"] != f.get("transfer_id"):  # some providers' ids are txids
         parts.append(f"tx {_short(f['txid'])}")
     if f.get("endpoint") is not None:  # account.down and .recovered
         parts.append(f"endpoint {_text(f['endpoint'])}")

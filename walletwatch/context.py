@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from walletwatch.asyncstore import AsyncStore
-from walletwatch.config import ProviderSettings
+from walletwatch.configmodel import ProviderSettings
 from walletwatch.http import Http
 from walletwatch.types import Clock
 

@@ -214,21 +214,6 @@ CLOCK_OFFSET = Family(
     "System wall clock less walletwatch's steady time: a step since start (restart adopts it).",
 )
 
-# Provider-specific gauges (model.Gauge): each name is a family labelled by account, provider
-# and the gauge's own labels; these are their help texts.
-PROVIDER_GAUGE_HELP = {
-    "wallet_whitelisted": "1 if the wallet is whitelisted (Sila)",
-    "api_enabled": "1 if the provider reports its API enabled (KredsWallet)",
-    "payment_method_enabled": "1 if the payment method is enabled (bitexbit)",
-    "price": "price of the provider's currency in the quote currency (PotWallet)",
-}
-
-
-def gauge_help(name: str) -> str:
-    """The help text of the provider gauge ``name`` (the name itself when none is known)."""
-    return PROVIDER_GAUGE_HELP.get(name, name)
-
-
 # The order the families are served in: those made from the watchers (with the provider
 # gauges, sorted by name, after ACCOUNT_FAMILIES), then walletwatch's own.
 ACCOUNT_FAMILIES = (

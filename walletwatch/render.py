@@ -72,8 +72,8 @@ from walletwatch.families import (
     WEB_CONNECTIONS_LIMIT,
     Family,
     Labels,
-    gauge_help,
 )
+from walletwatch.providers import gauge_help
 from walletwatch.series import AccountSeries
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import is_stuck

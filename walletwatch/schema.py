@@ -1,8 +1,9 @@
-"""What a valid config looks like: value validators and each provider's contract.
+"""What a valid config looks like: value validators and the shape of a provider's contract.
 
 Validators are pure functions of one loaded YAML value. They return the parsed value or raise
-``Invalid`` carrying one or more ``(sub-path, message)`` problems; ``config.py`` prefixes the
-path and collects them. Messages show offending values, so no validator sees a credential.
+``Invalid`` carrying one or more ``(sub-path, message)`` problems; ``configcheck.py``
+prefixes the path and collects them. Messages show offending values, so no validator sees a
+credential. Each provider's contract (a ProviderSchema) lives in its own module.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 __all__ = [
-    "PROVIDERS",
     "Invalid",
     "Option",
     "ProviderSchema",
@@ -312,11 +312,13 @@ class ProviderSchema:
     identity: str  # the credential naming the API key, hashed into credential_id
     host_rate_limit: float | None = None
     options: Mapping[str, Option] = field(default_factory=lambda: MappingProxyType({}))
-    # An option whose value selects further required credentials (Sila's `auth`).
+    # An option whose value selects further required credentials (an `auth` mode, say).
     credential_option: str | None = None
     credential_variants: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    # Credentials that name rather than authenticate: a config may show them to every user.
+    public_credentials: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Refuse an inconsistent schema: a programming error, caught at import."""
@@ -324,6 +326,12 @@ class ProviderSchema:
             raise ValueError(f"{self.name}: identity {self.identity!r} is not a credential")
         if self.credential_option is not None and self.credential_option not in self.options:
             raise ValueError(f"{self.name}: credential_option is not an option")
+        if not set(self.public_credentials) <= set(self.known_credentials):
+            raise ValueError(f"{self.name}: a public credential is not a credential")
+        # Read-only whatever the provider module passed: the schema is shared by every account.
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        variants = MappingProxyType(dict(self.credential_variants))
+        object.__setattr__(self, "credential_variants", variants)
 
     def required_credentials(self, options: Mapping[str, object]) -> tuple[str, ...] | None:
         """The credentials these option values require; None when the selecting option is bad."""
@@ -361,78 +369,3 @@ class ProviderSchema:
             if name not in given
         )
         return problems
-
-
-def _schemas(*schemas: ProviderSchema) -> Mapping[str, ProviderSchema]:
-    return MappingProxyType({schema.name: schema for schema in schemas})
-
-
-def _options(**options: Option) -> Mapping[str, Option]:
-    return MappingProxyType(options)
-
-
-# Defaults from the provider notes (NOTES.md): the published limits where a provider has them
-# (bitexbit), otherwise a conservative 2/s (1/s for PotWallet).
-PROVIDERS: Mapping[str, ProviderSchema] = _schemas(
-    ProviderSchema(
-        name="westwallet",
-        base_url="https://api.westwallet.io",
-        rate_limit=2.0,
-        credentials=("api_key", "secret_key"),
-        identity="api_key",
-    ),
-    ProviderSchema(
-        name="kredswallet",
-        base_url="https://kredswallet.com/api",
-        rate_limit=2.0,
-        credentials=("api_key", "api_secret"),
-        identity="api_key",
-        options=_options(
-            # KredsWallet has no transfer status: a transfer is done at N confirmations.
-            confirmations_required=Option(6, integer_at_least(1)),
-            # One currency per (possibly self-hosted) instance.
-            currency=Option("KREDS", nonempty_string),
-        ),
-    ),
-    ProviderSchema(
-        name="potwallet",
-        base_url="https://api.potwallet.com/v1",
-        rate_limit=1.0,
-        credentials=("public_key", "private_key"),
-        identity="public_key",
-        options=_options(
-            # The live service keys the HMAC with the raw key; the doc's PHP uses sha1(key).
-            hash_key=Option("raw", choice("raw", "sha1")),
-            price_currency=Option("USD", nonempty_string),
-        ),
-    ),
-    ProviderSchema(
-        name="sila",
-        base_url="https://sandbox.silamoney.com/0.2",
-        rate_limit=2.0,
-        credentials=("app_handle", "user_handle"),
-        identity="app_handle",
-        options=_options(auth=Option("ecdsa", choice("ecdsa", "token"))),
-        credential_option="auth",
-        credential_variants=MappingProxyType(
-            {
-                "ecdsa": ("app_private_key", "user_private_key"),
-                "token": ("client_id", "client_secret"),
-            }
-        ),
-    ),
-    ProviderSchema(
-        name="bitexbit",
-        base_url="https://www.bitexbit.com/api/gateway",
-        rate_limit=2.0,
-        host_rate_limit=100.0,  # the doc's per-IP limit
-        credentials=("api_key", "secret_key"),
-        identity="api_key",
-        options=_options(
-            # The doc shows two signing schemes and the latest gateway docs a third.
-            auth_scheme=Option("gateway", choice("gateway", "v2", "v1")),
-            # The gateway has no balance endpoint; "v2" reads the v2 API's balance.
-            balances=Option(None, choice(None, "v2")),
-        ),
-    ),
-)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from walletwatch.config import AccountConfig
+    from walletwatch.configmodel import AccountConfig
     from walletwatch.events import Event
-    from walletwatch.model import Observation
-    from walletwatch.tracker import AccountState
+    from walletwatch.model import Direction, Observation, Transfer
 
 
 class Timer(Protocol):
@@ -28,6 +27,37 @@ class Clock(Protocol):
     def call_later(self, seconds: float, callback: Callable[[], object]) -> Timer: ...
 
 
+class InFlight(Protocol):
+    """A tracked transfer that has not settled, as a provider sees it."""
+
+    @property
+    def transfer(self) -> Transfer:
+        """The transfer as last observed."""
+        ...
+
+    @property
+    def started_at(self) -> float:
+        """When it began: the provider's created_at, else when it was first seen."""
+        ...
+
+
+class Tracked(Protocol):
+    """What a provider may know of an account's tracked transfers (tracker.AccountState).
+
+    ``known`` holds for each direction's newest transfers whatever their age (the tracker
+    keeps its KEEP_NEWEST newest), so paging a history back, newest first, may stop at the
+    first known one (providers/paging.py).
+    """
+
+    def known(self, direction: Direction, transfer_id: str) -> bool:
+        """True if the transfer has been seen before."""
+        ...
+
+    def in_flight(self) -> Iterable[InFlight]:
+        """The transfers that have not settled."""
+        ...
+
+
 class Provider(Protocol):
     """A client for one account at one provider; read-only by construction."""
 
@@ -36,7 +66,7 @@ class Provider(Protocol):
         """The endpoint names this client polls, e.g. ("balances", "deposits")."""
         ...
 
-    async def poll(self, endpoint: str, state: AccountState) -> Observation:
+    async def poll(self, endpoint: str, tracked: Tracked) -> Observation:
         """Poll one endpoint; raise a ProviderError when no usable answer came back."""
         ...
 

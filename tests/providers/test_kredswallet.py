@@ -38,17 +38,15 @@ from walletwatch.providers import REGISTRY, kredswallet
 from walletwatch.providers.kredswallet import (
     KredsWallet,
     NonceRefused,
-    auth_headers,
     classify,
     merge_outputs,
     parse_balance,
     parse_status,
     parse_transfers,
-    payload,
     read_response,
-    sign,
     transfer_state,
 )
+from walletwatch.providers.kredswallet_auth import auth_headers, payload, sign
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState, TrackedTransfer
 

@@ -30,7 +30,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import SplitResult, urlencode, urlsplit, urlunsplit
 
-from walletwatch.config import AccountConfig
+from walletwatch.configmodel import AccountConfig
 from walletwatch.context import ProviderContext
 from walletwatch.errors import BadPayload
 from walletwatch.model import (
@@ -44,7 +44,10 @@ from walletwatch.model import (
 )
 from walletwatch.providers import parse
 from walletwatch.providers.bitexbit_auth import SignedAtSend, auth_headers
-from walletwatch.tracker import AccountState
+from walletwatch.providers.paging import Page, page_back
+from walletwatch.providers.spec import ProviderSpec
+from walletwatch.schema import Option, ProviderSchema, choice
+from walletwatch.types import Tracked
 
 PAGE_SIZE = 50
 FIRST_PAGE = (("ordering", "-id"), ("limit", str(PAGE_SIZE)))
@@ -299,7 +302,7 @@ class Bitexbit:
     def __repr__(self) -> str:
         return f"Bitexbit(base_url={self._base!r}, auth_scheme={self._scheme!r})"
 
-    async def poll(self, endpoint: str, state: AccountState) -> Observation:
+    async def poll(self, endpoint: str, tracked: Tracked) -> Observation:
         """Poll one of ``endpoints``."""
         if endpoint == "balances" and self._balance_url is not None:
             payload = await self._get(self._balance_url, endpoint, "v2")
@@ -310,7 +313,7 @@ class Bitexbit:
         direction = DIRECTIONS.get(endpoint)
         if direction is None:
             raise ValueError(f"unknown endpoint {endpoint!r}")
-        transfers, malformed = await self._history(direction, state, endpoint)
+        transfers, malformed = await self._history(direction, tracked, endpoint)
         return Observation(
             endpoint,
             transfers=transfers,
@@ -319,26 +322,26 @@ class Bitexbit:
         )
 
     async def _history(
-        self, direction: Direction, state: AccountState, endpoint: str
+        self, direction: Direction, tracked: Tracked, endpoint: str
     ) -> tuple[tuple[Transfer, ...], tuple[Malformed, ...]]:
-        """Newest first, until a known transfer and every in-flight one have been seen."""
+        """Newest first, until a known transfer and every in-flight one have been seen.
+
+        There is no single-transfer lookup: an in-flight transfer is found by paging on.
+        """
         url = f"{self._base}{HISTORY_PATHS[direction]}?{urlencode(FIRST_PAGE)}"
-        unseen = {t.transfer.id for t in state.in_flight() if t.transfer.direction is direction}
-        seen: dict[str, Transfer] = {}
-        malformed: list[Malformed] = []
-        reached_known = False
-        for page in range(1, self._max_pages + 1):
-            where = f"{endpoint} page {page}"
-            results, following = parse_page(await self._get(url, endpoint, self._scheme), where)
+        following: tuple[str, str] | None = None  # the last page's next link, and where
+
+        async def fetch(number: int) -> Page:
+            nonlocal url, following
+            if following is not None:
+                url = follow(url, *following)
+            where = f"{endpoint} page {number + 1}"
+            results, link = parse_page(await self._get(url, endpoint, self._scheme), where)
             batch, bad = parse.records(results, PARSERS[direction], f"{where}.results", "id")
-            seen.update((t.id, t) for t in batch)
-            malformed.extend(bad)
-            reached_known = reached_known or any(state.known(direction, t.id) for t in batch)
-            unseen.difference_update(seen)
-            if following is None or (reached_known and not unseen):
-                break
-            url = follow(url, following, where)
-        return tuple(seen.values()), tuple(malformed)
+            following = None if link is None else (link, where)
+            return Page(batch, bad, last=link is None)
+
+        return await page_back(fetch, direction, tracked, self._max_pages)
 
     async def _get(self, url: str, endpoint: str, scheme: str) -> Any:
         # The nonce is taken before Http.request queues for a slot (a key's requests leave first
@@ -361,3 +364,23 @@ class Bitexbit:
             "GET", url, endpoint=endpoint, headers=SignedAtSend(build)
         )
         return response.json()
+
+
+# The config contract, with the published limits (NOTES.md).
+SCHEMA = ProviderSchema(
+    name="bitexbit",
+    base_url="https://www.bitexbit.com/api/gateway",
+    rate_limit=2.0,
+    host_rate_limit=100.0,  # the doc's per-IP limit
+    credentials=("api_key", "secret_key"),
+    identity="api_key",
+    options={
+        # The doc shows two signing schemes and the latest gateway docs a third.
+        "auth_scheme": Option("gateway", choice("gateway", "v2", "v1")),
+        # The gateway has no balance endpoint; "v2" reads the v2 API's balance.
+        "balances": Option(None, choice(None, "v2")),
+    },
+)
+PROVIDER = ProviderSpec(
+    SCHEMA, Bitexbit, gauges={GAUGE: "1 if the payment method is enabled (bitexbit)"}
+)

@@ -40,17 +40,13 @@ What shared/providers/NOTES.md says, and what this module makes of it:
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
-import json
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from walletwatch.config import AccountConfig
+from walletwatch.configmodel import AccountConfig
 from walletwatch.context import ProviderContext
 from walletwatch.errors import (
     AuthFailed,
@@ -71,12 +67,15 @@ from walletwatch.model import (
     Transfer,
 )
 from walletwatch.providers import parse
-from walletwatch.tracker import AccountState
+from walletwatch.providers.kredswallet_auth import PUBLIC_HEADERS, auth_headers
+from walletwatch.providers.paging import EMPTY, Page, page_back
+from walletwatch.providers.spec import ProviderSpec
+from walletwatch.schema import Option, ProviderSchema, integer_at_least, nonempty_string
+from walletwatch.types import InFlight, Tracked
 
 PAGE_SIZE = 100  # the documented default page size
 MAX_LOOKUPS = 10  # single-transaction refreshes per poll, oldest in-flight first
 ERROR_STATUSES = (400, 401, 404, 500)  # answers whose body says more than the status
-PUBLIC_HEADERS = {"Accept": "application/json"}
 TXID = re.compile(r"[0-9a-fA-F]{64}")
 
 LISTS: Mapping[Direction, str] = {
@@ -107,31 +106,6 @@ AUTH_WORDS = (
     "forbidden",
     "denied",
 )
-
-
-# Signing ------------------------------------------------------------------------------------
-
-
-def payload(nonce: int) -> str:
-    """X-WWT-PAYLOAD: base64 of the compact JSON ``{"nonce":"<nonce>"}`` (the nonce a string)."""
-    text = json.dumps({"nonce": str(nonce)}, separators=(",", ":"))
-    return base64.b64encode(text.encode()).decode("ascii")
-
-
-def sign(secret: str, payload_text: str) -> str:
-    """X-WWT-SIGNATURE: hex HMAC-SHA512 of the base64 payload text, keyed with the secret."""
-    return hmac.new(secret.encode(), payload_text.encode(), hashlib.sha512).hexdigest()
-
-
-def auth_headers(api_key: str, secret: str, nonce: int) -> dict[str, str]:
-    """The headers of a signed request."""
-    text = payload(nonce)
-    return {
-        **PUBLIC_HEADERS,
-        "X-WWT-APIKEY": api_key,
-        "X-WWT-PAYLOAD": text,
-        "X-WWT-SIGNATURE": sign(secret, text),
-    }
 
 
 # Errors -------------------------------------------------------------------------------------
@@ -392,7 +366,7 @@ class KredsWallet:
         currency = account.options["currency"]
         required = account.options["confirmations_required"]
         if not isinstance(currency, str) or not isinstance(required, int):
-            raise TypeError("kredswallet options: config.py validates currency and confirmations")
+            raise TypeError("kredswallet options: SCHEMA validates currency and confirmations")
         self._currency = currency
         self._required = required
         self._base = account.base_url
@@ -408,7 +382,7 @@ class KredsWallet:
     def __repr__(self) -> str:
         return f"KredsWallet(base_url={self._base!r})"
 
-    async def poll(self, endpoint: str, state: AccountState) -> Observation:
+    async def poll(self, endpoint: str, tracked: Tracked) -> Observation:
         """Poll ``status``, ``balances``, ``deposits`` or ``withdrawals``."""
         if endpoint == "status":
             body = await self._get("/status", endpoint, signed=False)
@@ -420,7 +394,7 @@ class KredsWallet:
                 endpoint, balances=(parse_balance(balance, summary, self._currency),)
             )
         direction = self._directions[endpoint]
-        transfers, malformed = await self._history(direction, state, endpoint)
+        transfers, malformed = await self._history(direction, tracked, endpoint)
         return Observation(
             endpoint,
             transfers=transfers,
@@ -429,44 +403,40 @@ class KredsWallet:
         )
 
     async def _history(
-        self, direction: Direction, state: AccountState, endpoint: str
+        self, direction: Direction, tracked: Tracked, endpoint: str
     ) -> tuple[tuple[Transfer, ...], tuple[Malformed, ...]]:
         """Newest first, paging back until a known transfer, then refresh stale in-flight ones."""
-        listed: list[Transfer] = []
-        malformed: list[Malformed] = []
-        for page in range(1, self._max_pages + 1):
-            body = await self._get(f"{LISTS[direction]}/{page}/{PAGE_SIZE}", endpoint)
+
+        async def fetch(number: int) -> Page:
+            body = await self._get(f"{LISTS[direction]}/{number + 1}/{PAGE_SIZE}", endpoint)
             batch, bad, count = parse_transfers(body, direction, self._currency, self._required)
-            listed.extend(batch)
-            malformed.extend(bad)
-            if count < PAGE_SIZE or any(state.known(direction, t.id) for t in batch):
-                break
-        seen = {t.id: t for t in merge_outputs(listed)}
-        stale = sorted(
-            (
-                tracked
-                for tracked in state.in_flight()
-                if tracked.transfer.direction is direction
-                and tracked.transfer.id not in seen
-                and TXID.fullmatch(tracked.transfer.id)
-            ),
-            key=lambda tracked: tracked.started_at,
-        )
-        for tracked in stale[:MAX_LOOKUPS]:
+            return Page(batch, bad, last=count < PAGE_SIZE)
+
+        async def look_up(item: InFlight) -> Page:
             try:
-                body = await self._get(f"/user/transaction/{tracked.transfer.id}", endpoint)
+                body = await self._get(f"/user/transaction/{item.transfer.id}", endpoint)
             except NonceRefused:
                 raise
             except Rejected:
-                continue  # unknown to the wallet now: keep what we know rather than guess
+                return EMPTY  # unknown to the wallet now: keep what we know rather than guess
             # Only the confirmations are taken from a lookup: its amount is the transaction's
             # net effect, which for a payment to oneself differs from the listed entries.
             confirmations, mined = parse_lookup(body)
-            fresh = with_confirmations(tracked.transfer, confirmations, self._required)
+            fresh = with_confirmations(item.transfer, confirmations, self._required)
             if mined is not None:
                 fresh = replace(fresh, created_at=mined)
-            seen[fresh.id] = fresh
-        return tuple(seen.values()), tuple(malformed)
+            return Page((fresh,))
+
+        return await page_back(
+            fetch,
+            direction,
+            tracked,
+            self._max_pages,
+            look_up=look_up,
+            max_lookups=MAX_LOOKUPS,
+            lookable=lambda transfer: TXID.fullmatch(transfer.id) is not None,
+            merge=merge_outputs,
+        )
 
     async def _get(self, path: str, endpoint: str, *, signed: bool = True) -> Any:
         """GET ``path`` under base_url; signed requests take the next nonce of the API key."""
@@ -487,3 +457,24 @@ class KredsWallet:
         # The signature too: a server may repeat the request's headers in its error.
         hide = (api_key, secret, headers["X-WWT-SIGNATURE"])
         return read_response(response, nonce, where, hide)
+
+
+# The config contract. No published rate limit (NOTES.md): a conservative 2/s.
+SCHEMA = ProviderSchema(
+    name="kredswallet",
+    base_url="https://kredswallet.com/api",
+    rate_limit=2.0,
+    credentials=("api_key", "api_secret"),
+    identity="api_key",
+    options={
+        # KredsWallet has no transfer status: a transfer is done at N confirmations.
+        "confirmations_required": Option(6, integer_at_least(1)),
+        # One currency per (possibly self-hosted) instance.
+        "currency": Option("KREDS", nonempty_string),
+    },
+)
+PROVIDER = ProviderSpec(
+    SCHEMA,
+    KredsWallet,
+    gauges={"api_enabled": "1 if the provider reports its API enabled (KredsWallet)"},
+)

@@ -23,7 +23,7 @@ from urllib.parse import quote, urlencode
 
 from yarl import URL
 
-from walletwatch.config import AccountConfig
+from walletwatch.configmodel import AccountConfig
 from walletwatch.context import ProviderContext
 from walletwatch.errors import AuthFailed, BadPayload, ProviderError, RateLimited, Rejected, redact
 from walletwatch.model import (
@@ -36,7 +36,9 @@ from walletwatch.model import (
     Transfer,
 )
 from walletwatch.providers import parse
-from walletwatch.tracker import AccountState
+from walletwatch.providers.spec import ProviderSpec
+from walletwatch.schema import Option, ProviderSchema, choice, nonempty_string
+from walletwatch.types import Tracked
 
 CURRENCY = "POT"
 CATEGORIES: Mapping[Direction, str] = {Direction.DEPOSIT: "receive", Direction.WITHDRAWAL: "send"}
@@ -242,12 +244,12 @@ class PotWallet:
     def __repr__(self) -> str:
         return f"PotWallet(base_url={self._base!r}, hash_key={self._hash_key!r})"
 
-    async def poll(self, endpoint: str, state: AccountState) -> Observation:
+    async def poll(self, endpoint: str, tracked: Tracked) -> Observation:
         """Poll ``balances``, ``deposits``, ``withdrawals`` or ``price``.
 
-        ``state`` is not needed: every listing is complete, so nothing is looked up.
+        ``tracked`` is not needed: every listing is complete, so nothing is looked up.
         """
-        del state
+        del tracked
         if endpoint == "balances":
             payload = await self._call("/balance", endpoint)
             return Observation(endpoint, balances=parse_balance(payload))
@@ -286,3 +288,23 @@ class PotWallet:
         payload = response.json()
         check_success(payload, endpoint, secrets)  # a refusal raises here, credentials redacted
         return payload
+
+
+# The config contract. No published rate limit (NOTES.md): a conservative 1/s.
+SCHEMA = ProviderSchema(
+    name="potwallet",
+    base_url="https://api.potwallet.com/v1",
+    rate_limit=1.0,
+    credentials=("public_key", "private_key"),
+    identity="public_key",
+    options={
+        # The live service keys the HMAC with the raw key; the doc's PHP uses sha1(key).
+        "hash_key": Option("raw", choice("raw", "sha1")),
+        "price_currency": Option("USD", nonempty_string),
+    },
+)
+PROVIDER = ProviderSpec(
+    SCHEMA,
+    PotWallet,
+    gauges={"price": "price of the provider's currency in the quote currency (PotWallet)"},
+)

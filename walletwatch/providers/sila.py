@@ -19,7 +19,7 @@ from typing import Any
 
 from coincurve import PrivateKey
 
-from walletwatch.config import AccountConfig
+from walletwatch.configmodel import AccountConfig
 from walletwatch.context import ProviderContext
 from walletwatch.errors import AuthFailed, BadPayload, ConfigError, Rejected, redact
 from walletwatch.http import Response
@@ -33,6 +33,7 @@ from walletwatch.model import (
     Transfer,
 )
 from walletwatch.providers import parse
+from walletwatch.providers.paging import EMPTY, Page, page_back
 from walletwatch.providers.sila_auth import (
     TOKEN_TTL,
     AccessToken,
@@ -41,7 +42,9 @@ from walletwatch.providers.sila_auth import (
     ecdsa_headers,
     load_private_key,
 )
-from walletwatch.tracker import AccountState
+from walletwatch.providers.spec import ProviderSpec
+from walletwatch.schema import Option, ProviderSchema, choice
+from walletwatch.types import InFlight, Tracked
 
 VERSION = "0.2"
 CURRENCY = "SILA"  # 1 SILA = 0.01 USD
@@ -253,13 +256,13 @@ class Sila:
     def __repr__(self) -> str:
         return f"Sila(base_url={self._base!r}, auth={self._auth!r})"
 
-    async def poll(self, endpoint: str, state: AccountState) -> Observation:
+    async def poll(self, endpoint: str, tracked: Tracked) -> Observation:
         """Poll ``balances``, ``deposits`` or ``withdrawals``."""
         if endpoint == "balances":
             balance, gauges = parse_wallet(await self._call("/get_wallet", {}, endpoint))
             return Observation(endpoint, balances=(balance,), gauges=gauges)
         direction = self._directions[endpoint]
-        transfers, malformed = await self._history(direction, state, endpoint)
+        transfers, malformed = await self._history(direction, tracked, endpoint)
         return Observation(
             endpoint,
             transfers=transfers,
@@ -268,45 +271,36 @@ class Sila:
         )
 
     async def _history(
-        self, direction: Direction, state: AccountState, endpoint: str
+        self, direction: Direction, tracked: Tracked, endpoint: str
     ) -> tuple[tuple[Transfer, ...], tuple[Malformed, ...]]:
         """Newest first, paging back until a known transfer, then refresh stale in-flight ones."""
         kind = [TYPES[direction]]
-        seen: dict[str, Transfer] = {}
-        malformed: list[Malformed] = []
-        for page in range(1, self._max_pages + 1):
+
+        async def fetch(number: int) -> Page:
             filters = {
                 "transaction_types": kind,
-                "page": page,
+                "page": number + 1,
                 "per_page": PAGE_SIZE,
                 "sort_ascending": False,
             }
             payload = await self._call("/get_transactions", {"search_filters": filters}, endpoint)
             batch, bad, listed = parse_transactions(payload, direction)
-            seen.update((t.id, t) for t in batch)
-            malformed.extend(bad)
-            if listed < PAGE_SIZE or any(state.known(direction, t.id) for t in batch):
-                break
-        stale = sorted(
-            (
-                tracked
-                for tracked in state.in_flight()
-                if tracked.transfer.direction is direction and tracked.transfer.id not in seen
-            ),
-            key=lambda tracked: tracked.started_at,
-        )
-        for tracked in stale[:MAX_LOOKUPS]:
-            filters = {"transaction_id": tracked.transfer.id, "transaction_types": kind}
+            return Page(batch, bad, last=listed < PAGE_SIZE)
+
+        async def look_up(item: InFlight) -> Page:
+            filters = {"transaction_id": item.transfer.id, "transaction_types": kind}
             try:
                 payload = await self._call(
                     "/get_transactions", {"search_filters": filters}, endpoint
                 )
             except Rejected:
-                continue  # unknown id: keep what we know rather than guess
+                return EMPTY  # unknown id: keep what we know rather than guess
             fresh, bad, _ = parse_transactions(payload, direction)
-            seen.update((t.id, t) for t in fresh)
-            malformed.extend(bad)
-        return tuple(seen.values()), tuple(malformed)
+            return Page(fresh, bad)
+
+        return await page_back(
+            fetch, direction, tracked, self._max_pages, look_up=look_up, max_lookups=MAX_LOOKUPS
+        )
 
     async def _call(self, path: str, fields: Mapping[str, Any], endpoint: str) -> Any:
         """POST a read with a fresh header; the body once ``success`` is checked."""
@@ -361,3 +355,24 @@ class Sila:
         reference = str(uuid.uuid4())  # a fresh, non-null reference per request
         created = int(self._clock.time())
         return request_body(self._app_handle, user_handle, created, reference, fields)
+
+
+# The config contract. No published rate limit (NOTES.md): a conservative 2/s.
+SCHEMA = ProviderSchema(
+    name="sila",
+    base_url="https://sandbox.silamoney.com/0.2",
+    rate_limit=2.0,
+    credentials=("app_handle", "user_handle"),
+    identity="app_handle",
+    options={"auth": Option("ecdsa", choice("ecdsa", "token"))},
+    credential_option="auth",
+    credential_variants={
+        "ecdsa": ("app_private_key", "user_private_key"),
+        "token": ("client_id", "client_secret"),
+    },
+    # The handles name the app and the wallet: public, unlike the keys.
+    public_credentials=("app_handle", "user_handle"),
+)
+PROVIDER = ProviderSpec(
+    SCHEMA, Sila, gauges={"wallet_whitelisted": "1 if the wallet is whitelisted (Sila)"}
+)

@@ -13,12 +13,15 @@ import json
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from walletwatch.config import AccountConfig
+from walletwatch.configmodel import AccountConfig
 from walletwatch.context import ProviderContext
 from walletwatch.errors import AuthFailed, BadPayload, RateLimited, Rejected, redact
 from walletwatch.model import Balance, Direction, Malformed, Observation, State, Transfer
 from walletwatch.providers import parse
-from walletwatch.tracker import AccountState
+from walletwatch.providers.paging import EMPTY, Page, page_back
+from walletwatch.providers.spec import ProviderSpec
+from walletwatch.schema import ProviderSchema
+from walletwatch.types import InFlight, Tracked
 
 PAGE_SIZE = 50  # the API's maximum
 MAX_LOOKUPS = 10  # single-transaction refreshes per poll, oldest in-flight first
@@ -140,13 +143,13 @@ class WestWallet:
     def __repr__(self) -> str:
         return f"WestWallet(base_url={self._base!r})"
 
-    async def poll(self, endpoint: str, state: AccountState) -> Observation:
+    async def poll(self, endpoint: str, tracked: Tracked) -> Observation:
         """Poll ``balances``, ``deposits`` or ``withdrawals``."""
         if endpoint == "balances":
             payload = await self._call("GET", "/wallet/balances", None, endpoint)
             return Observation(endpoint, balances=parse_balances(payload))
         direction = self._directions[endpoint]
-        transfers, malformed = await self._history(direction, state, endpoint)
+        transfers, malformed = await self._history(direction, tracked, endpoint)
         return Observation(
             endpoint,
             transfers=transfers,
@@ -155,51 +158,40 @@ class WestWallet:
         )
 
     async def _history(
-        self, direction: Direction, state: AccountState, endpoint: str
+        self, direction: Direction, tracked: Tracked, endpoint: str
     ) -> tuple[tuple[Transfer, ...], tuple[Malformed, ...]]:
         """Newest first, paging back until a known transfer, then refresh stale in-flight ones."""
-        seen: dict[str, Transfer] = {}
-        malformed: list[Malformed] = []
-        for page in range(self._max_pages):
+
+        async def fetch(number: int) -> Page:
             params = {
                 "type": TYPES[direction],
                 "limit": PAGE_SIZE,
-                "offset": page * PAGE_SIZE,
+                "offset": number * PAGE_SIZE,
                 "order": "desc",
             }
-            batch, bad, listed = parse_transactions(
-                await self._call("POST", "/wallet/transactions", params, endpoint), direction
-            )
-            seen.update((t.id, t) for t in batch)
-            malformed.extend(bad)
-            if listed < PAGE_SIZE or any(state.known(direction, t.id) for t in batch):
-                break
-        stale = sorted(
-            (
-                tracked
-                for tracked in state.in_flight()
-                if tracked.transfer.direction is direction and tracked.transfer.id not in seen
-            ),
-            key=lambda tracked: tracked.started_at,
-        )
-        for tracked in stale[:MAX_LOOKUPS]:
-            if not tracked.transfer.id.isdigit():
-                continue
-            params = {"id": int(tracked.transfer.id)}
+            payload = await self._call("POST", "/wallet/transactions", params, endpoint)
+            batch, bad, listed = parse_transactions(payload, direction)
+            return Page(batch, bad, last=listed < PAGE_SIZE)
+
+        async def look_up(item: InFlight) -> Page:
+            if not item.transfer.id.isdigit():
+                return EMPTY  # not a WestWallet id: nothing to ask for (its lookup slot is spent)
+            params = {"id": int(item.transfer.id)}
             try:
                 payload = check_error(
                     await self._call("POST", "/wallet/transaction", params, endpoint),
                     "transaction",
                 )
             except Rejected:
-                continue  # not_found (as a body or a 404): keep what we know rather than guess
+                return EMPTY  # not_found (as a body or a 404): keep what we know, not guess
             try:
-                fresh = parse_transaction(payload, direction, "transaction")
+                return Page((parse_transaction(payload, direction, "transaction"),))
             except BadPayload as err:
-                malformed.append(Malformed("transaction", str(err), tracked.transfer.id))
-                continue
-            seen[fresh.id] = fresh
-        return tuple(seen.values()), tuple(malformed)
+                return Page((), (Malformed("transaction", str(err), item.transfer.id),))
+
+        return await page_back(
+            fetch, direction, tracked, self._max_pages, look_up=look_up, max_lookups=MAX_LOOKUPS
+        )
 
     async def _call(
         self, method: str, path: str, params: Mapping[str, Any] | None, endpoint: str
@@ -218,3 +210,14 @@ class WestWallet:
         # A refusal raises here, with what was sent masked; parse_* then see an "ok" answer.
         check_error(payload, endpoint, (api_key, secret, headers["X-ACCESS-SIGN"]))
         return payload
+
+
+# The config contract. No published rate limit (NOTES.md): a conservative 2/s.
+SCHEMA = ProviderSchema(
+    name="westwallet",
+    base_url="https://api.westwallet.io",
+    rate_limit=2.0,
+    credentials=("api_key", "secret_key"),
+    identity="api_key",
+)
+PROVIDER = ProviderSpec(SCHEMA, WestWallet)
