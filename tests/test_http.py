@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from tests.fakes import FakeClock
+from walletwatch.arbiter import Ticket, admit
 from walletwatch.budget import TokenBucket
 from walletwatch.errors import (
     AuthFailed,
@@ -122,6 +123,37 @@ class TestSuccess:
         assert telemetry.http_requests == {(PROVIDER, ENDPOINT, "204"): 1}
         assert telemetry.http_duration[(PROVIDER, ENDPOINT)].count == 1
         assert not telemetry.rate_limited
+
+
+class TestPollTicket:
+    """The poll a request works for reaches the arbiter as an argument."""
+
+    async def test_requests_of_the_polled_endpoint_carry_its_ticket(
+        self, http: Http, bucket: TokenBucket, responses: Any, clock: FakeClock
+    ) -> None:
+        """Inside ``polling``, a request for that endpoint starts the poll's ticket (its first
+        slot) and ends its claim on the bucket; a request for another endpoint, or after the
+        poll, is none of its business."""
+        responses.get(URL_, status=200, body=b"{}", repeat=True)
+
+        async def get(endpoint: str) -> None:
+            """One request, the fake clock moved on past its slot."""
+            task = asyncio.create_task(http.request("GET", URL_, endpoint=endpoint))
+            await clock.advance(1.0)
+            await task
+
+        ticket = Ticket(due=0.0, deadline=5.0, buckets=(bucket,))
+        await admit(ticket)  # as the scheduler starts a poll: it claims the bucket
+        assert ticket.claimed == (bucket,)
+        with http.polling(ENDPOINT, ticket):
+            await get(ENDPOINT)
+            assert ticket.started is not None
+            assert ticket.claimed == ()
+            ticket.started = None
+            await get("another")
+            assert ticket.started is None
+        await get(ENDPOINT)  # the poll is over
+        assert ticket.started is None
 
 
 class TestStatusMapping:

@@ -14,6 +14,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from tests.fakes import FakeClock, settle
+from walletwatch.arbiter import Ticket
 from walletwatch.budget import TokenBucket
 from walletwatch.health import AccountHealth
 from walletwatch.notify import notify, watchdog, watchdog_period
@@ -90,7 +91,7 @@ class Poller:
         """Every endpoint every ``interval``."""
         return self.interval
 
-    async def poll(self, endpoint: str) -> Outcome:  # noqa: ARG002 - the Poller protocol
+    async def poll(self, endpoint: str, ticket: Ticket | None = None) -> Outcome:  # noqa: ARG002
         """Succeed, or never return once wedged."""
         if self.wedged:
             await asyncio.Event().wait()

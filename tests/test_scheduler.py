@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 
 from tests.fakes import FakeClock, ScriptedProvider, settle
 from walletwatch.app import Daemon
-from walletwatch.arbiter import Slots, Waiter, acquire, plan
+from walletwatch.arbiter import Slots, Ticket, Waiter, acquire, plan
 from walletwatch.asyncstore import AsyncStore
 from walletwatch.budget import (
     FLOOR,
@@ -121,11 +121,11 @@ class FakePoller:
         """The endpoint's own interval if one is set, else ``interval``."""
         return self.intervals.get(endpoint, self.interval)
 
-    async def poll(self, endpoint: str) -> Outcome:
+    async def poll(self, endpoint: str, ticket: Ticket | None = None) -> Outcome:
         """Record the start, take request slots, wait for the gate, answer the next outcome."""
         self.calls.append((endpoint, self.clock.monotonic()))
         for _ in range(self.requests if self.buckets else 0):
-            await acquire(self.buckets)
+            await acquire(self.buckets, ticket)
             self.slots.append((endpoint, self.clock.monotonic()))
         if self.gate is not None:
             try:
@@ -681,7 +681,7 @@ class TestScheduler:
         """An unexpected exception costs one poll (as a failure); the endpoint keeps polling."""
 
         class Crashing(FakePoller):
-            async def poll(self, endpoint: str) -> Outcome:
+            async def poll(self, endpoint: str, ticket: Ticket | None = None) -> Outcome:  # noqa: ARG002
                 self.calls.append((endpoint, self.clock.monotonic()))
                 if len(self.calls) == 1:
                     raise KeyError("bug")
@@ -1064,7 +1064,7 @@ class TestCircuit:
         failing = True
 
         class Probed(FakePoller):
-            async def poll(self, endpoint: str) -> Outcome:
+            async def poll(self, endpoint: str, ticket: Ticket | None = None) -> Outcome:  # noqa: ARG002
                 self.calls.append((endpoint, self.clock.monotonic()))
                 return self.record(endpoint, Outcome(ok=not failing))
 
@@ -1088,7 +1088,7 @@ class TestCircuit:
         whichever endpoint happens to wake first."""
 
         class Failing(FakePoller):
-            async def poll(self, endpoint: str) -> Outcome:
+            async def poll(self, endpoint: str, ticket: Ticket | None = None) -> Outcome:  # noqa: ARG002
                 self.calls.append((endpoint, self.clock.monotonic()))
                 return self.record(endpoint, Outcome(ok=False))
 

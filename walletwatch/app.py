@@ -253,6 +253,7 @@ class Daemon:
             clock=self.clock,
             on_events=self._wake,
             buckets=buckets,
+            http=http,
         )
 
     def _bucket(self, key: str, limit: float, margin: float, arbiter: str) -> TokenBucket:

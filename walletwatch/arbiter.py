@@ -25,7 +25,6 @@ import asyncio
 import itertools
 import math
 from collections.abc import Iterable, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 from walletwatch.budget import TokenBucket
@@ -41,10 +40,6 @@ class Ticket:
     buckets: tuple[TokenBucket, ...] = ()
     started: float | None = None  # when its first request got a slot
     claimed: tuple[TokenBucket, ...] = ()
-
-
-_POLL: ContextVar[Ticket | None] = ContextVar("walletwatch_poll", default=None)
-"""The poll the running task works for; requests take their deadline from it."""
 
 
 @dataclass(eq=False, slots=True)
@@ -118,9 +113,12 @@ class Slots:
     def __repr__(self) -> str:
         return f"Slots(requests={len(self._requests)}, polls={len(self._polls)})"
 
-    async def request(self, buckets: Sequence[TokenBucket]) -> None:
-        """Wait for a slot in every bucket (the credential's first) for one request."""
-        ticket = _POLL.get()
+    async def request(self, buckets: Sequence[TokenBucket], ticket: Ticket | None = None) -> None:
+        """Wait for a slot in every bucket (the credential's first) for one request.
+
+        ``ticket`` is the poll the request works for: the request takes its deadline, and the
+        poll's claim on the buckets ends. None for a request outside a scheduled poll.
+        """
         if ticket is not None:
             self._unclaim(ticket)
         waiter, future = self._join(self._requests, buckets, ticket)
@@ -230,7 +228,7 @@ def slots_of(bucket: TokenBucket) -> Slots:
     return slots
 
 
-async def acquire(buckets: Sequence[TokenBucket]) -> None:
-    """Wait for one slot in every bucket for a request of the current poll."""
+async def acquire(buckets: Sequence[TokenBucket], ticket: Ticket | None = None) -> None:
+    """Wait for one slot in every bucket for a request of the poll ``ticket`` (or none)."""
     if buckets:
-        await slots_of(buckets[0]).request(buckets)
+        await slots_of(buckets[0]).request(buckets, ticket)

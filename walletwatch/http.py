@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
@@ -16,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from walletwatch.arbiter import acquire
+from walletwatch.arbiter import Ticket, acquire
 from walletwatch.budget import TokenBucket, rate_limited, relieved
 from walletwatch.errors import (
     AuthFailed,
@@ -113,6 +114,25 @@ class Http:
         self._timeout = timeout
         self._max_backoff = max_backoff
         self._max_bytes = max_bytes
+        self._polls: dict[str, Ticket] = {}  # endpoint -> the poll of it under way
+
+    @contextmanager
+    def polling(self, endpoint: str, ticket: Ticket | None) -> Iterator[None]:
+        """Requests for ``endpoint`` work for the poll ``ticket`` until the block ends.
+
+        The scheduler hands each poll its ticket (deadline, claimed buckets); the watcher
+        passes it here, and every request names its endpoint, so each request gives the
+        arbiter the ticket of the poll it belongs to. An endpoint is polled by one loop, so
+        it has at most one poll under way.
+        """
+        if ticket is None:
+            yield
+            return
+        self._polls[endpoint] = ticket
+        try:
+            yield
+        finally:
+            self._polls.pop(endpoint, None)
 
     async def request(
         self,
@@ -131,7 +151,7 @@ class Http:
         """
         # A slot in every bucket at once; first come, first served per credential, so signed
         # nonces reach the provider in the order they were taken.
-        await acquire(self._buckets)
+        await acquire(self._buckets, self._polls.get(endpoint))
         started = self._clock.monotonic()
         code = "error"
         try:

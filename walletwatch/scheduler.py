@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from walletwatch.arbiter import _POLL, Ticket, admit, release
+from walletwatch.arbiter import Ticket, admit, release
 from walletwatch.budget import TokenBucket
 from walletwatch.health import AccountHealth
 from walletwatch.policy import MIN_RETRY, Circuit, failure_delay
@@ -71,8 +71,8 @@ class Poller(Protocol):
         """How long after a poll of ``endpoint`` the next one is due."""
         ...
 
-    async def poll(self, endpoint: str) -> Outcome:
-        """Poll one endpoint."""
+    async def poll(self, endpoint: str, ticket: Ticket | None = None) -> Outcome:
+        """Poll one endpoint; its requests work for ``ticket`` (deadline, claimed buckets)."""
         ...
 
 
@@ -306,9 +306,8 @@ class Scheduler:
         self._arm(ep, ep.due - self._clock.monotonic())
 
     async def _poll(self, poller: Poller, endpoint: str, ticket: Ticket) -> Outcome:
-        token = _POLL.set(ticket)
         try:
-            return await poller.poll(endpoint)
+            return await poller.poll(endpoint, ticket)
         except Exception:  # a bug must cost one poll, never the loop that runs them
             # A watcher records its own crashes as failed polls (reason internal): one that
             # gets here could not even record that, so it is logged with its traceback.
@@ -317,8 +316,6 @@ class Scheduler:
             )
             poller.health.counted(endpoint)
             return Outcome(ok=False)
-        finally:
-            _POLL.reset(token)
 
     async def _through(self, circuit: Circuit, endpoint: str) -> bool:
         """Wait while the account's circuit is open until this endpoint may probe or poll.

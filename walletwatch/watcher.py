@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import structlog
 
+from walletwatch.arbiter import Ticket
 from walletwatch.asyncstore import AsyncStore
 from walletwatch.budget import TokenBucket
 from walletwatch.config import AccountConfig, ProviderSettings
 from walletwatch.errors import Internal, ProviderError, RateLimited, Unavailable
 from walletwatch.events import Event
 from walletwatch.health import AccountHealth, fail
+from walletwatch.http import Http
 from walletwatch.model import Direction, Gauge, Observation, Transfer
 from walletwatch.scheduler import Outcome
 from walletwatch.store import StoreError
@@ -47,6 +50,7 @@ class AccountWatcher:
         clock: Clock,
         on_events: Callable[[], None] = lambda: None,
         buckets: Sequence[TokenBucket] = (),
+        http: Http | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -65,6 +69,7 @@ class AccountWatcher:
         self.poll_budget = settings.poll_budget  # a poll that takes longer fails as timeout
         self.down_after = config.down_after
         self.buckets = tuple(buckets)  # the scheduler starts a poll when these have a slot
+        self._http = http  # the client's: its requests learn which poll they work for
         self._directions: dict[str, frozenset[Direction]] = {}  # what each endpoint covers
         self._commit_failed = False  # the last commit failed: log the next failure as debug
         self._set_aside: dict[str, frozenset[tuple[str | None, str]]] = {}  # malformed last poll
@@ -99,10 +104,13 @@ class AccountWatcher:
             return self.config.fast_interval
         return self.interval
 
-    async def poll(self, endpoint: str) -> Outcome:
-        """Poll one endpoint and record what came of it; anything raised is a failed poll."""
+    async def poll(self, endpoint: str, ticket: Ticket | None = None) -> Outcome:
+        """Poll one endpoint and record what came of it; anything raised is a failed poll.
+
+        ``ticket`` is the scheduler's for this poll: the client's requests take its deadline.
+        """
         try:
-            return await self._poll(endpoint)
+            return await self._poll(endpoint, ticket)
         except Exception as err:  # noqa: BLE001 - a bug costs one poll; crashed() logs it
             return await self.crashed(endpoint, err)
 
@@ -126,12 +134,16 @@ class AccountWatcher:
             endpoint, Internal(f"{endpoint}: unexpected {type(error).__name__}")
         )
 
-    async def _poll(self, endpoint: str) -> Outcome:
+    async def _poll(self, endpoint: str, ticket: Ticket | None) -> Outcome:
         key = (self.provider, self.name, endpoint)
         self._telemetry.polls[key] += 1
+        polling: AbstractContextManager[None] = (
+            self._http.polling(endpoint, ticket) if self._http is not None else nullcontext()
+        )
         try:
             async with asyncio.timeout(self.poll_budget):
-                obs = await self.client.poll(endpoint, self.state)
+                with polling:
+                    obs = await self.client.poll(endpoint, self.state)
         except ProviderError as err:
             return await self._failed(endpoint, err)
         except TimeoutError:  # the whole poll's budget, not one request's timeout
