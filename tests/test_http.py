@@ -144,11 +144,11 @@ class TestPollTicket:
 
         ticket = Ticket(due=0.0, deadline=5.0, buckets=(bucket,))
         await admit(ticket)  # as the scheduler starts a poll: it claims the bucket
-        assert ticket.claimed == (bucket,)
+        assert bucket in ticket.claimed
         with http.polling(ENDPOINT, ticket):
             await get(ENDPOINT)
             assert ticket.started is not None
-            assert ticket.claimed == ()
+            assert not ticket.claimed
             ticket.started = None
             await get("another")
             assert ticket.started is None
