@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from walletwatch import __version__
@@ -27,10 +26,10 @@ from walletwatch.budget import TokenBucket, paced
 from walletwatch.clockwatch import ClockWatch
 from walletwatch.config import AccountConfig, Config
 from walletwatch.context import Nonces, ProviderContext, Shared
-from walletwatch.errors import ConfigError
+from walletwatch.errors import ConfigError, StartupError
 from walletwatch.events import Event
+from walletwatch.hostcheck import path_problems
 from walletwatch.http import Http
-from walletwatch.listener import HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, Listener, raise_open_files
 from walletwatch.metrics import WalletwatchCollector
 from walletwatch.providers import REGISTRY
 from walletwatch.reload import RESTART_KEYS, changes, restart_needed, slices, yield_loop
@@ -46,24 +45,16 @@ from walletwatch.sinks import (
 )
 from walletwatch.store import MEMORY, StateFileLost, Store
 from walletwatch.telemetry import Telemetry
-from walletwatch.throttle import Throttle, exception_handler, throttled_logger
 from walletwatch.tracker import AccountState
 from walletwatch.types import Clock, ProviderFactory, Sink
 from walletwatch.watcher import AccountWatcher
-from walletwatch.web import HOLD, create_app
-from walletwatch.webauth import BasicAuth, server_context
+from walletwatch.web import HOLD
+from walletwatch.webserver import WebServer
 
 log = structlog.get_logger("walletwatch.app")
 
-LOG_INTERVAL = 60.0
-"""Seconds between two lines of the same repeating error (each line counts the others)."""
 SHUTDOWN_GRACE = 10.0
 """Seconds in-flight polls get to finish on SIGTERM before they are cancelled."""
-
-WEB_GRACE = 3.0
-"""Seconds requests being answered get on SIGTERM (aiohttp's default is 60 s). With the polls'
-SHUTDOWN_GRACE and the sinks' DELIVERY_GRACE, a stop takes at most 18 s and some cleanup,
-inside the unit's TimeoutStopSec=30s."""
 
 
 def check_supported(config: Config, providers: Mapping[str, ProviderFactory]) -> None:
@@ -119,14 +110,12 @@ class Daemon:
         self._session: aiohttp.ClientSession | None = None
         self._dispatcher: Dispatcher | None = None
         self._file_task: asyncio.Task[None] | None = None
-        self._runner: web.AppRunner | None = None
-        self._listener: Listener | None = None
+        self._web = WebServer(config, clock, self.telemetry.web)
         self._nonces: Nonces | None = None
         self._polling = False
         self._renders_frozen = False  # True once a render after the last freeze was frozen too
         self._reloading = asyncio.Lock()
         self._clock_watch = ClockWatch(clock, self.telemetry)
-        self.port: int | None = None
         self._started = False  # start() completed: close() then announces the stop
 
     def __repr__(self) -> str:
@@ -146,6 +135,13 @@ class Daemon:
         self._started = True
 
     async def _start(self, *, serve: bool) -> None:
+        # Refusals first, before anything is created: a state file made by a start that then
+        # fails on its address would be a silent new baseline at the next one.
+        problems = path_problems(self._state_path, self.config.events_file)
+        if problems:
+            raise StartupError("; ".join(problems))
+        if serve:
+            await self._web.bind()
         store = AsyncStore(Store(self._state_path))
         self._store = store
         states = await store.call(store.store.load)
@@ -178,7 +174,7 @@ class Daemon:
             )
         self._dispatcher.start()
         if serve:
-            await self._serve()
+            await self._web.serve(self.collector, self.watchers.values, self._rendered)
         log.info(
             "walletwatch.started",
             version=__version__,
@@ -276,53 +272,6 @@ class Daemon:
         if self._dispatcher is not None:
             self._dispatcher.wake()
 
-    async def _serve(self) -> None:
-        """Serve the web app on ``listen``, its connections capped and cut off when idle.
-
-        The open files limit is raised first, and the web server gets what it leaves beside a
-        reserve for polling (listener.py). Repeating event loop errors are logged once a minute.
-        """
-        protect = self.config.web
-        auth = BasicAuth(protect.basic_auth_users) if protect and protect.basic_auth_users else None
-        tls = server_context(protect) if protect else None
-        throttle = Throttle(self.clock.monotonic, LOG_INTERVAL)
-        asyncio.get_running_loop().set_exception_handler(exception_handler(throttle))
-        files = raise_open_files()
-        self.telemetry.web.limit = files.connections
-        self._listener = listener = Listener(self.telemetry.web, tls=tls, throttle=throttle)
-        app = create_app(
-            self.collector,
-            self.watchers.values,
-            auth,
-            on_render=self._rendered,
-            first=[listener.middleware],
-        )
-        self._runner = runner = web.AppRunner(
-            app,
-            access_log=None,
-            handle_signals=False,
-            keepalive_timeout=KEEPALIVE_TIMEOUT,
-            shutdown_timeout=WEB_GRACE,
-            # aiohttp logs each malformed request with its traceback: a flood of them would
-            # flood the log.
-            logger=throttled_logger("walletwatch.web.server", throttle, "web.request_error"),
-        )
-        await runner.setup()
-        server = runner.server
-        if server is None:
-            raise RuntimeError("aiohttp runner set up without a server")
-        listen = self.config.listen
-        await listener.start(listen.host, listen.port, server)
-        self.port = listener.port
-        log.info(
-            "web.listening",
-            open_files=files.limit,
-            open_files_at_start=files.found,
-            connections=files.connections,
-            header_timeout=HEADER_TIMEOUT,
-            keepalive_timeout=KEEPALIVE_TIMEOUT,
-        )
-
     @property
     def store(self) -> AsyncStore:
         """The open state store (the one connection to the state file this process may have)."""
@@ -333,11 +282,12 @@ class Daemon:
     @property
     def url(self) -> str:
         """The base URL of the web server."""
-        host = self.config.listen.host
-        host = f"[{host}]" if ":" in host else host
-        web_config = self.config.web
-        scheme = "https" if web_config and web_config.cert_file else "http"
-        return f"{scheme}://{host}:{self.port}"
+        return self._web.url
+
+    @property
+    def port(self) -> int | None:
+        """The port the web server listens on (once started with ``serve``)."""
+        return self._web.port
 
     def run_scheduler(self) -> None:
         """Start polling every account on its schedule."""
@@ -481,10 +431,7 @@ class Daemon:
         if self._dispatcher is not None:
             # Bounded: SHUTDOWN_GRACE + DELIVERY_GRACE + WEB_GRACE, inside TimeoutStopSec=30s.
             await self._dispatcher.close(DELIVERY_GRACE)
-        if self._listener is not None:
-            self._listener.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._web.close()
         if self._session is not None:
             await self._session.close()
         if self._store is not None:

@@ -26,8 +26,9 @@ from walletwatch.app import Daemon
 from walletwatch.clock import SystemClock
 from walletwatch.config import Config, Listen, load_config, parse_config
 from walletwatch.console import event_line
-from walletwatch.errors import ConfigError, RateLimited, WalletwatchError
+from walletwatch.errors import ConfigError, RateLimited, StateDamaged, WalletwatchError
 from walletwatch.events import Event
+from walletwatch.hostcheck import path_problems
 from walletwatch.loader import load_config_apart
 from walletwatch.model import plain
 from walletwatch.notify import notify, watchdog, watchdog_period
@@ -35,7 +36,7 @@ from walletwatch.shard import Shard, parse_shard
 from walletwatch.sim import Simulator, start
 from walletwatch.sim.faults import parse_faults
 from walletwatch.sinks import stdout_json
-from walletwatch.store import StateLock, StateLocked, StoreError, set_aside
+from walletwatch.store import StateLock, StateLocked, set_aside
 from walletwatch.watcher import AccountWatcher
 
 log = structlog.get_logger("walletwatch.cli")
@@ -148,8 +149,11 @@ def _listen(text: str) -> Listen:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Validate the config; problems raise ConfigError (exit 2)."""
+    """Validate the config, and that this host can write its files; problems exit 2."""
     config = load_config(args.config, shard=args.shard)
+    problems = path_problems(config.state_path, config.events_file)
+    if problems:
+        raise ConfigError(problems)
     print(f"{args.config}: OK, {len(config.accounts)} account(s)")
     return EXIT_OK
 
@@ -167,13 +171,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return asyncio.run(_serve(config, sys.stdout, path=args.config, lines=_event_lines(config)))
     except StateLocked as err:
         return _locked(err)
-    except StoreError as err:
+    except StateDamaged as err:
         log.error("store.unusable", error=str(err))  # noqa: TRY400 - the message says it all
         print(
             f"walletwatch: {err}\n"
-            "walletwatch: the state file is left as it is. If it is damaged, restore it from "
-            "a backup, or run 'walletwatch run --reset-state' to move it aside and start "
-            "afresh (a new baseline: facts from the downtime are not announced).",
+            "walletwatch: the state file is left as it is. Restore it from a backup, or run "
+            "'walletwatch run --reset-state' to move it aside and start afresh (a new "
+            "baseline: facts from the downtime are not announced).",
             file=sys.stderr,
         )
         return EXIT_FAILED

@@ -4,8 +4,10 @@
 
     WalletwatchError
     ├── ConfigError                 the configuration is unusable; carries every problem
+    ├── StartupError                this host cannot run it as configured (address, paths)
     ├── StoreError                  the state database cannot be read or written
     │   ├── StateLocked             another running walletwatch holds the state file
+    │   ├── StateDamaged            the state file is damaged, foreign or too new
     │   └── StateFileLost           the state file was removed or replaced under the daemon
     └── ProviderError               a poll failed; ``reason`` is the poll_errors_total label
         ├── Unavailable             timeout, connection, http_5xx: try again later
@@ -47,8 +49,19 @@ class ConfigError(WalletwatchError):
         super().__init__("\n".join(self.problems))
 
 
+class StartupError(WalletwatchError):
+    """This host cannot run the config: an address in use, a directory that is missing.
+
+    The message is one line naming the address or path and what to do about it.
+    """
+
+
 class StoreError(WalletwatchError):
     """The state database cannot be read or written."""
+
+
+class StateDamaged(StoreError):
+    """The state file is damaged, not walletwatch's, or from a newer walletwatch."""
 
 
 class StateLocked(StoreError):

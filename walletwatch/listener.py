@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import structlog
 from aiohttp import web
 
+from walletwatch.errors import StartupError
 from walletwatch.telemetry import WebConnections
 from walletwatch.throttle import Throttle
 
@@ -166,15 +167,29 @@ class Listener:
         return int(self._socks[0].getsockname()[1])
 
     async def start(self, host: str, port: int, factory: Callable[[], asyncio.Protocol]) -> None:
-        """Serve ``factory``'s protocol (aiohttp's server) on every address of ``host``.
+        """Bind ``host``:``port`` and serve ``factory``'s protocol (aiohttp's server) on it."""
+        await self.bind(host, port)
+        self.serve(factory)
 
-        Every address is bound as asyncio's create_server binds them.
-        """
-        self._factory = factory
+    async def bind(self, host: str, port: int) -> None:
+        """Take every address of ``host`` as asyncio's create_server would, accepting nothing
+        yet; StartupError (one line: the address, what is wrong, what to do) if this host
+        cannot give it."""
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(
-            host, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
+        where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+        try:
+            infos = await loop.getaddrinfo(
+                host,
+                port,
+                family=socket.AF_UNSPEC,
+                type=socket.SOCK_STREAM,
+                flags=socket.AI_PASSIVE,
+            )
+        except socket.gaierror as err:
+            raise StartupError(
+                f"cannot listen on {where}: {err.strerror or err}; set listen to an address "
+                "of this host (127.0.0.1:PORT serves this host only)"
+            ) from None
         try:
             for family, kind, proto, _, address in dict.fromkeys(infos):
                 sock = socket.socket(family, kind, proto)
@@ -185,16 +200,17 @@ class Listener:
                 try:
                     sock.bind(address)
                 except OSError as err:
-                    raise OSError(
-                        err.errno,
-                        f"error while attempting to bind on address {address!r}: "
-                        f"{(err.strerror or '').lower()}",
-                    ) from None
+                    raise StartupError(f"cannot listen on {where}: {_bind_advice(err)}") from None
                 sock.listen(BACKLOG)
                 sock.setblocking(False)
         except BaseException:
             self.close()
             raise
+
+    def serve(self, factory: Callable[[], asyncio.Protocol]) -> None:
+        """Start accepting connections on the bound sockets for ``factory``'s protocol."""
+        self._factory = factory
+        loop = asyncio.get_running_loop()
         for sock in self._socks:
             loop.add_reader(sock.fileno(), self._accept, sock)
 
@@ -349,3 +365,20 @@ class Listener:
                 limit=self.stats.limit,
                 **fields,
             )
+
+
+def _bind_advice(err: OSError) -> str:
+    """What a failed bind means and what to do about it, in words."""
+    if err.errno == errno.EADDRINUSE:
+        return (
+            "the address is in use by another program (another walletwatch? `ss -ltnp` "
+            "names it); stop it, or set listen to a free port"
+        )
+    if err.errno == errno.EADDRNOTAVAIL:
+        return (
+            "this host has no such address; set listen to one of its own addresses "
+            "(127.0.0.1 serves this host only)"
+        )
+    if err.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges); set listen to a higher port"
+    return f"{(err.strerror or str(err)).lower()}"

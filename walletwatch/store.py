@@ -33,7 +33,7 @@ from typing import Any
 
 import structlog
 
-from walletwatch.errors import StateFileLost, StateLocked, StoreError
+from walletwatch.errors import StateDamaged, StateFileLost, StateLocked, StoreError
 from walletwatch.events import Event
 from walletwatch.migrations import MIGRATIONS, SCHEMA_VERSION
 from walletwatch.model import Balance, Direction, Transfer
@@ -113,9 +113,12 @@ class Store(Outbox):
             self._check_integrity()
             with self._transaction():
                 old = self._migrate()
-        except (sqlite3.Error, ValueError, KeyError, TypeError) as err:
+        except sqlite3.OperationalError as err:  # locked, read-only, I/O: the file may be fine
             self._db.close()
             raise StoreError(f"{path}: cannot use the state file: {err}") from err
+        except (sqlite3.Error, ValueError, KeyError, TypeError) as err:
+            self._db.close()
+            raise StateDamaged(f"{path}: cannot use the state file: {err}") from err
         except StoreError:
             self._db.close()
             raise
@@ -147,7 +150,7 @@ class Store(Outbox):
         """Refuse a damaged file before anything is read from it or written to it."""
         problems = [row[0] for row in self._db.execute("PRAGMA quick_check(5)")]
         if problems != ["ok"]:
-            raise StoreError(f"{self.path}: the state file is damaged: {'; '.join(problems)}")
+            raise StateDamaged(f"{self.path}: the state file is damaged: {'; '.join(problems)}")
 
     def _migrate(self) -> int:
         """Bring the schema to SCHEMA_VERSION and return the version the file had.
@@ -161,9 +164,9 @@ class Store(Outbox):
         else:
             version = 0 if not tables else None
         if version is None:
-            raise StoreError(f"{self.path}: not a walletwatch state file")
+            raise StateDamaged(f"{self.path}: not a walletwatch state file")
         if version > SCHEMA_VERSION:
-            raise StoreError(
+            raise StateDamaged(
                 f"{self.path}: state schema version {version} is newer than this "
                 f"walletwatch understands ({SCHEMA_VERSION})"
             )
@@ -201,7 +204,7 @@ class Store(Outbox):
         try:
             return self._load(names)
         except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as err:
-            raise StoreError(f"{self.path}: the state file is unreadable: {err!r}") from err
+            raise StateDamaged(f"{self.path}: the state file is unreadable: {err!r}") from err
 
     def _load(self, names: Sequence[str] | None) -> dict[str, AccountState]:
         # A reload loads only the accounts it starts: reading all 10,000 would hold the GIL
