@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import ssl
 from decimal import Decimal
 from email.utils import formatdate
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.client_reqrep import ConnectionKey
 from hypothesis import given
 from hypothesis import strategies as st
 from yarl import URL
 
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, make_http
 from walletwatch.arbiter import Ticket, admit
 from walletwatch.budget import TokenBucket
 from walletwatch.errors import (
@@ -25,7 +28,7 @@ from walletwatch.errors import (
     Rejected,
     Unavailable,
 )
-from walletwatch.http import Http, parse_json, parse_retry_after
+from walletwatch.http import Http, _in_words, parse_json, parse_retry_after
 from walletwatch.telemetry import Telemetry
 
 URL_ = "https://api.example.test/wallet/thing"
@@ -213,6 +216,78 @@ class TestStatusMapping:
         assert type(err) is Rejected
         assert followed == []
         assert list(responses.requests) == [("POST", URL(URL_))]
+
+
+class TestMessages:
+    """Every poll error says the method, the URL without its query, what happened and what to
+    check; never a credential."""
+
+    @pytest.mark.parametrize(
+        ("status", "says"),
+        [
+            (401, "HTTP 401: check the account's credentials and that the key may read"),
+            (404, "HTTP 404: check base_url"),
+            (503, "HTTP 503: the provider failed; polled again later"),
+            (301, "HTTP 301: a redirect, not followed: check base_url"),
+            (429, "HTTP 429: rate limited, retry after 7 s"),
+        ],
+    )
+    async def test_a_status_in_words(
+        self, http: Http, responses: Any, status: int, says: str
+    ) -> None:
+        """The status, the URL it came from (no query), and what to check."""
+        url = URL_ + "?api_key=" + API_KEY
+        responses.post(url, status=status, headers={"Retry-After": "7"})
+        with pytest.raises(ProviderError) as caught:
+            await http.request("POST", url, endpoint=ENDPOINT, headers=HEADERS)
+        assert str(caught.value) == f"POST {URL_}: {says}"
+        assert_secret_free(caught.value)
+
+    async def test_the_credentials_are_named(
+        self, session: aiohttp.ClientSession, clock: FakeClock, responses: Any
+    ) -> None:
+        """An Http told the account's credential names (never values) names them on a 401."""
+        http = Http(
+            session,
+            provider=PROVIDER,
+            buckets=[TokenBucket(1000.0, clock)],
+            telemetry=Telemetry(),
+            clock=clock,
+            timeout=aiohttp.ClientTimeout(total=30),
+            max_backoff=MAX_BACKOFF,
+            credential_names=("api_key", "secret_key"),
+        )
+        responses.get(URL_, status=401)
+        with pytest.raises(AuthFailed, match=r"check the account's api_key, secret_key and"):
+            await http.request("GET", URL_, endpoint=ENDPOINT)
+
+    async def test_a_refused_connection_names_the_host_and_port(
+        self, session: aiohttp.ClientSession, clock: FakeClock
+    ) -> None:
+        """A real refused connection on loopback: 'connection refused by host:port'."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        http = make_http(session, PROVIDER, clock)
+        url = f"http://127.0.0.1:{port}/wallet/balances?sign=x"
+        with pytest.raises(Unavailable) as caught:
+            await http.request("GET", url, endpoint=ENDPOINT)
+        assert str(caught.value) == (
+            f"GET http://127.0.0.1:{port}/wallet/balances: connection refused by 127.0.0.1:{port}"
+        )
+        assert caught.value.reason == "connection"
+
+    def test_certificate_and_name_failures_in_words(self) -> None:
+        """A certificate the host does not trust, and a name it cannot resolve."""
+        key = ConnectionKey("api.example.test", 443, True, True, None, None, None)
+        cause = ssl.SSLCertVerificationError(1, "certificate verify failed")
+        cause.verify_message = "self-signed certificate"  # as the ssl module sets it
+        untrusted = aiohttp.ClientConnectorCertificateError(key, cause)
+        assert _in_words(untrusted) == "certificate not trusted: self-signed certificate"
+        unresolved = aiohttp.ClientConnectorDNSError(key, OSError(-2, "Name not known"))
+        assert _in_words(unresolved) == (
+            "cannot resolve api.example.test: check base_url and the host's DNS"
+        )
 
 
 class TestRateLimited:

@@ -236,6 +236,7 @@ class Daemon:
                 sock_read=settings.read_timeout,
             ),
             max_backoff=settings.max_backoff,
+            credential_names=tuple(account.credentials),
         )
         context = ProviderContext(settings, http, self.clock, nonces, self._shared)
         client = self._providers[account.provider](account, context)

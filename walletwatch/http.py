@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -105,6 +106,7 @@ class Http:
         timeout: aiohttp.ClientTimeout,
         max_backoff: float,
         max_bytes: int = MAX_BODY_BYTES,
+        credential_names: Sequence[str] = (),
     ) -> None:
         self._session = session
         self._provider = provider
@@ -114,6 +116,7 @@ class Http:
         self._timeout = timeout
         self._max_backoff = max_backoff
         self._max_bytes = max_bytes
+        self._credential_names = tuple(credential_names)  # names only: for the 401 advice
         self._polls: dict[str, Ticket] = {}  # endpoint -> the poll of it under way
 
     @contextmanager
@@ -169,9 +172,13 @@ class Http:
         except ProviderError:
             raise
         except TimeoutError as err:
-            raise Unavailable(f"{method} {endpoint}: timed out", reason="timeout") from err
+            limit = self._timeout.total
+            within = f" within {limit:g} s" if limit else ""
+            raise Unavailable(
+                f"{_where(method, url)}: no answer{within}", reason="timeout"
+            ) from err
         except aiohttp.ClientError as err:
-            raise Unavailable(f"{method} {endpoint}: {type(err).__name__}") from err
+            raise Unavailable(f"{_where(method, url)}: {_in_words(err)}") from err
         finally:
             self._telemetry.request(
                 self._provider, endpoint, code, self._clock.monotonic() - started
@@ -179,7 +186,7 @@ class Http:
         if response.status != 429:
             relieved(self._buckets)
         if response.status not in accept:
-            self._classify(response, endpoint)
+            self._classify(response, _where(method, url))
         return response
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
@@ -191,22 +198,60 @@ class Http:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _classify(self, response: Response, endpoint: str) -> None:
+    def _classify(self, response: Response, where: str) -> None:
+        """Raise the error a non-2xx status means, saying what to check."""
         status = response.status
         if 200 <= status < 300:
             return
-        what = f"{endpoint}: HTTP {status}"
+        what = f"{where}: HTTP {status}"
         if status == 429:
             retry_after = parse_retry_after(
                 response.headers.get("Retry-After"), self._clock.time(), self._max_backoff
             )
             # Pauses (and after repeats slows) the whole bucket; the scheduler retries the poll.
             rate_limited(self._buckets, retry_after)
-            raise RateLimited(what, retry_after=retry_after)
+            after = f", retry after {retry_after:g} s" if retry_after is not None else ""
+            raise RateLimited(f"{what}: rate limited{after}", retry_after=retry_after)
         if status in (401, 403):
-            raise AuthFailed(what)
+            names = ", ".join(self._credential_names) or "credentials"
+            raise AuthFailed(f"{what}: check the account's {names} and that the key may read")
         if status >= 500:
-            raise Unavailable(what, reason="http_5xx")
+            raise Unavailable(f"{what}: the provider failed; polled again later", reason="http_5xx")
         if 300 <= status < 400:
-            raise Rejected(f"{what} redirect not followed")
+            raise Rejected(f"{what}: a redirect, not followed: check base_url")
+        if status == 404:
+            raise Rejected(f"{what}: check base_url")
         raise Rejected(what)
+
+
+def _where(method: str, url: str) -> str:
+    """``METHOD scheme://host:port/path``: the query (which may sign or identify) left out."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    port = f":{parts.port}" if parts.port is not None else ""
+    return f"{method} {parts.scheme}://{host}{port}{parts.path}"
+
+
+def _in_words(err: aiohttp.ClientError) -> str:
+    """What a failed exchange means, in words a person acts on."""
+    if isinstance(err, aiohttp.ClientConnectorCertificateError):
+        cause = err.certificate_error
+        return f"certificate not trusted: {getattr(cause, 'verify_message', None) or cause}"
+    if isinstance(err, aiohttp.ClientConnectorDNSError):
+        return f"cannot resolve {err.host}: check base_url and the host's DNS"
+    if isinstance(err, aiohttp.ClientConnectorSSLError):
+        return f"TLS handshake with {err.host}:{err.port} failed: {err.os_error}"
+    if isinstance(err, aiohttp.ClientConnectorError):
+        where = f"{err.host}:{err.port}"
+        if isinstance(err.os_error, ConnectionRefusedError):
+            return f"connection refused by {where}"
+        reason = err.os_error.strerror or type(err.os_error).__name__
+        return f"cannot connect to {where}: {reason.lower()}"
+    if isinstance(err, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection without answering"
+    if isinstance(err, aiohttp.ClientPayloadError):
+        return "the answer was cut off"
+    if isinstance(err, aiohttp.ClientOSError):
+        return f"connection failed: {(err.strerror or type(err).__name__).lower()}"
+    return type(err).__name__
