@@ -53,9 +53,9 @@ from typing import Any, TextIO
 
 from walletwatch import logs
 from walletwatch.app import Daemon
-from walletwatch.cli import demo_config
 from walletwatch.clock import SystemClock
 from walletwatch.config import Listen, Secret, WebhookConfig
+from walletwatch.demo import demo_config
 
 DEFAULT_FAULTS = (
     "error=0.14,garbage=0.11,reset=0.09,storm=0.003,storm_seconds=3,latency=0.05,seed=7"

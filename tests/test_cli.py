@@ -23,9 +23,10 @@ import yaml
 
 from tests.simthread import serve_in_thread
 from walletwatch import __version__
-from walletwatch.cli import _demo_yaml, _parser, main, simulator_banner
+from walletwatch.cli import _parser, main
 from walletwatch.config import Listen
 from walletwatch.console import COLOURS
+from walletwatch.demo import demo_yaml, simulator_banner
 from walletwatch.sim import Simulator
 
 KEY, SECRET = "cli-key", "cli-secret"
@@ -322,6 +323,17 @@ class TestSimulateBanner:
             assert f"base_url=http://127.0.0.1:10102{path} " in line
 
 
+class TestSimulatorIndex:
+    def test_says_what_simulate_prints(self) -> None:
+        """The simulator's / lists the same accounts, with base URLs on its own address."""
+        with serve_in_thread(Simulator()) as url:
+            with urllib.request.urlopen(url + "/", timeout=5) as resp:  # noqa: S310 - loopback
+                page = resp.read().decode()
+        assert page.startswith(f"walletwatch simulator at {url}\n")
+        assert page.splitlines()[1:] == simulator_banner(url).splitlines()[1:]
+        assert f"base_url={url}/bitexbit/api/gateway " in page
+
+
 class TestOnceRetries:
     def test_waits_out_one_retry_after(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -356,7 +368,7 @@ class TestSimulatorExample:
     def test_holds_the_simulators_accounts(self) -> None:
         """Its accounts are the demo's, pointed at simulate's default address."""
         example = yaml.safe_load(self.EXAMPLE.read_text())
-        demo = _demo_yaml("http://127.0.0.1:10102", Listen("127.0.0.1", 10101))
+        demo = demo_yaml("http://127.0.0.1:10102", Listen("127.0.0.1", 10101))
         assert example["accounts"] == demo["accounts"]
         assert example["listen"] == "127.0.0.1:10101"
 

@@ -14,18 +14,17 @@ import tempfile
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
-import yaml
 
 from walletwatch import __version__, logs
 from walletwatch.app import Daemon
 from walletwatch.clock import SystemClock
-from walletwatch.config import Config, Listen, load_config, parse_config
+from walletwatch.config import Config, Listen, load_config
 from walletwatch.console import event_line
+from walletwatch.demo import demo_config, simulator_banner
 from walletwatch.errors import ConfigError, RateLimited, StateDamaged, WalletwatchError
 from walletwatch.events import Event
 from walletwatch.hostcheck import path_problems
@@ -443,22 +442,6 @@ async def _simulate(args: argparse.Namespace) -> None:
         await runner.cleanup()
 
 
-def simulator_banner(url: str) -> str:
-    """Where the simulator listens, and per account the base_url and credentials it takes."""
-    lines = [
-        f"simulator listening on {url}",
-        "accounts it knows (examples/simulator.yaml is a config of them all):",
-    ]
-    for account in _demo_yaml(url, Listen("127.0.0.1", 0))["accounts"]:
-        credentials = " ".join(f"{k}={v}" for k, v in account["credentials"].items())
-        auth = f" auth={account['auth']}" if "auth" in account else ""
-        lines.append(
-            f"  {account['provider']:<12} {account['name']:<16} base_url={account['base_url']}"
-            f"{auth} {credentials}"
-        )
-    return "\n".join(lines)
-
-
 def _host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -482,15 +465,3 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
         return await _serve(config, sys.stdout, before=banner, lines=_event_lines(config))
     finally:
         await runner.cleanup()
-
-
-def demo_config(sim_url: str, listen: Listen, workdir: Path) -> Config:
-    """The built-in demo config pointed at a simulator."""
-    return parse_config(_demo_yaml(sim_url, listen), base_dir=workdir, environ={})
-
-
-def _demo_yaml(sim_url: str, listen: Listen) -> Any:
-    """walletwatch/demo.yaml as loaded YAML, pointed at ``sim_url`` and listening on ``listen``."""
-    text = resources.files("walletwatch").joinpath("demo.yaml").read_text()
-    text = text.replace("SIM_URL", sim_url).replace("LISTEN", f"{_host(listen.host)}:{listen.port}")
-    return yaml.safe_load(text)

@@ -16,8 +16,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from walletwatch.cli import demo_config
 from walletwatch.config import Listen
+from walletwatch.demo import demo_config
 from walletwatch.sim import DEMO_KREDSWALLET_ACCOUNT, DEMO_SEED, Simulator, start
 from walletwatch.sim.kredswallet import read_nonce, sign, verify
 from walletwatch.sim.kredswallet_scenario import (

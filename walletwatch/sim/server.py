@@ -14,6 +14,7 @@ from aiohttp import web
 # The package's __init__ is the registry and re-exports this module: its SIMULATORS are read
 # when a Simulator is built, never at import time.
 from walletwatch import sim as registry
+from walletwatch.demo import simulator_accounts
 from walletwatch.sim.base import ProviderSim, Registration
 from walletwatch.sim.common import Clock, RequestLog, SimContext, json_response
 from walletwatch.sim.faults import Faults, fault_middleware
@@ -80,11 +81,17 @@ class Simulator:
         """An aiohttp app serving every provider under ``/<name>`` and the ``/_sim`` controls."""
         middlewares = [] if self.faults is None else [fault_middleware(self.faults, self.clock)]
         app = web.Application(middlewares=middlewares)
+        app.router.add_get("/", self._index)
         app.router.add_get("/_sim/requests", self._requests)
         app.router.add_post("/_sim/advance", self._advance)
         for provider in self.sims.values():
             mount(app, provider)
         return app
+
+    async def _index(self, request: web.Request) -> web.Response:
+        """What ``walletwatch simulate`` prints: the accounts and what a config needs for each."""
+        url = str(request.url.origin())
+        return web.Response(text=f"walletwatch simulator at {url}\n{simulator_accounts(url)}\n")
 
     async def _requests(self, _request: web.Request) -> web.Response:
         return json_response(
