@@ -327,8 +327,7 @@ class TestSimulatorIndex:
     def test_says_what_simulate_prints(self) -> None:
         """The simulator's / lists the same accounts, with base URLs on its own address."""
         with serve_in_thread(Simulator()) as url:
-            with urllib.request.urlopen(url + "/", timeout=5) as resp:  # noqa: S310 - loopback
-                page = resp.read().decode()
+            page = wait_for(url + "/")
         assert page.startswith(f"walletwatch simulator at {url}\n")
         assert page.splitlines()[1:] == simulator_banner(url).splitlines()[1:]
         assert f"base_url={url}/bitexbit/api/gateway " in page
