@@ -25,6 +25,11 @@ from walletwatch.config import (
 from walletwatch.errors import ConfigError
 from walletwatch.providers import SCHEMAS as PROVIDERS
 
+UNITS = (
+    ": a number and a unit (ms, s, m, h, d) with no spaces, or several from the largest unit "
+    "down, e.g. '30s', '1h30m'"
+)
+
 REPO = Path(__file__).resolve().parent.parent
 ENV = {"WW_KEY": "env-api-key-0001", "WW_SECRET": "env-secret-0002"}
 SECRETS = {"api_key": {"env": "WW_KEY"}, "secret_key": {"env": "WW_SECRET"}}
@@ -124,21 +129,22 @@ class TestDurations:
     @pytest.mark.parametrize(
         ("text", "message"),
         [
-            ("soon", "invalid duration 'soon'"),
+            ("soon", "invalid duration 'soon'" + UNITS),
             ("30", "invalid duration '30': add a unit, e.g. '30s'"),
             ("1.5", "invalid duration '1.5': add a unit, e.g. '1.5s'"),
-            ("", "invalid duration ''"),
-            ("-5s", "invalid duration '-5s'"),
-            ("5 s", "invalid duration '5 s'"),
-            ("1h30", "invalid duration '1h30'"),
-            ("5S", "invalid duration '5S'"),
-            ("s", "invalid duration 's'"),
-            ("5w", "invalid duration '5w'"),
-            (".5s", "invalid duration '.5s'"),
+            ("", "invalid duration ''" + UNITS),
+            ("-5s", "invalid duration '-5s'" + UNITS),
+            ("5 s", "invalid duration '5 s'" + UNITS),
+            ("1h30", "invalid duration '1h30'" + UNITS),
+            ("5S", "invalid duration '5S'" + UNITS),
+            ("s", "invalid duration 's'" + UNITS),
+            ("5w", "invalid duration '5w'" + UNITS),
+            (".5s", "invalid duration '.5s'" + UNITS),
         ],
     )
     def test_refuses_anything_else(self, text: str, message: str) -> None:
-        """Text that is not a sequence of number-unit pairs is a ValueError naming it."""
+        """Text that is not a sequence of number-unit pairs is a ValueError naming it and
+        the units ('1hr', '10 s' and '1h30' used to say only that they were invalid)."""
         with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
             parse_duration(text)
 
@@ -476,7 +482,7 @@ class TestProviders:
             ),
             (
                 {"sila": {"max_backoff": "never"}},
-                "providers.sila.max_backoff: invalid duration 'never'",
+                "providers.sila.max_backoff: invalid duration 'never'" + UNITS,
             ),
             (
                 {"sila": {"max_pages": 0}},
@@ -622,7 +628,7 @@ class TestAccounts:
                     )
                 ],
             ),
-            ({"interval": "soon"}, ["interval: invalid duration 'soon'"]),
+            ({"interval": "soon"}, ["interval: invalid duration 'soon'" + UNITS]),
             ({"interval": 30}, ["interval: invalid duration '30': add a unit, e.g. '30s'"]),
             ({"interval": "500ms"}, ["interval: must be at least 1s, got '500ms'"]),
             (
@@ -752,7 +758,7 @@ class TestAccounts:
             ),
             ({"intervl": "5s"}, "defaults.intervl: unknown key (did you mean 'interval'?)"),
             ({"auth": "oauth"}, "defaults.auth: expected one of 'ecdsa', 'token'; got 'oauth'"),
-            ({"interval": "soon"}, "defaults.interval: invalid duration 'soon'"),
+            ({"interval": "soon"}, "defaults.interval: invalid duration 'soon'" + UNITS),
         ],
     )
     def test_bad_defaults(self, tmp_path: Path, defaults: dict[str, object], problem: str) -> None:
@@ -1096,7 +1102,7 @@ class TestAllAtOnce:
             "log_format: expected one of 'json', 'console', null; got 'xml'",
             "providers.bitexbit.rate_limit: expected requests per second as a number > 0, got 0",
             "accounts[0].credentials.api_key: environment variable WW_MISSING is not set",
-            "defaults.interval: invalid duration 'soon'",
+            "defaults.interval: invalid duration 'soon'" + UNITS,
             "accounts[1].hash_key: expected one of 'raw', 'sha1'; got 'md5'",
             "accounts[1].credentials: missing credential 'private_key'",
             "accounts[1].name: duplicate account name 'hot'",

@@ -27,6 +27,7 @@ from walletwatch.configmodel import (
     WebConfig,
     WebhookConfig,
 )
+from walletwatch.errors import ConfigError
 from walletwatch.providers import SCHEMAS
 from walletwatch.schema import format_duration, parse_duration
 from walletwatch.shard import Shard
@@ -70,6 +71,17 @@ def validate_config(
 ) -> Config:
     """The Config of ``data``, read from the file at ``path``; ConfigError lists every problem."""
     public = {name for spec in SCHEMAS.values() for name in spec.public_credentials}
-    refuse_exposed_secrets(path, data, public)
+    try:
+        refuse_exposed_secrets(path, data, public)
+    except ConfigError as exposed:  # reported with every other problem of the file
+        refused: tuple[str, ...] = exposed.problems
+    else:
+        refused = ()
     environ = os.environ if environ is None else environ
-    return parse_config(data, base_dir=path.absolute().parent, environ=environ, shard=shard)
+    try:
+        config = parse_config(data, base_dir=path.absolute().parent, environ=environ, shard=shard)
+    except ConfigError as err:
+        raise ConfigError([*refused, *err.problems]) from None
+    if refused:
+        raise ConfigError(refused)
+    return config

@@ -76,7 +76,10 @@ def parse_duration(text: str) -> float:
         total_ms += Decimal(match[1]) * _UNIT_MS[match[2]]
         end = match.end()
     if end == 0 or end != len(text):
-        raise ValueError(f"invalid duration {text!r}")
+        raise ValueError(
+            f"invalid duration {text!r}: a number and a unit (ms, s, m, h, d) with no spaces, "
+            "or several from the largest unit down, e.g. '30s', '1h30m'"
+        )
     return float(total_ms / 1000)  # exact decimal arithmetic, rounded once
 
 

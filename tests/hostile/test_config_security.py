@@ -103,6 +103,18 @@ class TestWorldReadable:
             "{credential: NAME}"
         )
 
+    def test_reported_with_every_other_problem(self, tmp_path: Path) -> None:
+        """A world-readable file with literal secrets and other faults: every problem at once
+        (the refusal used to hide the rest)."""
+        path = write(
+            tmp_path, {"api_key": "literal-key", "secret_key": "literal-secret"}, 0o644, listen=5
+        )
+        with pytest.raises(ConfigError) as raised:
+            load_config(path, environ=ENV)
+        problems = raised.value.problems
+        assert problems[0].startswith(f"{path}: readable by every user")
+        assert any(p.startswith("listen:") for p in problems[1:]), problems
+
     def test_the_simulators_published_keys_are_not_secrets(self, tmp_path: Path) -> None:
         """The simulator's demo keys (walletwatch simulate prints them) may be literal in a
         world-readable file; a real secret beside them is still refused."""
