@@ -392,3 +392,35 @@ class TestSimulatorExample:
         rows = json.loads(capsys.readouterr().out)
         assert len(rows) == 7
         assert all(row["up"] for row in rows), [r["errors"] for r in rows if not r["up"]]
+
+
+class TestCheckOffline:
+    REPO = Path(__file__).parent.parent
+
+    def test_the_shipped_example_passes_offline(
+        self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """config.yaml on a fresh clone: its unset variables and credentials fail a full check,
+        and check --offline validates its structure without them."""
+        for name in list(os.environ):
+            if name.endswith(("_KEY", "_SECRET")) or name == "CREDENTIALS_DIRECTORY":
+                monkeypatch.delenv(name)
+        example = str(self.REPO / "config.yaml")
+        assert main(["check", "-c", example]) == 2
+        assert "CREDENTIALS_DIRECTORY is not set" in capsys.readouterr().err
+        assert main(["check", "-c", example, "--offline"]) == 0
+        assert "OK, 5 account(s)" in capsys.readouterr().out
+
+    def test_offline_still_checks_the_form_of_references(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A malformed reference is a problem offline too; a well-formed one is not read."""
+        path = write_config(tmp_path, "http://127.0.0.1:9")
+        body = yaml.safe_load(path.read_text())
+        body["accounts"][0]["credentials"] = {"api_key": {"env": ""}, "secret_key": {"file": "x"}}
+        path.write_text(yaml.safe_dump(body))
+        path.chmod(0o600)
+        assert main(["check", "-c", str(path), "--offline"]) == 2
+        err = capsys.readouterr().err
+        assert "accounts[0].credentials.api_key: env: expected a non-empty name" in err
+        assert "secret_key" not in err  # {file: x} is well formed; offline, it is not read

@@ -53,13 +53,18 @@ __all__ = [
 
 
 def load_config(
-    path: Path, *, environ: Mapping[str, str] | None = None, shard: Shard | None = None
+    path: Path,
+    *,
+    environ: Mapping[str, str] | None = None,
+    shard: Shard | None = None,
+    offline: bool = False,
 ) -> Config:
     """Read and validate the YAML config at ``path``; ConfigError lists every problem.
 
-    ``shard`` (``--shard``) overrides the file's ``shard:``.
+    ``shard`` (``--shard``) overrides the file's ``shard:``; ``offline`` reads no secret
+    (``check --offline``: the result is for checking only).
     """
-    return validate_config(path, read_yaml(path), environ=environ, shard=shard)
+    return validate_config(path, read_yaml(path), environ=environ, shard=shard, offline=offline)
 
 
 def validate_config(
@@ -68,6 +73,7 @@ def validate_config(
     *,
     environ: Mapping[str, str] | None = None,
     shard: Shard | None = None,
+    offline: bool = False,
 ) -> Config:
     """The Config of ``data``, read from the file at ``path``; ConfigError lists every problem."""
     public = {name for spec in SCHEMAS.values() for name in spec.public_credentials}
@@ -79,7 +85,9 @@ def validate_config(
         refused = ()
     environ = os.environ if environ is None else environ
     try:
-        config = parse_config(data, base_dir=path.absolute().parent, environ=environ, shard=shard)
+        config = parse_config(
+            data, base_dir=path.absolute().parent, environ=environ, shard=shard, offline=offline
+        )
     except ConfigError as err:
         raise ConfigError([*refused, *err.problems]) from None
     if refused:

@@ -39,16 +39,22 @@ T = TypeVar("T")
 
 
 def parse_config(
-    data: object, *, base_dir: Path, environ: Mapping[str, str], shard: Shard | None = None
+    data: object,
+    *,
+    base_dir: Path,
+    environ: Mapping[str, str],
+    shard: Shard | None = None,
+    offline: bool = False,
 ) -> Config:
     """Validate loaded YAML ``data``; relative paths resolve against ``base_dir``.
 
     With a shard (``shard``, else the ``shard:`` key), ``accounts`` holds only the accounts
-    of that shard, once every account has been validated.
+    of that shard, once every account has been validated. ``offline`` checks the form of
+    secret references without reading them (``check --offline``): no client may use the result.
     """
     if not isinstance(data, Mapping):
         raise ConfigError([f"top level: expected a mapping, got {describe(data)}"])
-    checker = _Checker(base_dir, environ)
+    checker = _Checker(base_dir, environ, offline)
     config = checker.config(data)
     if checker.problems:
         raise ConfigError(checker.problems)
@@ -96,14 +102,6 @@ def _unknown(key: object, allowed: Sequence[str]) -> str:
     return f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
 
 
-def _mapping(value: object) -> Mapping[Any, object]:
-    if value is None:
-        return {}
-    if isinstance(value, Mapping):
-        return value
-    raise Invalid(f"expected a mapping, got {describe(value)}")
-
-
 def _provider(value: object) -> str:
     if isinstance(value, str) and value in SCHEMAS:
         return value
@@ -129,9 +127,8 @@ def _sink_name(value: object) -> str:
 class _Checker:
     """Walks the loaded YAML, building config objects and collecting every problem."""
 
-    def __init__(self, base_dir: Path, environ: Mapping[str, str]) -> None:
-        self.base_dir = base_dir
-        self.environ = environ
+    def __init__(self, base_dir: Path, environ: Mapping[str, str], offline: bool) -> None:
+        self.base_dir, self.environ, self.offline = base_dir, environ, offline
         self.problems: list[str] = []
         self.option_owners = _option_owners()  # read once: the registry may grow (tests)
 
@@ -177,9 +174,9 @@ class _Checker:
         state_path = self.field(top, "state_path", self.path, self.base_dir / "walletwatch.db")
         events_file = self.field(top, "events_file", schema.nullable(self.path), None)
         log_format = self.field(top, "log_format", schema.choice("json", "console", None), None)
-        defaults = self.field(top, "defaults", _mapping, _EMPTY)
+        defaults = self.field(top, "defaults", schema.optional_mapping, _EMPTY)
         self.check_defaults(defaults)
-        providers = self.providers(self.field(top, "providers", _mapping, _EMPTY))
+        providers = self.providers(self.field(top, "providers", schema.optional_mapping, _EMPTY))
         accounts = self.accounts(data.get("accounts"), defaults)
         sinks = self.sinks(data.get("sinks"))
         shard = self.field(top, "shard", schema.nullable(parse_shard), None)
@@ -190,7 +187,7 @@ class _Checker:
 
     def web(self, value: object) -> WebConfig:
         """The ``web`` block: exporter-toolkit's tls_server_config and basic_auth_users."""
-        raw = _mapping(value)
+        raw = schema.optional_mapping(value)
         problems: list[tuple[str, str]] = [
             (f".{key}", _unknown(key, _WEB_KEYS)) for key in raw if key not in _WEB_KEYS
         ]
@@ -262,7 +259,7 @@ class _Checker:
         settings = {}
         for name, spec in SCHEMAS.items():
             prefix = f"providers.{name}"
-            value = self.field([("providers", raw)], name, _mapping, _EMPTY)
+            value = self.field([("providers", raw)], name, schema.optional_mapping, _EMPTY)
             self.unknown_keys(prefix, value, _PROVIDER_KEYS)
             here = [(prefix, value)]
             settings[name] = ProviderSettings(
@@ -496,4 +493,4 @@ class _Checker:
 
     def secret(self, value: object) -> str:
         """A credential's text from a literal, {env}, {file} or {credential}; never echoed."""
-        return resolve_secret(value, self.base_dir, self.environ)
+        return resolve_secret(value, self.base_dir, self.environ, offline=self.offline)

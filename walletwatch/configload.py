@@ -154,8 +154,13 @@ def _literal_secrets(data: Mapping[Any, object], public: Collection[str]) -> lis
     return found
 
 
-def resolve_secret(value: object, base_dir: Path, environ: Mapping[str, str]) -> str:
-    """A credential's text from a literal, {env}, {file} or {credential}; never echoed."""
+def resolve_secret(
+    value: object, base_dir: Path, environ: Mapping[str, str], *, offline: bool = False
+) -> str:
+    """A credential's text from a literal, {env}, {file} or {credential}; never echoed.
+
+    ``offline``: a well-formed reference is not read, and stands as UNREAD.
+    """
     if isinstance(value, str):
         if not value:
             raise Invalid("empty value")
@@ -167,6 +172,8 @@ def resolve_secret(value: object, base_dir: Path, environ: Mapping[str, str]) ->
         raise Invalid(f"unknown source {describe(kind)}: expected {SECRET_FORMS}")
     if not isinstance(arg, str) or not arg:
         raise Invalid(f"{kind}: expected a non-empty name, got {describe(arg)}")
+    if offline:
+        return UNREAD
     if kind == "env":
         if arg not in environ:
             raise Invalid(f"environment variable {arg} is not set")
@@ -184,6 +191,10 @@ def resolve_secret(value: object, base_dir: Path, environ: Mapping[str, str]) ->
     if "/" in arg or arg in (".", ".."):
         raise Invalid(f"invalid credential name {arg!r}")
     return _read_secret(Path(directory) / arg)
+
+
+UNREAD = "(not read: --offline)"
+"""What an offline check holds for a secret reference: never sent anywhere."""
 
 
 def _read_secret(path: Path) -> str:

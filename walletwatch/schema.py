@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -63,6 +63,15 @@ def _is_number(value: object) -> bool:
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
 _BARE_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _UNIT_MS = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
+
+
+def optional_mapping(value: object) -> Mapping[Any, object]:
+    """A mapping as given, or an empty one for a key left empty (``null``)."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return value
+    raise Invalid(f"expected a mapping, got {describe(value)}")
 
 
 def parse_duration(text: str) -> float:
