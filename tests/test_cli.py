@@ -23,8 +23,10 @@ import yaml
 
 from tests.simthread import serve_in_thread
 from walletwatch import __version__
+from walletwatch.app import Daemon
 from walletwatch.cli import _parser, main
-from walletwatch.config import Listen
+from walletwatch.clock import SystemClock
+from walletwatch.config import Listen, load_config
 from walletwatch.console import COLOURS
 from walletwatch.demo import demo_yaml, simulator_banner
 from walletwatch.sim import Simulator
@@ -424,3 +426,49 @@ class TestCheckOffline:
         err = capsys.readouterr().err
         assert "accounts[0].credentials.api_key: env: expected a non-empty name" in err
         assert "secret_key" not in err  # {file: x} is well formed; offline, it is not read
+
+
+class TestUnreportedCurrencies:
+    def test_a_typo_is_shown_logged_and_exported(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """low_balance in lower case still watches USDT; a code the provider never reports
+        (USTD) is named by once's table and JSON, after the first successful poll."""
+        sim = Simulator(rate_limit=100_000)
+        sim.westwallet.add_account(KEY, SECRET, {"USDT": Decimal("0.11"), "BTC": Decimal(1)})
+        with serve_in_thread(sim) as url:
+            path = write_config(
+                tmp_path,
+                url,
+                defaults={
+                    "low_balance": {"usdt": "1000", "ustd": "5"},
+                    "currencies": ["usdt", "ustd"],
+                },
+            )
+            assert main(["once", "-c", str(path), "--json"]) == 0
+            (row,) = json.loads(capsys.readouterr().out)
+            assert set(row["balances"]) == {"USDT"}
+            assert row["unreported"] == ["USTD"]
+            assert main(["once", "-c", str(path)]) == 0
+        assert "not reported: USTD (check the config's codes)" in capsys.readouterr().out
+
+    async def test_the_metric_follows_the_answers(self, tmp_path: Path) -> None:
+        """walletwatch_currency_unreported is 1 while an answer lacks the code, then gone."""
+        sim = Simulator(rate_limit=100_000)
+        sim.westwallet.add_account(KEY, SECRET, {"USDT": Decimal(5)})
+        with serve_in_thread(sim) as url:
+            path = write_config(tmp_path, url, defaults={"low_balance": {"BTC": "1"}})
+            config = load_config(path)
+            daemon = Daemon(config, clock=SystemClock())
+            await daemon.start(serve=False)
+            try:
+                watcher = daemon.watchers["hot"]
+                assert (await watcher.poll("balances")).ok
+                sample = {"provider": "westwallet", "account": "hot", "currency": "BTC"}
+                name = "walletwatch_currency_unreported"
+                assert daemon.registry.get_sample_value(name, sample) == 1.0
+                sim.westwallet.set_balance(KEY, "BTC", Decimal(2))
+                assert (await watcher.poll("balances")).ok
+                assert daemon.registry.get_sample_value(name, sample) is None
+            finally:
+                await daemon.close()

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from walletwatch import schema
 from walletwatch.config import (
     Config,
     Listen,
@@ -1224,3 +1225,19 @@ class TestBudgetKeys:
         """fast_interval is a duration of at least 1s and no longer than the interval."""
         data = {"defaults": defaults, "accounts": [account(**keys)]}
         assert problems(data, tmp_path) == [problem]
+
+
+
+class TestCurrencyCodes:
+    """Currency codes in the config are compared without case: normalized at load."""
+
+    def test_low_balance_and_currencies_are_upper_cased(self) -> None:
+        """``low_balance: {usdt: ...}`` and ``currencies: [usdt]`` watch USDT."""
+        assert schema.thresholds({"usdt": "1000"}) == {"USDT": Decimal(1000)}
+        assert schema.currencies(["usdt", "BTC"]) == frozenset({"USDT", "BTC"})
+
+    def test_the_same_currency_twice_is_a_problem(self) -> None:
+        """usdt and USDT in one low_balance are one currency given twice."""
+        with pytest.raises(schema.Invalid) as raised:
+            schema.thresholds({"USDT": "1", "usdt": "2"})
+        assert raised.value.problems == ((".usdt", "the same currency as USDT"),)

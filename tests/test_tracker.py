@@ -341,6 +341,14 @@ class TestBalances:
         _, events = run([balances(USDT="5")])
         assert names(events) == ["balance.low"]
 
+    def test_codes_compare_without_case(self) -> None:
+        """A provider's lower-case code meets the config's (normalized to upper case): its
+        threshold applies and the currencies filter keeps it."""
+        policy = FakePolicy(low_balance={"USDT": Decimal(1000)}, currencies=frozenset({"USDT"}))
+        state, events = run([balances(usdt="0.11", BTC="1")], policy=policy)
+        assert names(events) == ["balance.low"]
+        assert set(state.balances) == {"usdt"}
+
     def test_missing_currency_is_dropped(self) -> None:
         """A currency gone from a complete balances answer is no longer reported."""
         state, _ = run([balances(BTC="1", ETH="2"), balances(BTC="1")])

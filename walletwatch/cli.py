@@ -401,6 +401,7 @@ def _summary(w: AccountWatcher) -> dict[str, Any]:
         "in_flight": sum(1 for _ in w.state.in_flight()),
         "errors": {e: h.error for e, h in failed},
         "reasons": {e: h.reason for e, h in failed},
+        "unreported": sorted(w.unreported),
     }
 
 
@@ -412,6 +413,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
         detail = "; ".join(
             f"{e} ({reasons.get(e) or 'failed'}): {msg}" for e, msg in r["errors"].items()
         ) or ", ".join(f"{b['available']} {c}" for c, b in r["balances"].items())
+        if r.get("unreported"):
+            detail += f"; not reported: {', '.join(r['unreported'])} (check the config's codes)"
         lines.append(
             (r["provider"], r["account"], "yes" if r["up"] else "NO", str(r["in_flight"]), detail)
         )

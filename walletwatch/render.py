@@ -35,6 +35,7 @@ from walletwatch.families import (
     BUILD_INFO,
     CORRECTED,
     CORRECTIONS,
+    CURRENCY,
     DELIVERY_FAILURES,
     ENDPOINT,
     EVENTS,
@@ -64,6 +65,7 @@ from walletwatch.families import (
     STUCK,
     TELEMETRY_FAMILIES,
     THRESHOLD,
+    UNREPORTED,
     UP,
     WEB_ACCEPT_ERRORS,
     WEB_CLOSE_REASONS,
@@ -227,6 +229,10 @@ class Render:
         for (provider, account, endpoint), value in sorted(t.malformed.items()):
             labels = ENDPOINT.template % (esc[account], esc[endpoint], esc[provider])
             lines[MALFORMED].append(MALFORMED.line(labels, count(value)))
+        for (provider, account), codes in sorted(t.unreported.items()):
+            for code in sorted(codes):
+                labels = CURRENCY.template % (esc[account], esc[code], esc[provider])
+                lines[UNREPORTED].append(UNREPORTED.line(labels, "1.0"))
         version = BUILD_INFO.labels.template % esc[__version__]
         lines[BUILD_INFO].append(BUILD_INFO.line(version, "1.0"))
 

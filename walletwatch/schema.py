@@ -279,7 +279,7 @@ def currencies(value: object) -> frozenset[str] | None:
     ]
     if problems:
         raise Invalid(problems=problems)
-    return frozenset(value)
+    return frozenset(code.upper() for code in value)  # compared case-insensitively
 
 
 def thresholds(value: object) -> Mapping[str, Decimal]:
@@ -293,8 +293,11 @@ def thresholds(value: object) -> Mapping[str, Decimal]:
         if not isinstance(code, str) or not code:
             problems.append(("", _currency_problem(code)))
             continue
+        if code.upper() in parsed:
+            problems.append((f".{code}", f"the same currency as {code.upper()}"))
+            continue
         try:
-            parsed[code] = amount(number)
+            parsed[code.upper()] = amount(number)  # compared case-insensitively
         except Invalid as err:
             problems.extend((f".{code}{sub}", text) for sub, text in err.problems)
     if problems:

@@ -153,7 +153,7 @@ def to_look_up(state: AccountState, obs: Observation) -> tuple[TransferKey, ...]
 
 
 def _wanted(currency: str, policy: Policy) -> bool:
-    return policy.currencies is None or currency in policy.currencies
+    return policy.currencies is None or currency.upper() in policy.currencies
 
 
 def _balances(
@@ -184,7 +184,7 @@ def _balances(
                 pending=bal.pending,
             )
             tracked = replace(prev, balance=bal, changes=changes)
-        threshold = policy.low_balance.get(bal.currency)
+        threshold = policy.low_balance.get(bal.currency.upper())
         low = threshold is not None and bal.available < threshold
         if low and not tracked.low:
             crossings = tracked.low_crossings + 1

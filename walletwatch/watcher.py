@@ -22,7 +22,7 @@ from walletwatch.errors import Internal, ProviderError, RateLimited, Unavailable
 from walletwatch.events import Event
 from walletwatch.health import AccountHealth, fail
 from walletwatch.http import Http
-from walletwatch.model import Direction, Gauge, Observation, Transfer
+from walletwatch.model import Balance, Direction, Gauge, Observation, Transfer
 from walletwatch.scheduler import Outcome
 from walletwatch.store import StoreError
 from walletwatch.telemetry import Telemetry
@@ -73,6 +73,7 @@ class AccountWatcher:
         self._directions: dict[str, frozenset[Direction]] = {}  # what each endpoint covers
         self._commit_failed = False  # the last commit failed: log the next failure as debug
         self._set_aside: dict[str, frozenset[tuple[str | None, str]]] = {}  # malformed last poll
+        self.unreported: frozenset[str] = frozenset()  # configured, not in the last balances
 
     def __repr__(self) -> str:
         return f"AccountWatcher({self.provider}:{self.name})"
@@ -162,7 +163,36 @@ class AccountWatcher:
         # The same objects as last time where nothing changed (see health.EndpointHealth).
         self._directions[endpoint] = _DIRECTIONS.setdefault(obs.directions, obs.directions)
         self._keep_gauges(obs)
+        if obs.balances is not None:
+            self._unreported(obs.balances)
         return Outcome(ok=True)
+
+    def _unreported(self, balances: Sequence[Balance]) -> None:
+        """Warn of configured currencies (low_balance, currencies) the answer did not have.
+
+        A typo there (``usdt`` for a provider's ``USDT`` is fine: codes are compared without
+        case, but ``USTD`` is not) would silently watch nothing: it is logged when it first
+        shows, kept in ``unreported`` for the status output, and exported as a metric.
+        """
+        wanted = set(self.config.low_balance) | set(self.config.currencies or ())
+        missing = frozenset(wanted - {b.currency.upper() for b in balances})
+        if missing == self.unreported:
+            return
+        self.unreported = missing
+        key = (self.provider, self.name)
+        if missing:
+            self._telemetry.unreported[key] = missing
+            log.warning(
+                "config.currency_unreported",
+                provider=self.provider,
+                account=self.name,
+                currencies=sorted(missing),
+                reported=sorted(b.currency for b in balances),
+                note="low_balance or currencies names a currency this account's provider "
+                "does not report: check the code",
+            )
+        else:
+            self._telemetry.unreported.pop(key, None)
 
     async def _failed(self, endpoint: str, err: ProviderError) -> Outcome:
         key = (self.provider, self.name, endpoint)

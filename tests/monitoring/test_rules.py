@@ -37,6 +37,7 @@ NAMES = {
     "WalletwatchWebConnectionsExhausted": ("instance",),
     "WalletwatchClockJumped": ("instance",),
     "WalletwatchMalformedRecords": ("provider", "account", "endpoint"),
+    "WalletwatchCurrencyUnreported": ("provider", "account", "currency"),
 }
 # Thresholds come from the metrics, so one rule serves every account.
 THRESHOLD_METRICS = {
