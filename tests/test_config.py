@@ -1227,7 +1227,6 @@ class TestBudgetKeys:
         assert problems(data, tmp_path) == [problem]
 
 
-
 class TestCurrencyCodes:
     """Currency codes in the config are compared without case: normalized at load."""
 
