@@ -198,13 +198,23 @@ UNREAD = "(not read: --offline)"
 
 
 def _read_secret(path: Path) -> str:
-    """A secret file's text without its trailing newline."""
+    """A secret file's text without its trailing newline; refused if every user may read it.
+
+    The same rule as for a config holding literal secrets: a secret every user of the host can
+    read is no secret (``chmod 600`` it; systemd's credentials are 0400 already).
+    """
     try:
+        mode = path.stat().st_mode
         text = path.read_bytes().decode("utf-8")
     except OSError as err:
         raise Invalid(f"cannot read {path}: {err.strerror or type(err).__name__}") from None
     except UnicodeDecodeError:
         raise Invalid(f"{path} is not UTF-8 text") from None
+    if mode & stat.S_IROTH:
+        raise Invalid(
+            f"{path}: readable by every user (mode {stat.S_IMODE(mode):04o}): "
+            f"run 'chmod 600 {path}'"
+        )
     text = text.rstrip("\r\n")
     if not text:
         raise Invalid(f"{path} is empty")

@@ -103,6 +103,25 @@ class TestWorldReadable:
             "{credential: NAME}"
         )
 
+    def test_a_secret_file_every_user_may_read_is_refused(self, tmp_path: Path) -> None:
+        """The same rule for {file:}: a world-readable secret file is refused, by path and
+        mode, its text never shown; at 0600 it is read."""
+        secret = tmp_path / "secret.txt"
+        secret.write_text("file-secret-0009\n")
+        secret.chmod(0o644)
+        credentials = {"api_key": {"file": "secret.txt"}, "secret_key": {"env": "S"}}
+        path = write(tmp_path, credentials, 0o600)
+        with pytest.raises(ConfigError) as raised:
+            load_config(path, environ={"S": "x"})
+        expected = (
+            f"accounts[0].credentials.api_key: {secret}: readable by every user (mode 0644): "
+            f"run 'chmod 600 {secret}'"
+        )
+        assert raised.value.problems == (expected,)
+        assert "file-secret-0009" not in str(raised.value)
+        secret.chmod(0o600)
+        assert load_config(path, environ={"S": "x"}).accounts
+
     def test_reported_with_every_other_problem(self, tmp_path: Path) -> None:
         """A world-readable file with literal secrets and other faults: every problem at once
         (the refusal used to hide the rest)."""
