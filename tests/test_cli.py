@@ -472,3 +472,27 @@ class TestUnreportedCurrencies:
                 assert daemon.registry.get_sample_value(name, sample) is None
             finally:
                 await daemon.close()
+
+
+class TestErrorsInWords:
+    def test_a_refusal_in_a_200_answer_names_the_request(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """PotWallet refuses a wrong key in a 200 answer's body: once's error names the method
+        and URL it came from (no query), once, with what the provider said."""
+        with serve_in_thread(Simulator(scenario=True, rate_limit=100_000)) as url:
+            path = tmp_path / "config.yaml"
+            account = {
+                "name": "pot",
+                "provider": "potwallet",
+                "base_url": f"{url}/potwallet",
+                "credentials": {"public_key": "demo-pot-public", "private_key": "wrong"},
+            }
+            body = {"listen": "127.0.0.1:0", "state_path": "s.db", "accounts": [account]}
+            path.write_text(yaml.safe_dump(body))
+            assert main(["once", "-c", str(path), "--json"]) == 1
+        (row,) = json.loads(capsys.readouterr().out)
+        error = row["errors"]["balances"]
+        assert error.startswith(f"GET {url}/potwallet/balance: "), error
+        assert "balances: " not in error
+        assert row["reasons"]["balances"] == "auth"

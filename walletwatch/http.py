@@ -118,6 +118,8 @@ class Http:
         self._max_bytes = max_bytes
         self._credential_names = tuple(credential_names)  # names only: for the 401 advice
         self._polls: dict[str, Ticket] = {}  # endpoint -> the poll of it under way
+        # endpoint -> "METHOD URL" (no query) of its last request, for the poll's error text.
+        self.last_request: dict[str, str] = {}
 
     @contextmanager
     def polling(self, endpoint: str, ticket: Ticket | None) -> Iterator[None]:
@@ -155,6 +157,7 @@ class Http:
         # A slot in every bucket at once; first come, first served per credential, so signed
         # nonces reach the provider in the order they were taken.
         await acquire(self._buckets, self._polls.get(endpoint))
+        self.last_request[endpoint] = _where(method, url)
         started = self._clock.monotonic()
         code = "error"
         try:

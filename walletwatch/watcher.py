@@ -146,7 +146,7 @@ class AccountWatcher:
                 with polling:
                     obs = await self.client.poll(endpoint, self.state)
         except ProviderError as err:
-            return await self._failed(endpoint, err)
+            return await self._failed(endpoint, err, self._located(endpoint, str(err)))
         except TimeoutError:  # the whole poll's budget, not one request's timeout
             budget = Unavailable(
                 f"{endpoint}: poll took over {self.poll_budget:g}s", reason="timeout"
@@ -194,10 +194,24 @@ class AccountWatcher:
         else:
             self._telemetry.unreported.pop(key, None)
 
-    async def _failed(self, endpoint: str, err: ProviderError) -> Outcome:
+    def _located(self, endpoint: str, message: str) -> str:
+        """``message`` led by the request it came from, if it does not say so already.
+
+        Http's errors name the method and URL; a provider's own (an error in a 200 answer's
+        body) name the endpoint only, so the last request of the endpoint is put in front.
+        """
+        where = self._http.last_request.get(endpoint) if self._http is not None else None
+        if where is None or message.startswith(where):
+            return message
+        return f"{where}: {message.removeprefix(endpoint + ': ')}"
+
+    async def _failed(
+        self, endpoint: str, err: ProviderError, message: str | None = None
+    ) -> Outcome:
         key = (self.provider, self.name, endpoint)
         self._telemetry.poll_errors[(*key, err.reason)] += 1
-        started = self.health.failed(endpoint, err.reason, str(err))
+        message = str(err) if message is None else message
+        started = self.health.failed(endpoint, err.reason, message)
         # Warn when an endpoint starts failing; repeats of the same failure are debug noise.
         emit = log.warning if started else log.debug
         emit(
@@ -206,7 +220,7 @@ class AccountWatcher:
             account=self.name,
             endpoint=endpoint,
             reason=err.reason,
-            error=str(err),
+            error=message,
         )
         now = self._clock.time()
         # Committing a failure count says nothing of whether the poll's facts can be.
