@@ -189,7 +189,12 @@ class TestConfig:
         ("value", "problem"),
         [
             ("12h", "accounts[0].retention: must be at least 1d, got '12h'"),
-            ("forever", "accounts[0].retention: invalid duration 'forever'"),
+            (
+                "forever",
+                "accounts[0].retention: invalid duration 'forever': a number and a unit (ms, s, "
+                "m, h, d) with no spaces, or several from the largest unit down, e.g. '30s', "
+                "'1h30m'",
+            ),
         ],
     )
     def test_bad_values(self, tmp_path: Path, value: str, problem: str) -> None:
