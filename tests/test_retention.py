@@ -191,9 +191,11 @@ class TestConfig:
             ("12h", "accounts[0].retention: must be at least 1d, got '12h'"),
             (
                 "forever",
-                "accounts[0].retention: invalid duration 'forever': a number and a unit (ms, s, "
-                "m, h, d) with no spaces, or several from the largest unit down, e.g. '30s', "
-                "'1h30m'",
+                (
+                    "accounts[0].retention: invalid duration 'forever': a number and a unit "
+                    "(ms, s, m, h, d) with no spaces, or several from the largest unit down, "
+                    "e.g. '30s', '1h30m'"
+                ),
             ),
         ],
     )
