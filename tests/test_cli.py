@@ -453,11 +453,12 @@ class TestUnreportedCurrencies:
         assert "not reported: USTD (check the config's codes)" in capsys.readouterr().out
 
     async def test_the_metric_follows_the_answers(self, tmp_path: Path) -> None:
-        """walletwatch_currency_unreported is 1 while an answer lacks the code, then gone."""
+        """walletwatch_currency_unreported is 1 while an answer lacks the code, gone once one
+        has it, and gone with an account a reload removes."""
         sim = Simulator(rate_limit=100_000)
         sim.westwallet.add_account(KEY, SECRET, {"USDT": Decimal(5)})
         with serve_in_thread(sim) as url:
-            path = write_config(tmp_path, url, defaults={"low_balance": {"BTC": "1"}})
+            path = write_config(tmp_path, url, defaults={"low_balance": {"BTC": "1", "XYZ": "1"}})
             config = load_config(path)
             daemon = Daemon(config, clock=SystemClock())
             await daemon.start(serve=False)
@@ -470,6 +471,13 @@ class TestUnreportedCurrencies:
                 sim.westwallet.set_balance(KEY, "BTC", Decimal(2))
                 assert (await watcher.poll("balances")).ok
                 assert daemon.registry.get_sample_value(name, sample) is None
+                typo = {**sample, "currency": "XYZ"}
+                assert daemon.registry.get_sample_value(name, typo) == 1.0
+                body = yaml.safe_load(path.read_text())
+                body["accounts"][0]["name"] = "renamed"
+                path.write_text(yaml.safe_dump(body))
+                await daemon.reload(load_config(path))  # "hot" is gone, and so is its series
+                assert daemon.registry.get_sample_value(name, typo) is None
             finally:
                 await daemon.close()
 

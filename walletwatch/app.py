@@ -390,7 +390,9 @@ class Daemon:
         for names in slices(gone):
             await asyncio.gather(*(self.scheduler.stop_poller(name) for name in names))
             for name in names:
-                del self.watchers[name]
+                gone_watcher = self.watchers.pop(name)
+                # Its successor, if any, says again after its first balance answer.
+                self.telemetry.unreported.pop((gone_watcher.provider, name), None)
             await yield_loop()
         states = await store.call(store.store.load, [a.name for a in started])
         for accounts in slices(started):
