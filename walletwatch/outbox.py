@@ -7,6 +7,7 @@ Events enter the outbox in the transaction that commits the state which produced
 from __future__ import annotations
 
 import sqlite3
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -15,13 +16,14 @@ from walletwatch.errors import StoreError
 from walletwatch.events import Event
 
 
-class Outbox:
+class Outbox(ABC):
     """The outbox's queries, on the Store's connection (``Store`` is one)."""
 
     _db: sqlite3.Connection
 
+    @abstractmethod
     def _transaction(self) -> AbstractContextManager[None]:
-        raise NotImplementedError
+        """One write transaction on ``_db`` (the Store's)."""
 
     def pending(self, sink: str, limit: int = 500) -> list[tuple[int, Event]]:
         """Events the sink has not acknowledged yet, oldest first."""
