@@ -505,7 +505,7 @@ class TestParseToken:
         ("answer", "assumed"),
         [
             ({"success": True, "access_token": {"token": "t"}}, "no expiration"),
-            ({"success": True, "access_token": {"token": "t", "expiration": None}}, "no expiration"),
+            ({"access_token": {"token": "t", "expiration": None}, "success": True}, "no expir"),
             ({"access_token": "t"}, "no expiration"),
             ({"success": True, "access_token": {"token": "t", "expiration": "soon"}}, "unreadable"),
             ({"success": True, "access_token": {"token": "t", "expiration": True}}, "unreadable"),
@@ -713,7 +713,7 @@ class TestMixedTypes:
         [("deposits", "issue", "redeem"), ("withdrawals", "redeem", "issue")],
     )
     async def test_page_with_other_types(
-        self, build: Build, poll: Poll, responses: Any, endpoint: str, asked: str, other: str
+        self, build: Build, poll: Poll, responses: Any, *, endpoint: str, asked: str, other: str
     ) -> None:
         """A page ignoring the type filter: other types skipped, logged at debug, counted."""
         page = [
