@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
+import structlog
 from aioresponses import CallbackResult
 from structlog.testing import capture_logs
 from yarl import URL
@@ -122,6 +123,14 @@ def token_form(token: str, expiration: float, form: str) -> str:
     if form == "oauth2":
         return json.dumps({"access_token": token, "expires_in": int(expiration - now)})
     return ok(access_token={"token": token, "expiration": written[form]})
+
+
+@contextlib.contextmanager
+def captured_logs() -> Iterator[list[MutableMapping[str, Any]]]:
+    """Every log entry of the block, whatever level an earlier in-process CLI test set."""
+    structlog.reset_defaults()
+    with capture_logs() as logs:
+        yield logs
 
 
 def decoded(payload: object) -> Any:
@@ -724,7 +733,7 @@ class TestMixedTypes:
         ]
         responses.post(HISTORY, body=ok(transactions=page), repeat=True)
 
-        with capture_logs() as logs:
+        with captured_logs() as logs:
             observation = await poll(build(ECDSA), endpoint, AccountState())
 
         assert [t.id for t in observation.transfers] == ["n1", "n2"]
@@ -843,7 +852,7 @@ class TestTokenAuth:
         other = {**TOKEN, "credentials": {**TOKEN["credentials"], "client_id": "another"}}  # type: ignore[dict-item]
         first, again, second = build(TOKEN), build(TOKEN), build(other)
 
-        with capture_logs() as logs:
+        with captured_logs() as logs:
             for client in (first, again, second):
                 await poll(client, "balances", AccountState())
             await clock.advance(8 * 3600 - 270)  # the assumed expiry is near: a new fetch
