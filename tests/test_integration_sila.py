@@ -246,3 +246,64 @@ class TestSilaEndToEnd:
         written = json.dumps(events(daemon))
         assert "revoked-secret" not in written
         assert APP_KEY not in written
+
+
+async def switch(sim_url: str, action: str, **fields: object) -> None:
+    """Call one of the simulator's control actions over HTTP."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{sim_url}/_sim/sila/{action}", json=fields) as resp,
+    ):
+        assert resp.status == 200
+
+
+class TestSilaLeftOpen:
+    """What Sila's documents leave open, read end to end: token answers and filtered pages."""
+
+    @pytest.mark.parametrize("auth", ["token"], indirect=True)
+    @pytest.mark.parametrize("family", ["doc"], indirect=True)
+    @pytest.mark.parametrize(
+        ("shape", "expiration"),
+        [
+            ("sila", "milliseconds"),
+            ("sila", "iso"),
+            ("sila", "iso_unzoned"),
+            ("sila", "unreadable"),
+            ("oauth2", "seconds"),
+            ("oauth2", "missing"),
+        ],
+    )
+    async def test_token_answers(
+        self, daemon: Daemon, sim_url: str, ctx: SimContext, shape: str, expiration: str
+    ) -> None:
+        """Every token answer the simulator can give serves polls; one token covers them all."""
+        await switch(sim_url, "set_token_answer", shape=shape, expiration=expiration)
+
+        await daemon.poll_once()
+        await daemon.poll_once()
+
+        metrics = await scrape(daemon)
+        assert sample(metrics, "up") == 1.0
+        assert sample(metrics, "balance", currency="SILA") == 5300.0
+        assert ctx.requests.count(path="/auth_token") == 1
+        assert ctx.requests.count(path="/get_wallet", status=401) == 0
+
+    @pytest.mark.parametrize("family", ["doc"], indirect=True)
+    async def test_type_filter_ignored(self, daemon: Daemon, sim: SilaSim, sim_url: str) -> None:
+        """Pages listing every type: the others are skipped and counted, the rest observed."""
+        await switch(sim_url, "set_type_filter", honoured=False)
+
+        await daemon.poll_once()
+        issue = sim.add_transaction(APP, USER, type="issue", amount=Decimal(250))
+        await daemon.poll_once()
+
+        metrics = await scrape(daemon)
+        assert sample(metrics, "up") == 1.0
+        # Counted at every poll that lists them: the redeem twice; one issue, then two.
+        for endpoint, skipped in (("deposits", 2.0), ("withdrawals", 3.0)):
+            assert sample(metrics, "skipped_records_total", endpoint=endpoint) == skipped
+            assert sample(metrics, "malformed_records_total", endpoint=endpoint) is None
+        stuck = {"currency": "SILA", "direction": "withdrawal"}
+        assert sample(metrics, "transfers_stuck", **stuck) == 1.0
+        transfers = [(e["event"], e["transfer_id"]) for e in events(daemon) if "transfer_id" in e]
+        assert transfers == [("withdrawal.stuck", transfers[0][1]), ("deposit.detected", issue)]

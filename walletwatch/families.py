@@ -150,6 +150,12 @@ MALFORMED = Family(
     "Records of provider answers set aside as malformed (a negative deposit, no id...).",
     ENDPOINT,
 )
+SKIPPED = Family(
+    "skipped_records",
+    "counter",
+    "Records of provider answers skipped as not of the kind asked for (another transaction type).",
+    ENDPOINT,
+)
 UNREPORTED = Family(
     "currency_unreported",
     "gauge",
@@ -229,7 +235,7 @@ ACCOUNT_FAMILIES = (
 HEALTH_FAMILIES = (UP, LAST_SUCCESS, INTERVAL)
 TELEMETRY_FAMILIES = (
     *(POLLS, POLL_ERRORS, HTTP_REQUESTS, HTTP_DURATION, RATE_LIMITED, SCHEDULER_DELAY),
-    *(EVENTS, STORE_ERRORS, STATE_FILE_OK, MALFORMED, UNREPORTED, BUILD_INFO),
+    *(EVENTS, STORE_ERRORS, STATE_FILE_OK, MALFORMED, SKIPPED, UNREPORTED, BUILD_INFO),
     *(OUTBOX_PENDING, DELIVERY_FAILURES, EVENTS_PARKED),
     *(BUCKET_RATE, BUCKET_MAX_RATE, BUCKET_REQUESTS, BUCKET_WAIT, BUCKET_RATE_LIMITED),
     *(WEB_CONNECTIONS, WEB_CONNECTIONS_LIMIT, WEB_CONNECTIONS_CLOSED, WEB_ACCEPT_ERRORS),

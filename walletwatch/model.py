@@ -110,3 +110,5 @@ class Observation:
     gauges: tuple[Gauge, ...] = ()
     malformed: tuple[Malformed, ...] = ()
     """Records of the answer left out as malformed; the rest of the answer is observed."""
+    skipped: int = 0
+    """Records of the answer left out as not of the kind asked for (another transaction type)."""

@@ -60,6 +60,7 @@ from walletwatch.families import (
     SCHEDULER_DELAY,
     SETTLED,
     SINK,
+    SKIPPED,
     STATE_FILE_OK,
     STORE_ERRORS,
     STUCK,
@@ -229,6 +230,9 @@ class Render:
         for (provider, account, endpoint), value in sorted(t.malformed.items()):
             labels = ENDPOINT.template % (esc[account], esc[endpoint], esc[provider])
             lines[MALFORMED].append(MALFORMED.line(labels, count(value)))
+        for (provider, account, endpoint), value in sorted(t.skipped.items()):
+            labels = ENDPOINT.template % (esc[account], esc[endpoint], esc[provider])
+            lines[SKIPPED].append(SKIPPED.line(labels, count(value)))
         for (provider, account), codes in sorted(t.unreported.items()):
             for code in sorted(codes):
                 labels = CURRENCY.template % (esc[account], esc[code], esc[provider])

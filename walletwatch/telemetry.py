@@ -82,6 +82,8 @@ class Telemetry:
     state_file_ok: bool = True  # False while the state file is not the one the daemon opened
     # Records set aside as malformed, by (provider, account, endpoint).
     malformed: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    # Records skipped as not of the kind asked for, by (provider, account, endpoint).
+    skipped: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     # Currencies of low_balance or currencies the last balance answer lacked, by account.
     unreported: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     # Event delivery, by sink name (set and counted by sinks.Dispatcher).

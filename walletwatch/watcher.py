@@ -153,6 +153,8 @@ class AccountWatcher:
             )
             return await self._failed(endpoint, budget)
         self._malformed(endpoint, obs)
+        if obs.skipped:  # logged at debug by the client, which knows each record's type
+            self._telemetry.skipped[(self.provider, self.name, endpoint)] += obs.skipped
         previous = await self._previous(obs)
         now = self._clock.time()
         refused = await self._apply(lambda s: observe(s, obs, self.config, now, previous))

@@ -7,14 +7,17 @@ import contextlib
 import hashlib
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
 import pytest
+import structlog
 from aioresponses import CallbackResult
+from structlog.testing import capture_logs
 from yarl import URL
 
 from tests.fakes import FakeClock, make_context, make_http, settle
@@ -106,6 +109,28 @@ def wallet(**fields: object) -> str:
 def token_answer(token: str, expiration: float) -> str:
     """An /auth_token answer."""
     return ok(access_token={"token": token, "expiration": int(expiration)})
+
+
+def token_form(token: str, expiration: float, form: str) -> str:
+    """An /auth_token answer with the expiry written in ``form``, or in the OAuth2 shape."""
+    now = 1_700_000_000.0  # the fake clock's start, for expires_in
+    written: dict[str, object] = {
+        "seconds": int(expiration),
+        "milliseconds": int(expiration * 1000),
+        "iso": datetime.fromtimestamp(expiration, UTC).isoformat().replace("+00:00", "Z"),
+        "iso_unzoned": datetime.fromtimestamp(expiration, UTC).replace(tzinfo=None).isoformat(),
+    }
+    if form == "oauth2":
+        return json.dumps({"access_token": token, "expires_in": int(expiration - now)})
+    return ok(access_token={"token": token, "expiration": written[form]})
+
+
+@contextlib.contextmanager
+def captured_logs() -> Iterator[list[MutableMapping[str, Any]]]:
+    """Every log entry of the block, whatever level an earlier in-process CLI test set."""
+    structlog.reset_defaults()
+    with capture_logs() as logs:
+        yield logs
 
 
 def decoded(payload: object) -> Any:
@@ -400,8 +425,8 @@ class TestParseTransactions:
     @pytest.mark.parametrize(
         "tx",
         [
-            item("t", transaction_type="redeem"),
-            item("t", transaction_type="transfer"),
+            item("t", transaction_type=None),
+            item("t", transaction_type=7),
             item("t", transaction_id=None),
             item("t", sila_amount=None),
             item("t", created_epoch=1_700_000_000_000),
@@ -412,11 +437,34 @@ class TestParseTransactions:
         ],
     )
     def test_bad_items(self, tx: object) -> None:
-        """A wrong type, missing id or amount, or a bad time sets the item aside as malformed."""
-        transfers, malformed, listed = parse_transactions(
+        """No type, missing id or amount, or a bad time sets the item aside as malformed."""
+        transfers, malformed, listed, skipped = parse_transactions(
             decoded({"success": True, "transactions": [tx]}), Direction.DEPOSIT
         )
-        assert (transfers, len(malformed), listed) == ((), 1, 1)
+        assert (transfers, len(malformed), listed, skipped) == ((), 1, 1, ())
+
+    @pytest.mark.parametrize(
+        ("direction", "other"),
+        [
+            (Direction.DEPOSIT, "redeem"),
+            (Direction.DEPOSIT, "transfer"),
+            (Direction.WITHDRAWAL, "issue"),
+            (Direction.WITHDRAWAL, "instant_settlement"),
+        ],
+    )
+    def test_other_types_skipped(self, direction: Direction, other: str) -> None:
+        """An item of another type than asked is skipped, not malformed; the rest is read."""
+        asked = "issue" if direction is Direction.DEPOSIT else "redeem"
+        items = [
+            item("a", transaction_type=asked),
+            item("x", transaction_type=other, sila_amount=None),
+            item("b", transaction_type=asked),
+        ]
+        transfers, malformed, listed, skipped = parse_transactions(
+            decoded({"success": True, "transactions": items}), direction
+        )
+        assert ([t.id for t in transfers], malformed, listed) == (["a", "b"], (), 3)
+        assert skipped == (("x", other),)
 
     def test_transactions_must_be_a_list(self) -> None:
         """A successful answer without a transactions list is BadPayload."""
@@ -430,14 +478,63 @@ class TestParseToken:
         [
             ({"token": "t", "expiration": 1_700_003_600}, 1_700_003_600.0),
             ({"token": "t"}, 1_700_028_800.0),
+            ({"token": "t", "expiration": 1_700_003_600_000}, 1_700_003_600.0),
+            ({"token": "t", "expiration": 1_700_003_600_500}, 1_700_003_600.5),
+            ({"token": "t", "expiration": "1700003600"}, 1_700_003_600.0),
+            ({"token": "t", "expiration": "2023-11-14T23:13:20Z"}, 1_700_003_600.0),
+            ({"token": "t", "expiration": "2023-11-14T23:13:20.000Z"}, 1_700_003_600.0),
+            ({"token": "t", "expiration": "2023-11-15T00:13:20+01:00"}, 1_700_003_600.0),
+            ({"token": "t", "expiration": "2023-11-14T23:13:20"}, 1_700_003_600.0),
+            ({"token": "t", "expiration": "2023-11-14 23:13:20"}, 1_700_003_600.0),
         ],
     )
     def test_reads_token(self, access: object, expires_at: float) -> None:
-        """The token and its expiration are read; without one, the documented 8 hours."""
+        """Seconds, milliseconds and ISO 8601 (UTC when unzoned) are read; none is 8 hours."""
         token = parse_token(decoded({"success": True, "access_token": access}), 1_700_000_000.0)
 
         assert token == AccessToken("t", expires_at)
         assert "'t'" not in repr(token)
+
+    @pytest.mark.parametrize(
+        ("answer", "expires_at"),
+        [
+            ({"access_token": "t", "token_type": "Bearer", "expires_in": 3600}, 1_700_003_600.0),
+            ({"access_token": "t", "expires_in": "3600"}, 1_700_003_600.0),
+            ({"success": True, "access_token": "t", "expires_in": 1800}, 1_700_001_800.0),
+            ({"access_token": "t"}, 1_700_028_800.0),
+        ],
+    )
+    def test_reads_oauth2_shape(self, answer: object, expires_at: float) -> None:
+        """A standard OAuth2 answer: the token string in access_token, expires_in from now."""
+        token = parse_token(decoded(answer), 1_700_000_000.0)
+
+        assert (token.value, token.expires_at) == ("t", expires_at)
+
+    @pytest.mark.parametrize(
+        ("answer", "assumed"),
+        [
+            ({"success": True, "access_token": {"token": "t"}}, "no expiration"),
+            ({"access_token": {"token": "t", "expiration": None}, "success": True}, "no expir"),
+            ({"access_token": "t"}, "no expiration"),
+            ({"success": True, "access_token": {"token": "t", "expiration": "soon"}}, "unreadable"),
+            ({"success": True, "access_token": {"token": "t", "expiration": True}}, "unreadable"),
+            ({"success": True, "access_token": {"token": "t", "expiration": {}}}, "unreadable"),
+            ({"success": True, "access_token": {"token": "t", "expiration": "NaN"}}, "unreadable"),
+            ({"access_token": "t", "expires_in": "8h"}, "unreadable"),
+            ({"access_token": "t", "expires_in": [28800]}, "unreadable"),
+            ({"success": True, "access_token": {"token": "t", "expiration": 28800}}, "range"),
+            ({"success": True, "access_token": {"token": "t", "expiration": 1e15}}, "range"),
+            ({"access_token": "t", "expires_in": 0}, "range"),
+            ({"access_token": "t", "expires_in": 10**9}, "range"),
+        ],
+    )
+    def test_unusable_expiration_is_eight_hours(self, answer: object, assumed: str) -> None:
+        """A missing, unreadable or implausible expiration stands in as 8 hours, never fails."""
+        token = parse_token(decoded(answer), 1_700_000_000.0)
+
+        assert (token.value, token.expires_at) == ("t", 1_700_028_800.0)
+        assert token.assumed is not None
+        assert assumed in token.assumed
 
     @pytest.mark.parametrize(
         ("payload", "error"),
@@ -445,7 +542,9 @@ class TestParseToken:
             ({"success": False, "message": "bad request"}, AuthFailed),
             ({"success": True}, BadPayload),
             ({"success": True, "access_token": {"token": ""}}, BadPayload),
-            ({"success": True, "access_token": {"token": "t", "expiration": "soon"}}, BadPayload),
+            ({"success": True, "access_token": ""}, BadPayload),
+            ({"access_token": {"token": "t"}}, BadPayload),
+            ({"success": False, "access_token": "t"}, AuthFailed),
         ],
     )
     def test_errors(self, payload: object, error: type[ProviderError]) -> None:
@@ -617,6 +716,49 @@ class TestHistory:
         }
 
 
+class TestMixedTypes:
+    @pytest.mark.parametrize(
+        ("endpoint", "asked", "other"),
+        [("deposits", "issue", "redeem"), ("withdrawals", "redeem", "issue")],
+    )
+    async def test_page_with_other_types(
+        self, build: Build, poll: Poll, responses: Any, *, endpoint: str, asked: str, other: str
+    ) -> None:
+        """A page ignoring the type filter: other types skipped, logged at debug, counted."""
+        page = [
+            item("n1", transaction_type=asked),
+            item("x1", transaction_type=other),
+            item("x2", transaction_type="card_settlement"),
+            item("n2", transaction_type=asked),
+        ]
+        responses.post(HISTORY, body=ok(transactions=page), repeat=True)
+
+        with captured_logs() as logs:
+            observation = await poll(build(ECDSA), endpoint, AccountState())
+
+        assert [t.id for t in observation.transfers] == ["n1", "n2"]
+        assert (observation.skipped, observation.malformed) == (2, ())
+        skipped = [e for e in logs if e["event"] == "poll.record_skipped"]
+        assert [(e["log_level"], e["transaction_id"], e["transaction_type"]) for e in skipped] == [
+            ("debug", "x1", other),
+            ("debug", "x2", "card_settlement"),
+        ]
+        assert {(e["account"], e["endpoint"], e["asked"]) for e in skipped} == {
+            ("s0", endpoint, asked)
+        }
+
+    async def test_lookup_of_other_type_is_skipped(
+        self, build: Build, poll: Poll, responses: Any
+    ) -> None:
+        """A lookup answered with a transaction of another type skips it and keeps the rest."""
+        responses.post(HISTORY, body=ok(transactions=[item("new")]))
+        responses.post(HISTORY, body=ok(transactions=[item("gone", transaction_type="redeem")]))
+
+        observation = await poll(build(ECDSA), "deposits", pending_state("gone", "new"))
+
+        assert ([t.id for t in observation.transfers], observation.skipped) == (["new"], 1)
+
+
 class TestTokenAuth:
     async def test_fetch_once_then_bearer(
         self, build: Build, poll: Poll, responses: Any, clock: FakeClock
@@ -663,6 +805,67 @@ class TestTokenAuth:
         assert len(calls(responses, AUTH)) == fetches
         last = calls(responses, WALLET)[-1].kwargs["headers"]["Authorization"]
         assert last == f"Bearer {TOKEN_A if fetches == 1 else TOKEN_B}"
+
+    @pytest.mark.parametrize("form", ["milliseconds", "iso", "iso_unzoned", "oauth2"])
+    @pytest.mark.parametrize(("left", "fetches"), [(330.0, 1), (270.0, 2)])
+    async def test_refresh_with_each_expiry_form(
+        self,
+        build: Build,
+        poll: Poll,
+        responses: Any,
+        clock: FakeClock,
+        *,
+        form: str,
+        left: float,
+        fetches: int,
+    ) -> None:
+        """Every expiry form is honoured: the token is replaced under five minutes, not before."""
+        assert clock.time() == 1_700_000_000.0  # token_form's expires_in counts from here
+        expiry = clock.time() + 3600
+        responses.post(AUTH, body=token_form(TOKEN_A, expiry, form))
+        responses.post(AUTH, body=token_answer(TOKEN_B, clock.time() + 8 * 3600))
+        responses.post(WALLET, body=wallet(), repeat=True)
+        client = build(TOKEN)
+        await poll(client, "balances", AccountState())
+
+        await clock.advance(expiry - left - clock.time())
+        await poll(client, "balances", AccountState())
+
+        assert len(calls(responses, AUTH)) == fetches
+        bearers = [c.kwargs["headers"]["Authorization"] for c in calls(responses, WALLET)]
+        assert bearers == [f"Bearer {TOKEN_A}", f"Bearer {TOKEN_A if fetches == 1 else TOKEN_B}"]
+
+    @pytest.mark.parametrize(
+        "answer",
+        [
+            ok(access_token={"token": TOKEN_A}),
+            ok(access_token={"token": TOKEN_A, "expiration": "tomorrow-ish"}),
+            json.dumps({"access_token": TOKEN_A, "token_type": "Bearer"}),
+        ],
+    )
+    async def test_unusable_expiry_warns_once_per_client(
+        self, build: Build, poll: Poll, responses: Any, clock: FakeClock, answer: str
+    ) -> None:
+        """No usable expiry: 8 hours assumed, polls succeed, one warning per client id."""
+        responses.post(AUTH, body=answer, repeat=True)
+        responses.post(WALLET, body=wallet(), repeat=True)
+        other = {**TOKEN, "credentials": {**TOKEN["credentials"], "client_id": "another"}}  # type: ignore[dict-item]
+        first, again, second = build(TOKEN), build(TOKEN), build(other)
+
+        with captured_logs() as logs:
+            for client in (first, again, second):
+                await poll(client, "balances", AccountState())
+            await clock.advance(8 * 3600 - 270)  # the assumed expiry is near: a new fetch
+            for client in (first, again, second):
+                observation = await poll(client, "balances", AccountState())
+
+        assert observation.balances == (Balance("SILA", Decimal(300), Decimal(25)),)
+        assert len(calls(responses, AUTH)) == 4
+        warnings = [e for e in logs if e["event"] == "sila.token_expiry_assumed"]
+        assert [(w["log_level"], w["assumed_seconds"]) for w in warnings] == [
+            ("warning", 8 * 3600.0)
+        ] * 2
+        assert_secret_free(repr(warnings))
 
     async def test_one_retry_on_401(
         self, build: Build, poll: Poll, responses: Any, clock: FakeClock

@@ -290,8 +290,86 @@ class TestTokens:
         assert (await post(client, clock, "/get_wallet", body_of(clock), bearer))[0] == 401
 
 
+class TestTokenAnswers:
+    """/auth_token answered in Sila's shape with each expiry form, or in the OAuth2 shape."""
+
+    @pytest.mark.parametrize(
+        ("expiration", "written"),
+        [
+            ("seconds", int(T0) + 8 * 3600 + 1),
+            ("milliseconds", (int(T0) + 8 * 3600 + 1) * 1000),
+            ("iso", "2023-11-15T06:13:21Z"),
+            ("iso_unzoned", "2023-11-15T06:13:21"),
+            ("unreadable", "in eight hours"),
+        ],
+    )
+    async def test_expiration_forms(
+        self, client: Client, clock: FakeClock, sim: SilaSim, expiration: str, written: object
+    ) -> None:
+        """Each expiration form writes the same expiry its own way; the token still works."""
+        sim.set_token_answer(expiration=expiration)
+        status, answer = await post(
+            client, clock, "/auth_token", body_of(clock, None), {"Authorization": basic()}
+        )
+        assert (status, answer["success"]) == (200, True)
+        assert answer["access_token"]["expiration"] == written
+        bearer = {"Authorization": f"Bearer {answer['access_token']['token']}"}
+        assert (await post(client, clock, "/get_wallet", body_of(clock), bearer))[0] == 200
+
+    async def test_expiration_missing(self, client: Client, clock: FakeClock, sim: SilaSim) -> None:
+        """The missing form leaves expiration out of access_token."""
+        sim.set_token_answer(expiration="missing")
+        _, answer = await post(
+            client, clock, "/auth_token", body_of(clock, None), {"Authorization": basic()}
+        )
+        assert set(answer["access_token"]) == {"token"}
+
+    @pytest.mark.parametrize(
+        ("expiration", "expires_in"), [("seconds", 8 * 3600), ("missing", None)]
+    )
+    async def test_oauth2_shape(
+        self,
+        client: Client,
+        clock: FakeClock,
+        sim: SilaSim,
+        expiration: str,
+        expires_in: int | None,
+    ) -> None:
+        """The OAuth2 shape: the token string in access_token, expires_in, no Sila envelope."""
+        sim.set_token_answer(shape="oauth2", expiration=expiration)
+        status, answer = await post(
+            client, clock, "/auth_token", body_of(clock, None), {"Authorization": basic()}
+        )
+        assert status == 200
+        assert isinstance(answer["access_token"], str)
+        assert "success" not in answer
+        assert answer.get("expires_in") == expires_in
+        bearer = {"Authorization": f"Bearer {answer['access_token']}"}
+        assert (await post(client, clock, "/get_wallet", body_of(clock), bearer))[0] == 200
+
+    def test_unknown_forms_refused(self, sim: SilaSim) -> None:
+        """An unknown shape or expiration form is a ValueError."""
+        with pytest.raises(ValueError, match="shape"):
+            sim.set_token_answer(shape="jwt")
+        with pytest.raises(ValueError, match="expiration"):
+            sim.set_token_answer(expiration="hours")
+
+
 class TestReads:
     """Wallet field families, balances moved by transactions, history pages."""
+
+    async def test_type_filter_ignored(
+        self, client: Client, clock: FakeClock, sim: SilaSim
+    ) -> None:
+        """With the type filter off, a page asked for issues lists every type."""
+        issue = sim.add_transaction(APP, USER, type="issue", amount=Decimal(5), created_at=T0 - 9)
+        redeem = sim.add_transaction(APP, USER, type="redeem", amount=Decimal(7), created_at=T0)
+        filters = {"transaction_types": ["issue"]}
+        _, honoured = await signed(client, clock, "/get_transactions", search_filters=filters)
+        sim.set_type_filter(honoured=False)
+        _, ignored = await signed(client, clock, "/get_transactions", search_filters=filters)
+        assert [tx["transaction_id"] for tx in honoured["transactions"]] == [issue]
+        assert [tx["transaction_id"] for tx in ignored["transactions"]] == [redeem, issue]
 
     async def test_sdk_family(self, client: Client, clock: FakeClock, sim: SilaSim) -> None:
         """A user set to the sdk family answers with sila_* balance fields only."""
@@ -431,9 +509,26 @@ class TestControl:
             snapshot = await resp.json()
         assert (snapshot["available"], snapshot["family"]) == ("15", "sdk")
 
+    async def test_variant_switches(self, client: Client, sim: SilaSim) -> None:
+        """The token answer and the type filter are switched through control calls."""
+        switches = [
+            ("set_token_answer", {"shape": "oauth2", "expiration": "missing"}),
+            ("set_type_filter", {"honoured": False}),
+        ]
+        for action, body in switches:
+            async with client.post(f"/_sim/sila/{action}", json=body) as resp:
+                assert resp.status == 200
+        assert (sim.token_shape, sim.token_expiration, sim.type_filter) == (
+            "oauth2",
+            "missing",
+            False,
+        )
+
     @pytest.mark.parametrize(
         ("action", "body", "status"),
         [
+            ("set_token_answer", {"expiration": "fortnight"}, 400),
+            ("set_type_filter", {"honoured": "no"}, 400),
             ("mint", {}, 404),
             ("add_user", {"app_handle": "nope", "user_handle": "u"}, 404),
             ("set_wallet", {"app_handle": APP, "user_handle": USER, "whitelisted": "yes"}, 400),

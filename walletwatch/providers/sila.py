@@ -5,6 +5,13 @@ tokens; the balance comes as ``available_balance``/``pending_balance`` (the doc)
 ``sila_available_balance``/``sila_pending_balance``/``sila_balance`` (the SDKs), so both are
 read; ``{"success": false}`` is an error whatever the HTTP status; every request carries a
 fresh ``reference``. Auth (ECDSA signatures or an access token) lives in sila_auth.py.
+
+The token answer comes in Sila's shape (``access_token.token`` with
+``access_token.expiration``, as its Postman collection reads it) or the standard OAuth2 one
+(the token string in ``access_token``, ``expires_in`` seconds from now): both are read.
+A history page asked for one ``transaction_types`` may still list other types (the filter
+ignored upstream, a type added later): those are skipped, logged at debug and counted, and
+the rest of the page is read.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import structlog
 from coincurve import PrivateKey
 
 from walletwatch.configmodel import AccountConfig
@@ -40,11 +48,14 @@ from walletwatch.providers.sila_auth import (
     TokenCache,
     basic_authorization,
     ecdsa_headers,
+    expires_at,
     load_private_key,
 )
 from walletwatch.providers.spec import ProviderSpec
 from walletwatch.schema import Option, ProviderSchema, choice
 from walletwatch.types import InFlight, Tracked
+
+log = structlog.get_logger("walletwatch.providers.sila")
 
 VERSION = "0.2"
 CURRENCY = "SILA"  # 1 SILA = 0.01 USD
@@ -129,14 +140,23 @@ def parse_wallet(payload: Any) -> tuple[Balance, tuple[Gauge, ...]]:
 
 
 def parse_token(payload: Any, now: float, secrets: Iterable[str] = ()) -> AccessToken:
-    """POST /auth_token: ``access_token.token`` and its ``expiration`` (8 h when absent)."""
-    body = check_success(payload, "auth_token", secrets=secrets, auth=True)
-    access = parse.mapping(body.get("access_token"), "auth_token.access_token")
-    token = access.get("token")
+    """POST /auth_token in Sila's shape or OAuth2's; an unreadable expiry is 8 h, noted."""
+    body = parse.mapping(payload, "auth_token")
+    access = body.get("access_token")
+    # A standard OAuth2 answer has no ``success``; any answer that has one is checked.
+    if "success" in body or not isinstance(access, str):
+        check_success(body, "auth_token", secrets=secrets, auth=True)
+    token: Any
+    if isinstance(access, str):
+        token, where = access, "auth_token.access_token"
+        expiry, assumed = expires_at(now, expires_in=body.get("expires_in"))
+    else:
+        sila = parse.mapping(access, "auth_token.access_token")
+        token, where = sila.get("token"), "auth_token.access_token.token"
+        expiry, assumed = expires_at(now, expiration=sila.get("expiration"))
     if not isinstance(token, str) or not token or len(token) > 8192:
-        raise BadPayload("auth_token.access_token.token: expected a token")
-    expiration = _epoch(access.get("expiration"), "auth_token.access_token.expiration")
-    return AccessToken(token, now + TOKEN_TTL if expiration is None else expiration)
+        raise BadPayload(f"{where}: expected a token")
+    return AccessToken(token, expiry, assumed)
 
 
 def _epoch(value: Any, where: str) -> float | None:
@@ -192,23 +212,36 @@ def parse_transaction(item: Any, direction: Direction, where: str) -> Transfer:
     )
 
 
+Skipped = tuple[str | None, str]
+"""A listed transaction of a type not asked for: its id (if usable) and its type."""
+
+
 def parse_transactions(
     payload: Any, direction: Direction
-) -> tuple[tuple[Transfer, ...], tuple[Malformed, ...], int]:
+) -> tuple[tuple[Transfer, ...], tuple[Malformed, ...], int, tuple[Skipped, ...]]:
     """POST /get_transactions: the ``transactions`` list in the order given (newest first).
 
-    Returns the transfers, the items set aside as malformed, and how many were listed.
+    Returns the transfers, the items set aside as malformed, how many were listed, and the
+    items of another ``transaction_type`` than the one asked for, which are skipped.
     """
     body = check_success(payload, "get_transactions")
-    items = parse.items(body.get("transactions"), "get_transactions.transactions")
-
-    def one(item: Any, where: str) -> Transfer:
-        return parse_transaction(item, direction, where)
-
-    transfers, malformed = parse.records(
-        items, one, "get_transactions.transactions", "transaction_id"
-    )
-    return transfers, malformed, len(items)
+    where = "get_transactions.transactions"
+    items = parse.items(body.get("transactions"), where)
+    asked = TYPES[direction]
+    transfers: list[Transfer] = []
+    malformed: list[Malformed] = []
+    skipped: list[Skipped] = []
+    for i, item in enumerate(items):
+        kind = item.get("transaction_type") if isinstance(item, Mapping) else None
+        if isinstance(kind, str) and kind != asked:  # a missing type is malformed, not skipped
+            skipped.append((parse.record_id(item, "transaction_id"), kind[:40]))
+            continue
+        try:
+            transfers.append(parse_transaction(item, direction, f"{where}[{i}]"))
+        except BadPayload as err:  # one bad record must not hold back the others
+            bad_id = parse.record_id(item, "transaction_id")
+            malformed.append(Malformed(f"{where}[{i}]", str(err), bad_id))
+    return tuple(transfers), tuple(malformed), len(items), tuple(skipped)
 
 
 def _private_key(account: AccountConfig, name: str) -> PrivateKey:
@@ -234,6 +267,7 @@ class Sila:
         self._auth = str(account.options.get("auth", "ecdsa"))
         self._app_handle = credentials["app_handle"].reveal()
         self._user_handle = credentials["user_handle"].reveal()
+        self._name = account.name
         self._secrets = tuple(secret.reveal() for secret in credentials.values())
         self._http = context.http
         self._clock = context.clock
@@ -262,19 +296,38 @@ class Sila:
             balance, gauges = parse_wallet(await self._call("/get_wallet", {}, endpoint))
             return Observation(endpoint, balances=(balance,), gauges=gauges)
         direction = self._directions[endpoint]
-        transfers, malformed = await self._history(direction, tracked, endpoint)
+        transfers, malformed, skipped = await self._history(direction, tracked, endpoint)
         return Observation(
             endpoint,
             transfers=transfers,
             directions=frozenset({direction}),
             malformed=malformed,
+            skipped=skipped,
         )
 
     async def _history(
         self, direction: Direction, tracked: Tracked, endpoint: str
-    ) -> tuple[tuple[Transfer, ...], tuple[Malformed, ...]]:
-        """Newest first, paging back until a known transfer, then refresh stale in-flight ones."""
+    ) -> tuple[tuple[Transfer, ...], tuple[Malformed, ...], int]:
+        """Newest first, paging back until a known transfer, then refresh stale in-flight ones.
+
+        Returns the transfers, the records set aside, and how many listed records were skipped.
+        """
         kind = [TYPES[direction]]
+        skipped = 0
+
+        def skip(records: tuple[Skipped, ...]) -> None:
+            nonlocal skipped
+            skipped += len(records)
+            for tx_id, other in records:
+                log.debug(
+                    "poll.record_skipped",
+                    provider=SCHEMA.name,
+                    account=self._name,
+                    endpoint=endpoint,
+                    transaction_id=tx_id,
+                    transaction_type=other,
+                    asked=kind[0],
+                )
 
         async def fetch(number: int) -> Page:
             filters = {
@@ -284,7 +337,8 @@ class Sila:
                 "sort_ascending": False,
             }
             payload = await self._call("/get_transactions", {"search_filters": filters}, endpoint)
-            batch, bad, listed = parse_transactions(payload, direction)
+            batch, bad, listed, others = parse_transactions(payload, direction)
+            skip(others)
             return Page(batch, bad, last=listed < PAGE_SIZE)
 
         async def look_up(item: InFlight) -> Page:
@@ -295,12 +349,14 @@ class Sila:
                 )
             except Rejected:
                 return EMPTY  # unknown id: keep what we know rather than guess
-            fresh, bad, _ = parse_transactions(payload, direction)
+            fresh, bad, _, others = parse_transactions(payload, direction)
+            skip(others)
             return Page(fresh, bad)
 
-        return await page_back(
+        transfers, malformed = await page_back(
             fetch, direction, tracked, self._max_pages, look_up=look_up, max_lookups=MAX_LOOKUPS
         )
+        return transfers, malformed, skipped
 
     async def _call(self, path: str, fields: Mapping[str, Any], endpoint: str) -> Any:
         """POST a read with a fresh header; the body once ``success`` is checked."""
@@ -349,7 +405,16 @@ class Sila:
             body=self._body(None, {}),
         )
         secrets = (*self._secrets, self._basic, self._basic.removeprefix("Basic "))
-        return parse_token(response.json(), self._clock.time(), secrets)
+        token = parse_token(response.json(), self._clock.time(), secrets)
+        if token.assumed is not None and self._tokens is not None and self._tokens.first_warning():
+            log.warning(  # once per client id: every later token is read the same way
+                "sila.token_expiry_assumed",
+                provider=SCHEMA.name,
+                account=self._name,
+                problem=token.assumed,
+                assumed_seconds=TOKEN_TTL,
+            )
+        return token
 
     def _body(self, user_handle: str | None, fields: Mapping[str, Any]) -> bytes:
         reference = str(uuid.uuid4())  # a fresh, non-null reference per request

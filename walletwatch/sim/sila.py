@@ -30,7 +30,15 @@ from walletwatch.sim.common import (
     read_object,
     to_decimal,
 )
-from walletwatch.sim.sila_auth import TokenIssuer, basic_credentials, keccak256, recover_address
+from walletwatch.sim.sila_auth import (
+    EXPIRATIONS,
+    SHAPES,
+    TokenIssuer,
+    basic_credentials,
+    keccak256,
+    recover_address,
+    token_answer,
+)
 
 PROVIDER = "sila"
 READ_PATHS = frozenset({"/get_wallet", "/get_transactions", "/auth_token"})
@@ -149,6 +157,8 @@ class SilaSim(ApiSim[_Session]):
         self._seq = itertools.count(1)
         self.tokens = TokenIssuer(ctx.clock)
         self.references: list[str] = []  # every header.reference received, in order
+        self.token_shape, self.token_expiration = "sila", "seconds"
+        self.type_filter = True  # False: history pages list every type, whatever was asked
 
     # -- Python API ---------------------------------------------------------------------------
 
@@ -249,6 +259,17 @@ class SilaSim(ApiSim[_Session]):
         user = self._users[(app_handle, user_handle)]
         return user.available, user.pending
 
+    def set_token_answer(self, *, shape: str | None = None, expiration: str | None = None) -> None:
+        """Answer /auth_token in another shape (SHAPES) or expiration form (EXPIRATIONS)."""
+        if shape not in (None, *SHAPES) or expiration not in (None, *EXPIRATIONS):
+            raise ValueError(f"shape must be one of {SHAPES}, expiration one of {EXPIRATIONS}")
+        self.token_shape = shape or self.token_shape
+        self.token_expiration = expiration or self.token_expiration
+
+    def set_type_filter(self, *, honoured: bool) -> None:
+        """Honour search_filters.transaction_types, or ignore it as an upstream bug might."""
+        self.type_filter = honoured
+
     def revoke_tokens(self) -> None:
         """Invalidate every issued token: the next call with one gets 401."""
         self.tokens.revoke_all()
@@ -308,12 +329,17 @@ class SilaSim(ApiSim[_Session]):
         user = session.user
         if user is None:
             token = self.tokens.issue(session.header["app_handle"])
-            access = {"token": token.value, "expiration": int(token.expires_at)}
-            answer: dict[str, object] = {"access_token": access}
+            now, shape, form = self._ctx.clock(), self.token_shape, self.token_expiration
+            answer: dict[str, object] = token_answer(
+                token.value, token.expires_at, now, shape, form
+            )
+            if shape == "oauth2":  # a standard OAuth2 answer: no Sila envelope at all
+                return answer
         elif call.path == "/get_wallet":
             answer = _wallet(user)
         else:
-            answer = _transactions(user, session.payload.get("search_filters", {}))
+            filters = session.payload.get("search_filters", {})
+            answer = _transactions(user, filters, honour_types=self.type_filter)
         reference = session.header["reference"]
         return {"success": True, "status": "SUCCESS", "reference": reference, **answer}
 
@@ -394,7 +420,7 @@ def _wallet(user: _User) -> dict[str, object]:
     }
 
 
-def _transactions(user: _User, filters: object) -> dict[str, object]:
+def _transactions(user: _User, filters: object, *, honour_types: bool) -> dict[str, object]:
     """One page of /get_transactions for ``search_filters``, newest first by default."""
     if not isinstance(filters, dict) or set(filters) - FILTERS:
         raise Refusal(400, f"search_filters: only {sorted(FILTERS)} are simulated")
@@ -412,7 +438,9 @@ def _transactions(user: _User, filters: object) -> dict[str, object]:
         (
             tx
             for tx in user.transactions.values()
-            if tx.type in types and tx.status in statuses and tx_id in (None, tx.id)
+            if (tx.type in types or not honour_types)
+            and tx.status in statuses
+            and tx_id in (None, tx.id)
         ),
         key=lambda tx: (tx.created_at, tx.seq),
         reverse=not ascending,
@@ -464,4 +492,6 @@ _ACTIONS: Mapping[str, Mapping[str, Callable[[object], object]]] = {
     },
     "set_status": {**_HANDLES, "tx_id": as_str, "status": as_str},
     "revoke_tokens": {},
+    "set_token_answer": {"shape": as_str, "expiration": as_str},
+    "set_type_filter": {"honoured": _as_bool},
 }

@@ -2,7 +2,9 @@
 
 Written from the documented algorithm alone (shared/providers/NOTES.md), never from the
 client's code: keccak256 of the raw body, a 65-byte r||s||v signature with v = 27 or 28, the
-signer's public key recovered from it and turned into an Ethereum address.
+signer's public key recovered from it and turned into an Ethereum address. Tokens are
+answered in whichever shape and expiration format the test asks for (``token_answer``), as
+Sila's documents leave both open.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import base64
 import binascii
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from coincurve import PrivateKey, PublicKey
 from Crypto.Hash import keccak
@@ -19,6 +22,8 @@ from walletwatch.sim.common import Clock
 
 TOKEN_TTL = 8 * 3600.0
 TOKEN_REUSE = 30 * 60.0  # a token with more than this left is handed out again, as Sila does
+SHAPES = ("sila", "oauth2")  # access_token.{token,expiration}, or access_token + expires_in
+EXPIRATIONS = ("seconds", "milliseconds", "iso", "iso_unzoned", "missing", "unreadable")
 
 
 def keccak256(data: bytes) -> bytes:
@@ -79,6 +84,34 @@ class Token:
     value: str
     app_handle: str
     expires_at: float
+
+
+def token_answer(
+    value: str, expires_at: float, now: float, shape: str, expiration: str
+) -> dict[str, object]:
+    """The /auth_token answer's token fields in ``shape``, the expiry in ``expiration`` form.
+
+    The OAuth2 shape gives ``expires_in`` seconds from now whatever the form, save
+    ``missing`` and ``unreadable``.
+    """
+    moment = datetime.fromtimestamp(expires_at, tz=UTC)
+    forms: dict[str, object] = {
+        "seconds": int(expires_at),
+        "milliseconds": int(expires_at * 1000),
+        "iso": moment.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "iso_unzoned": moment.replace(tzinfo=None).isoformat(timespec="seconds"),
+        "unreadable": "in eight hours",
+    }
+    if shape == "oauth2":
+        answer: dict[str, object] = {"access_token": value, "token_type": "Bearer"}
+        if expiration != "missing":
+            left = int(expires_at - now)
+            answer["expires_in"] = forms["unreadable"] if expiration == "unreadable" else left
+        return answer
+    access: dict[str, object] = {"token": value}
+    if expiration != "missing":
+        access["expiration"] = forms[expiration]
+    return {"access_token": access}
 
 
 class TokenIssuer:
