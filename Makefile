@@ -5,10 +5,6 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Debian's Prometheus tools: promtool for the rules, prometheus and prometheus-alertmanager
-# for the end-to-end tests (tests/monitoring), which run the binaries on free loopback ports
-# with their own configs and data; any system service the packages start is never used.
-PROMETHEUS_TOOLS := promtool prometheus prometheus-alertmanager
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # The systemd unit's checks. systemd-analyze verify needs ExecStart's binary to exist, and the
@@ -56,15 +52,27 @@ systemd: $(STAMP) tools
 unit: $(STAMP) tools
 	$(BIN)/pytest
 
-# Installs the Debian packages only when one of the tools is missing (systemd brings
-# systemd-analyze; installing it in a container does not start it).
+# Each tool the checks need, and the Debian package that brings it, one `tool:package` pair
+# per line: promtool for the rules; prometheus and prometheus-alertmanager for the end-to-end
+# tests (tests/monitoring), which run the binaries on free loopback ports with their own
+# configs and data (any system service a package starts is never used); systemd for
+# systemd-analyze (installing it in a container does not start it). The packages of the
+# missing tools are installed, the others left alone.
+TOOL_PACKAGES := \
+	promtool:prometheus \
+	prometheus:prometheus \
+	prometheus-alertmanager:prometheus-alertmanager \
+	systemd-analyze:systemd
+
 tools:
-	@for tool in $(PROMETHEUS_TOOLS) systemd-analyze; do command -v $$tool >/dev/null || missing=1; done; \
+	@missing=; for pair in $(TOOL_PACKAGES); do \
+		command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		set -x; \
 		$(SUDO) apt-get update && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-			prometheus prometheus-alertmanager systemd; \
+			$$missing; \
 	fi
 
 clean:
