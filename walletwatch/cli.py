@@ -23,6 +23,7 @@ from walletwatch import __version__, logs
 from walletwatch.app import Daemon
 from walletwatch.clock import SystemClock
 from walletwatch.config import Config, Listen, load_config
+from walletwatch.configpush import push_lines
 from walletwatch.console import event_line
 from walletwatch.demo import demo_config, simulator_banner
 from walletwatch.errors import ConfigError, RateLimited, StateDamaged, WalletwatchError
@@ -160,6 +161,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError(problems)
     print(f"{args.config}: OK, {len(config.accounts)} account(s)")
+    for line in push_lines(config):
+        print(line)
     return EXIT_OK
 
 

@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from walletwatch import schema
+from walletwatch import configpush, schema
 from walletwatch.configload import kind_of, resolve_secret
 from walletwatch.configmodel import (
     DEFAULT_FAST_INTERVAL,
@@ -181,9 +181,8 @@ class _Checker:
         sinks = self.sinks(data.get("sinks"))
         shard = self.field(top, "shard", schema.nullable(parse_shard), None)
         web = self.field(top, "web", schema.nullable(self.web), None)
-        return Config(
-            listen, state_path, events_file, log_format, providers, accounts, sinks, shard, web
-        )
+        parts = (listen, state_path, events_file, log_format, providers, accounts, sinks, shard)
+        return configpush.with_push(self, data, Config(*parts, web))
 
     def web(self, value: object) -> WebConfig:
         """The ``web`` block: exporter-toolkit's tls_server_config and basic_auth_users."""

@@ -93,6 +93,7 @@ class AccountConfig:
     fast_interval: float = DEFAULT_FAST_INTERVAL  # withdrawals endpoint, while one is in flight
     allow_insecure_http: bool = False  # plain http:// to a host other than loopback
     identity: str = ""  # the credential naming the API key (its provider's schema.identity)
+    push: bool = False  # a push to /push/<name>/<token> makes it poll its transfers now
 
     def stuck_after(self, direction: str) -> float:
         """The in-flight age (seconds) after which a transfer in ``direction`` is stuck."""
@@ -130,6 +131,20 @@ class WebhookConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PushConfig:
+    """The push receiver: its own listener, the token of its URLs, its TLS."""
+
+    listen: Listen
+    token: Secret  # the last segment of every push URL: never shown
+    tls: WebConfig | None = None  # cert_file and key_file; basic_auth_users stays empty
+
+    @property
+    def scheme(self) -> str:
+        """``https`` when the receiver serves TLS itself, else ``http``."""
+        return "https" if self.tls is not None else "http"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -142,6 +157,7 @@ class Config:
     sinks: tuple[WebhookConfig, ...] = ()  # alert event receivers besides stdout and events_file
     shard: Shard | None = None  # this instance polls only its shard's accounts (see shard.py)
     web: WebConfig | None = None  # TLS and basic auth of the HTTP server
+    push: PushConfig | None = None  # the push receiver, when providers call back
 
     def account(self, name: str) -> AccountConfig:
         """The account called ``name``; KeyError when there is none."""

@@ -226,6 +226,26 @@ CLOCK_OFFSET = Family(
     "System wall clock less walletwatch's steady time: a step since start (restart adopts it).",
 )
 
+PUSH_HINTS = Family(
+    "push_hints",
+    "counter",
+    "Pushes received: accepted (a poll scheduled), coalesced (into one due), refused.",
+    Labels("account", "provider", "result"),
+)
+PUSH_CONNECTIONS = Family("push_connections", "gauge", "Connections open to the push listener.")
+PUSH_CONNECTIONS_LIMIT = Family(
+    "push_connections_limit", "gauge", "Connections the push listener keeps open at most."
+)
+PUSH_CONNECTIONS_CLOSED = Family(
+    "push_connections_closed",
+    "counter",
+    "Connections the push listener closed itself: header_timeout, body_timeout, evicted, refused.",
+    Labels("reason"),
+)
+PUSH_ACCEPT_ERRORS = Family(
+    "push_accept_errors", "counter", "Failed accept() calls of the push listener."
+)
+
 # The order the families are served in: those made from the watchers (with the provider
 # gauges, sorted by name, after ACCOUNT_FAMILIES), then walletwatch's own.
 ACCOUNT_FAMILIES = (
@@ -243,3 +263,10 @@ TELEMETRY_FAMILIES = (
 WEB_CLOSE_REASONS = ("evicted", "header_timeout", "refused")
 """The reasons of web_connections_closed_total: each is served from the start, at 0."""
 RELOAD_FAMILIES = (RELOAD_OK, RELOAD_TIME)
+PUSH_FAMILIES = (
+    *(PUSH_HINTS, PUSH_CONNECTIONS, PUSH_CONNECTIONS_LIMIT, PUSH_CONNECTIONS_CLOSED),
+    PUSH_ACCEPT_ERRORS,
+)
+"""Served when a push section is configured, after the others."""
+PUSH_CLOSE_REASONS = ("body_timeout", *WEB_CLOSE_REASONS)
+"""The reasons of push_connections_closed_total: each is served from the start, at 0."""

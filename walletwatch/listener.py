@@ -171,10 +171,10 @@ class Listener:
         await self.bind(host, port)
         self.serve(factory)
 
-    async def bind(self, host: str, port: int) -> None:
+    async def bind(self, host: str, port: int, setting: str = "listen") -> None:
         """Take every address of ``host`` as asyncio's create_server would, accepting nothing
         yet; StartupError (one line: the address, what is wrong, what to do) if this host
-        cannot give it."""
+        cannot give it. ``setting`` is the config key the advice names."""
         loop = asyncio.get_running_loop()
         where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
         try:
@@ -187,7 +187,7 @@ class Listener:
             )
         except socket.gaierror as err:
             raise StartupError(
-                f"cannot listen on {where}: {err.strerror or err}; set listen to an address "
+                f"cannot listen on {where}: {err.strerror or err}; set {setting} to an address "
                 "of this host (127.0.0.1:PORT serves this host only)"
             ) from None
         try:
@@ -200,7 +200,8 @@ class Listener:
                 try:
                     sock.bind(address)
                 except OSError as err:
-                    raise StartupError(f"cannot listen on {where}: {_bind_advice(err)}") from None
+                    advice = _bind_advice(err, setting)
+                    raise StartupError(f"cannot listen on {where}: {advice}") from None
                 sock.listen(BACKLOG)
                 sock.setblocking(False)
         except BaseException:
@@ -367,18 +368,20 @@ class Listener:
             )
 
 
-def _bind_advice(err: OSError) -> str:
-    """What a failed bind means and what to do about it, in words."""
+def _bind_advice(err: OSError, setting: str = "listen") -> str:
+    """What a failed bind means and what to do about it (``setting``: the key), in words."""
     if err.errno == errno.EADDRINUSE:
         return (
             "the address is in use by another program (another walletwatch? `ss -ltnp` "
-            "names it); stop it, or set listen to a free port"
+            f"names it); stop it, or set {setting} to a free port"
         )
     if err.errno == errno.EADDRNOTAVAIL:
         return (
-            "this host has no such address; set listen to one of its own addresses "
+            f"this host has no such address; set {setting} to one of its own addresses "
             "(127.0.0.1 serves this host only)"
         )
     if err.errno == errno.EACCES:
-        return "permission denied (ports below 1024 need privileges); set listen to a higher port"
+        return (
+            f"permission denied (ports below 1024 need privileges); set {setting} to a higher port"
+        )
     return f"{(err.strerror or str(err)).lower()}"

@@ -39,10 +39,12 @@ from walletwatch.families import (
     ACCOUNT_FAMILIES,
     CLOCK_OFFSET,
     HEALTH_FAMILIES,
+    PUSH_FAMILIES,
     RELOAD_FAMILIES,
     TELEMETRY_FAMILIES,
     Family,
 )
+from walletwatch.pushmetrics import push_lines
 from walletwatch.render import ReloadStatus, Render, SortedKeys, TelemetryKeys
 from walletwatch.series import AccountSeries
 from walletwatch.telemetry import Telemetry
@@ -146,6 +148,9 @@ class WalletwatchCollector(Collector):
             yield from _parts(out.families(openmetrics, RELOAD_FAMILIES), escaping)
         out.lines[CLOCK_OFFSET] = [CLOCK_OFFSET.line("", number(self._telemetry.clock_offset))]
         yield from _parts(out.families(openmetrics, (CLOCK_OFFSET,)), escaping)
+        if self._telemetry.push.enabled:
+            out.lines.update(push_lines(self._telemetry.push, out.escaped))
+            yield from _parts(out.families(openmetrics, PUSH_FAMILIES), escaping)
         if openmetrics:
             yield b"# EOF\n"
 

@@ -4,6 +4,10 @@ The schedule only sets timers on the injected clock and asks a ``Poller`` to do 
 request arbiter (walletwatch.arbiter) says when a poll may start, the failure policy
 (walletwatch.policy) how long a failed one waits. Between polls an endpoint is a timer, not a
 sleeping task: the collector never scans thousands of them.
+
+A hint (a provider's push, walletwatch.push) moves an endpoint's next poll to now, ahead of
+routine polls in the arbiter but through the same buckets, and at most once every HINT_GAP:
+hints during a poll fold into one more poll, the rest into the one already due.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import heapq
 import itertools
 import math
 import random
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,6 +43,12 @@ STARTUP_RATE = 500.0
 
 STALL_SLACK = 300.0
 """Beyond the longest sleep a loop may take, how long without progress counts as stalled."""
+
+HINT_GAP = 5.0
+"""Seconds at least between the starts of a hinted poll and the poll before it, per endpoint.
+A flood of hints at one account then costs its key one poll per transfer endpoint every
+HINT_GAP at most (0.4 requests/s for two endpoints), which the key's buckets pace as ever;
+a push that comes alone is polled at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +105,13 @@ class _Endpoint:
     polled: bool = False
     retired: bool = False
     armed: int = -1  # the sequence number of its live wake-up entry, -1 when none
+    wake: float = 0.0  # when that entry is due
     task: asyncio.Task[None] | None = None  # the poll under way
+    began: float = -math.inf  # when the last poll was let start
+    running: bool = False  # let start, not over yet
+    failing: bool = False  # the last poll failed: its retry keeps the policy's delay
+    hinted: bool = False  # the next poll is a hinted one
+    again: bool = False  # a hint came during the poll under way: one more after it
 
 
 EARLY = 1e-3
@@ -163,6 +179,41 @@ class Scheduler:
             self._arm(ep, first)
         self._quiet[poller.name] = max(poller.interval, poller.max_backoff)
 
+    def hint(self, name: str, endpoints: Collection[str]) -> bool:
+        """Poll the ``endpoints`` of the poller called ``name`` ahead of their schedule.
+
+        False when the hint changes nothing: every one of them is already due (its first
+        poll, a hinted one, a retry after a failure), or under way with one more to follow.
+        """
+        if self._stop.is_set():
+            return False
+        now = self._clock.monotonic()
+        scheduled = False
+        for ep in self._endpoints.get(name, ()):
+            if ep.name in endpoints:
+                scheduled = self._hint(ep, now) or scheduled
+        return scheduled
+
+    def _hint(self, ep: _Endpoint, now: float) -> bool:
+        if not ep.polled or ep.hinted or ep.failing or ep.retired:
+            return False
+        if ep.task is not None:  # waiting to start (it will see the news) or under way
+            if not ep.running or ep.again:
+                return False
+            ep.again = True
+            return True
+        at = max(now, ep.began + HINT_GAP)
+        if ep.armed != -1 and ep.wake <= at + EARLY:
+            return False
+        self._hinted(ep, at)
+        return True
+
+    def _hinted(self, ep: _Endpoint, at: float) -> None:
+        """Arm a hinted poll at ``at``: its deadline is ``at``, ahead of routine polls then."""
+        ep.hinted = True
+        ep.due = ep.deadline = at
+        self._arm(ep, at - self._clock.monotonic())
+
     def polling(self, name: str) -> bool:
         """True while the poller called ``name`` has endpoints on the schedule."""
         return bool(self._endpoints.get(name))
@@ -214,6 +265,7 @@ class Scheduler:
         now = self._clock.monotonic()
         at = now + delay
         ep.armed = next(self._seq)
+        ep.wake = at
         heapq.heappush(self._wakeups, (at, ep.armed, ep.index))
         if at < self._timer_at:
             self._set_timer(now, at)
@@ -273,9 +325,11 @@ class Scheduler:
             if ticket.buckets:
                 with self._idle_poll():
                     await admit(ticket)
-            began = self._clock.monotonic()
+            began = ep.began = self._clock.monotonic()
+            ep.running = True
             outcome = await self._poll(poller, endpoint, ticket)
         finally:
+            ep.running = ep.hinted = False
             release(ticket)
         if self._on_delay is not None:
             started = ticket.started if ticket.started is not None else began
@@ -303,7 +357,23 @@ class Scheduler:
             self._unpolled.discard(ep)
             if not self._unpolled and self._on_round is not None:
                 self._on_round()
-        self._arm(ep, ep.due - self._clock.monotonic())
+        if not self._again(ep, outcome.ok, finished):
+            self._arm(ep, ep.due - self._clock.monotonic())
+
+    def _again(self, ep: _Endpoint, ok: bool, finished: float) -> bool:
+        """Arm the one more poll that hints during the last asked for; False if none is due.
+
+        None follows a failed poll: its retry keeps the failure policy's delay.
+        """
+        ep.failing = not ok
+        if not ep.again:
+            return False
+        ep.again = False
+        at = max(finished, ep.began + HINT_GAP)
+        if not ok or at >= ep.due:
+            return False
+        self._hinted(ep, at)
+        return True
 
     async def _poll(self, poller: Poller, endpoint: str, ticket: Ticket) -> Outcome:
         try:

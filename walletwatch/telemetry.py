@@ -68,6 +68,15 @@ class WebConnections:
 
 
 @dataclass(slots=True)
+class PushStats:
+    """The push receiver: hints by (provider, account, result), and its connections."""
+
+    enabled: bool = False  # a push section is configured: its series are served
+    hints: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    connections: WebConnections = field(default_factory=WebConnections)
+
+
+@dataclass(slots=True)
 class Telemetry:
     """Everything walletwatch counts about its own work."""
 
@@ -95,6 +104,7 @@ class Telemetry:
     web: WebConnections = field(default_factory=WebConnections)
     # The system's wall clock less the daemon's steady one (clock.SystemClock), last measured.
     clock_offset: float = 0.0
+    push: PushStats = field(default_factory=PushStats)
 
     def request(self, provider: str, endpoint: str, code: str, seconds: float) -> None:
         """Count one HTTP exchange (code ``error`` when no response came)."""

@@ -84,6 +84,11 @@ class AccountWatcher:
         return self.client.endpoints
 
     @property
+    def transfer_endpoints(self) -> tuple[str, ...]:
+        """The endpoints whose answers list transfers (known once each has answered)."""
+        return tuple(e for e in self.endpoints if self._directions.get(e))
+
+    @property
     def up(self) -> bool:
         """True when the last poll of every endpoint succeeded and the state file is sound.
 

@@ -18,6 +18,7 @@ from walletwatch.configmodel import Config
 from walletwatch.listener import (
     HEADER_TIMEOUT,
     KEEPALIVE_TIMEOUT,
+    MIN_CONNECTIONS,
     Listener,
     OpenFiles,
     raise_open_files,
@@ -43,8 +44,12 @@ inside the unit's TimeoutStopSec=30s."""
 class WebServer:
     """``/metrics``, the health checks and the index page on the config's ``listen``."""
 
-    def __init__(self, config: Config, clock: Clock, stats: WebConnections) -> None:
+    def __init__(
+        self, config: Config, clock: Clock, stats: WebConnections, reserve: int = 0
+    ) -> None:
+        """``reserve``: connections of the cap left to another listener (the push receiver)."""
         self._config = config
+        self._reserve = reserve
         self._throttle = Throttle(clock.monotonic, LOG_INTERVAL)
         self._stats = stats
         self._files: OpenFiles | None = None
@@ -58,7 +63,7 @@ class WebServer:
         tls = server_context(web_config) if web_config else None
         asyncio.get_running_loop().set_exception_handler(exception_handler(self._throttle))
         self._files = raise_open_files()
-        self._stats.limit = self._files.connections
+        self._stats.limit = max(self._files.connections - self._reserve, MIN_CONNECTIONS)
         self._listener = Listener(self._stats, tls=tls, throttle=self._throttle)
         listen = self._config.listen
         await self._listener.bind(listen.host, listen.port)

@@ -381,6 +381,10 @@ SCHEMA = ProviderSchema(
         "balances": Option(None, choice(None, "v2")),
     },
 )
+# A callback_url of an address or a withdrawal takes any 2xx.
 PROVIDER = ProviderSpec(
-    SCHEMA, Bitexbit, gauges={GAUGE: "1 if the payment method is enabled (bitexbit)"}
+    SCHEMA,
+    Bitexbit,
+    gauges={GAUGE: "1 if the payment method is enabled (bitexbit)"},
+    push_answer="ok",
 )

@@ -307,4 +307,5 @@ PROVIDER = ProviderSpec(
     SCHEMA,
     PotWallet,
     gauges={"price": "price of the provider's currency in the quote currency (PotWallet)"},
+    push_answer="*ok*",  # the merchant callback repeats until the answer is exactly this
 )

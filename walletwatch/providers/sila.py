@@ -438,6 +438,10 @@ SCHEMA = ProviderSchema(
     # The handles name the app and the wallet: public, unlike the keys.
     public_credentials=("app_handle", "user_handle"),
 )
+# Webhooks take any 2xx; Sila disables a webhook after 15 failed deliveries in a row.
 PROVIDER = ProviderSpec(
-    SCHEMA, Sila, gauges={"wallet_whitelisted": "1 if the wallet is whitelisted (Sila)"}
+    SCHEMA,
+    Sila,
+    gauges={"wallet_whitelisted": "1 if the wallet is whitelisted (Sila)"},
+    push_answer="ok",
 )

@@ -12,12 +12,15 @@ from walletwatch.types import ProviderFactory
 
 @dataclass(frozen=True, slots=True)
 class ProviderSpec:
-    """A provider's config contract, its client, and the help of the gauges it exports."""
+    """A provider's config contract, its client, the help of its gauges, its push answer."""
 
     schema: ProviderSchema
     factory: ProviderFactory
     # model.Gauge name -> the HELP text of its metric family.
     gauges: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # The body a push from this provider is answered with (walletwatch.push); None when the
+    # provider sends none, so `push: true` is refused on its accounts.
+    push_answer: str | None = None
 
     def __post_init__(self) -> None:
         """Keep the gauge help read-only, whatever the provider module passed."""

@@ -220,4 +220,4 @@ SCHEMA = ProviderSchema(
     credentials=("api_key", "secret_key"),
     identity="api_key",
 )
-PROVIDER = ProviderSpec(SCHEMA, WestWallet)
+PROVIDER = ProviderSpec(SCHEMA, WestWallet, push_answer="ok")  # the IPN of an ipn_url
