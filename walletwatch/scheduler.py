@@ -195,13 +195,15 @@ class Scheduler:
         return scheduled
 
     def _hint(self, ep: _Endpoint, now: float) -> bool:
-        if not ep.polled or ep.hinted or ep.failing or ep.retired:
+        if not ep.polled or ep.retired:
             return False
         if ep.task is not None:  # waiting to start (it will see the news) or under way
             if not ep.running or ep.again:
                 return False
             ep.again = True
             return True
+        if ep.hinted or ep.failing:
+            return False
         at = max(now, ep.began + HINT_GAP)
         if ep.armed != -1 and ep.wake <= at + EARLY:
             return False
@@ -209,9 +211,13 @@ class Scheduler:
         return True
 
     def _hinted(self, ep: _Endpoint, at: float) -> None:
-        """Arm a hinted poll at ``at``: its deadline is ``at``, ahead of routine polls then."""
+        """Arm a hinted poll at ``at``, as urgent as a routine poll a whole interval late.
+
+        Polls start earliest deadline first: it goes ahead of every routine poll of the key
+        but those later than an interval, which an overloaded key is not made to starve.
+        """
         ep.hinted = True
-        ep.due = ep.deadline = at
+        ep.due, ep.deadline = at, at - ep.poller.interval_for(ep.name)
         self._arm(ep, at - self._clock.monotonic())
 
     def polling(self, name: str) -> bool:
