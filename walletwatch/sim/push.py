@@ -324,7 +324,9 @@ class Pusher:
         try:
             first = kind.request(push.item, self._clock())
             due = first.not_before if first is not None and first.not_before else 0.0
-            await self._sleep(sub.switches.delay + max(0.0, due - self._clock()))
+            wait = sub.switches.delay + max(0.0, due - self._clock())
+            if wait > 0:
+                await self._sleep(wait)
             for attempt in range(1, kind.attempts + 1):
                 if self._subs.get((push.provider, push.account)) is not sub or sub.disabled:
                     return  # cleared, replaced or disabled meanwhile
