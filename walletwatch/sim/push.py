@@ -304,9 +304,8 @@ class Pusher:
             self._count(push.provider, push.sub, "overflow")
             if not self._overflowing:
                 log.warning("sim.push.overflow", provider=push.provider, capacity=self._capacity)
-            self._overflowing = True
+            self._overflowing = True  # until the queue drains: one log line per episode
             return
-        self._overflowing = False
         self._pending += 1
         self._settle()
         if self._session is None:
@@ -347,6 +346,7 @@ class Pusher:
                 self._count(push.provider, sub, "abandoned")
         finally:
             self._pending -= 1
+            self._overflowing = self._overflowing and self._pending > 0
             self._settle()
 
     async def _attempt(self, url: URL, callback: Callback, until: bytes | None) -> tuple[bool, str]:
