@@ -127,10 +127,7 @@ def paginate(
 
 
 Item = dict[str, Any]
-
-
-# POST /_sim/bitexbit/accounts: each body field and how to read it.
-_ACCOUNT_FIELDS = {"api_key": as_str, "secret_key": as_str}
+_ACCOUNT_FIELDS = {"api_key": as_str, "secret_key": as_str}  # POST /_sim/bitexbit/accounts
 
 
 @dataclass(slots=True)
