@@ -51,7 +51,8 @@ class Checker(Protocol):
 def with_push(checker: Checker, data: Mapping[Any, object], config: Config) -> Config:
     """``config`` with its ``push`` section and every account's ``push`` flag checked in."""
     push = checker.field([("", data)], "push", lambda value: _push(checker, value), None)
-    if push is not None and push.listen == config.listen:
+    # Port 0 asks for a free port each: two of those never clash.
+    if push is not None and push.listen == config.listen and push.listen.port != 0:
         checker.add("push.listen", f"must differ from listen ({config.listen})")
     raw_accounts = data.get("accounts")
     defaults = data.get("defaults")
