@@ -36,6 +36,9 @@ MAX_BODY = 64 * 1024
 """Bytes a push body may have: the callbacks are a few hundred; more is refused with 413."""
 BODY_TIMEOUT = 5.0
 """Seconds a push's body may take to arrive once its headers have (slow clients are cut off)."""
+LINGER = 1.0
+"""Seconds the rest of a refused body may take to be read and dropped after the answer, so
+the client reads the answer before the close (aiohttp's default gives a slow client 10)."""
 PUSH_CONNECTIONS = 64
 """Connections the push listener keeps open at most, taken from the web server's share of
 descriptors: providers call one at a time, a reverse proxy keeps a few."""
@@ -96,8 +99,13 @@ class PushServer:
         *,
         watchers: Mapping[str, AccountWatcher],
         scheduler: Scheduler,
+        header_timeout: float = HEADER_TIMEOUT,
+        body_timeout: float = BODY_TIMEOUT,
     ) -> None:
+        """``header_timeout`` and ``body_timeout``: the seconds a client gets for each."""
         self._config = config
+        self._header_timeout = header_timeout
+        self._body_timeout = body_timeout
         self._stats = stats
         self._watchers = watchers  # the daemon's, kept current by its reloads
         self._scheduler = scheduler
@@ -115,7 +123,12 @@ class PushServer:
         tls = server_context(self._config.tls) if self._config.tls else None
         self._stats.enabled = True
         self._stats.connections.limit = PUSH_CONNECTIONS
-        self._listener = Listener(self._stats.connections, tls=tls, throttle=self._throttle)
+        self._listener = Listener(
+            self._stats.connections,
+            tls=tls,
+            throttle=self._throttle,
+            header_timeout=self._header_timeout,
+        )
         listen = self._config.listen
         await self._listener.bind(listen.host, listen.port, setting="push.listen")
         self.port = self._listener.port
@@ -132,6 +145,7 @@ class PushServer:
             access_log=None,  # the path holds the token
             handle_signals=False,
             keepalive_timeout=KEEPALIVE_TIMEOUT,
+            lingering_time=LINGER,
             shutdown_timeout=GRACE,
             logger=throttled_logger("walletwatch.push.server", self._throttle, "push.error"),
         )
@@ -143,7 +157,7 @@ class PushServer:
             "push.listening",
             listen=str(self._config.listen),
             connections=PUSH_CONNECTIONS,
-            header_timeout=HEADER_TIMEOUT,
+            header_timeout=self._header_timeout,
             max_body=MAX_BODY,
         )
 
@@ -164,7 +178,7 @@ class PushServer:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         """Read the body (capped, in time), then answer and hint, or refuse alike."""
         try:
-            async with asyncio.timeout(BODY_TIMEOUT):
+            async with asyncio.timeout(self._body_timeout):
                 await request.read()  # dropped: nothing of it is believed
         except web.HTTPRequestEntityTooLarge:
             self._refused("", "", "too_large")
