@@ -75,6 +75,7 @@ def potwallet(sim: Simulator, name: str) -> PushAccount:
     """A PotWallet account with no history yet."""
     public, private = f"{name}-public", f"{name}-private"
     sim.potwallet.add_account(public, private)
+    sim.potwallet.set_price("USD", Decimal("0.00142"))  # else its price poll fails
     return PushAccount(
         name,
         "potwallet",

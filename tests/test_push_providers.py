@@ -14,10 +14,12 @@ import aiohttp
 import pytest
 
 from tests.fakes import FakeClock
-from tests.pushrig import MAKERS, WAIT, PushAccount, events, push_config, served, subscribe, until
+from tests.pushrig import MAKERS, WAIT, PushAccount, events, push_config, served, subscribe
 from walletwatch.app import Daemon
+from walletwatch.config import Listen
+from walletwatch.demo import demo_config, subscribe_pushes
 from walletwatch.scheduler import HINT_GAP, STARTUP_SPREAD
-from walletwatch.sim import Simulator
+from walletwatch.sim import ApiSim, Simulator
 
 INTERVAL = 60.0
 STEP = 0.001  # fake seconds a wait moves on at a time: a slot of the 1000/s key
@@ -69,7 +71,7 @@ async def fixture_rig(provider: str, tmp_path: Path) -> AsyncIterator[Rig]:
             daemon.run_scheduler()
             await clock.advance(STARTUP_SPREAD)
             watcher = daemon.watchers[account.name]
-            await until(lambda: watcher.polled, clock)
+            await waiting(clock, lambda: watcher.polled)
             await clock.advance(HINT_GAP)  # the baseline's polls are HINT_GAP behind
             yield Rig(clock, sim, account, daemon, sim_url, http)
         finally:
@@ -111,14 +113,14 @@ def polls(rig: Rig) -> dict[str, float]:
     }
 
 
-async def waiting(rig: Rig, check: Callable[[], bool]) -> float:
+async def waiting(clock: FakeClock, check: Callable[[], bool]) -> float:
     """Move fake time on by a millisecond a step (the key's next slot) until ``check()``,
     loopback work done in real time between steps; the fake time then."""
     async with asyncio.timeout(WAIT):
         while not check():
-            await rig.clock.advance(STEP)
+            await clock.advance(STEP)
             await asyncio.sleep(0.005)
-    return rig.clock.monotonic()
+    return clock.monotonic()
 
 
 class TestPushedDeposit:
@@ -131,14 +133,15 @@ class TestPushedDeposit:
         pushed = rig.clock.monotonic()
         rig.account.deposit(rig.sim, Decimal("1.25"))
         seen = await waiting(
-            rig, lambda: any(e["event"] == "deposit.detected" for e in events(rig.daemon.config))
+            rig.clock,
+            lambda: any(e["event"] == "deposit.detected" for e in events(rig.daemon.config)),
         )
         assert seen - pushed < 1.0  # fake seconds: the routine poll is 60 away
         assert rig.hints("accepted") == 1
         assert rig.hints("refused") == 0
         watcher = rig.daemon.watchers[rig.account.name]
         transfers = watcher.transfer_endpoints
-        await waiting(rig, lambda: all(polls(rig)[e] > before[e] for e in transfers))
+        await waiting(rig.clock, lambda: all(polls(rig)[e] > before[e] for e in transfers))
         after = polls(rig)
         moved = {e for e in watcher.endpoints if after[e] != before[e]}
         assert moved == set(watcher.transfer_endpoints)  # balances and prices wait their turn
@@ -152,7 +155,7 @@ class TestPushedDeposit:
         async with rig.http.post(f"{rig.account.control(rig.sim_url)}/forge") as resp:
             assert resp.status == 202
         await waiting(
-            rig,
+            rig.clock,
             lambda: all(polls(rig)[e] > polls_before[e] for e in watcher.transfer_endpoints),
         )
         await rig.daemon.deliver()
@@ -160,3 +163,23 @@ class TestPushedDeposit:
         assert watcher.state == state
         assert events(rig.daemon.config) == events_before
         assert facts(rig.daemon) == facts_before
+
+
+class TestDemo:
+    """``walletwatch demo`` subscribes the simulator to its push listener."""
+
+    def test_one_push_account_per_provider_that_calls_back(self, tmp_path: Path) -> None:
+        """Each of the four providers has one push account, its callbacks sent to the
+        listener's URL for it, with the token."""
+        sim = Simulator()
+        config = demo_config("http://127.0.0.1:1", Listen("127.0.0.1", 0), tmp_path)
+        assert subscribe_pushes(sim, config, "http://127.0.0.1:5555") == len(MAKERS)
+        pushing = [account for account in config.accounts if account.push]
+        assert sorted(account.provider for account in pushing) == sorted(MAKERS)
+        for account in pushing:
+            provider = sim.sims[account.provider]
+            assert isinstance(provider, ApiSim)
+            names = provider.push_credentials or provider.snapshot_keys
+            keys = tuple(account.credentials[name].reveal() for name in names)
+            view = sim.pushes.subscription(account.provider, keys)
+            assert view["target"] == "http://127.0.0.1:5555"

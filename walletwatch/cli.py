@@ -25,7 +25,7 @@ from walletwatch.clock import SystemClock
 from walletwatch.config import Config, Listen, load_config
 from walletwatch.configpush import push_lines
 from walletwatch.console import event_line
-from walletwatch.demo import demo_config, simulator_banner
+from walletwatch.demo import demo_config, simulator_banner, subscribe_pushes
 from walletwatch.errors import ConfigError, RateLimited, StateDamaged, WalletwatchError
 from walletwatch.events import Event
 from walletwatch.hostcheck import path_problems
@@ -235,8 +235,12 @@ async def _serve(
     before: str | None = None,
     path: Path | None = None,
     lines: Callable[[Event], str] = stdout_json,
+    *,
+    started: Callable[[Daemon], object] | None = None,
 ) -> int:
-    """Run the daemon until SIGTERM/SIGINT; SIGHUP reloads ``path``; tell systemd how it goes."""
+    """Run the daemon until SIGTERM/SIGINT; SIGHUP reloads ``path``; tell systemd how it goes.
+
+    ``started`` is called with the daemon once it listens, before it polls."""
     clock = SystemClock()
     daemon = Daemon(config, clock=clock, stdout=stdout, stdout_lines=lines)
     stop = asyncio.Event()
@@ -255,6 +259,8 @@ async def _serve(
         loop.add_signal_handler(signal.SIGHUP, reloader.request)
     await daemon.start()
     try:
+        if started is not None:
+            started(daemon)
         if before:
             print(before.format(url=daemon.url), file=sys.stderr, flush=True)
         daemon.run_scheduler()
@@ -475,6 +481,12 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
             "walletwatch demo: metrics at {url}/metrics, overview at {url}/ ; events in "
             f"{config.events_file} ; Ctrl-C stops"
         )
-        return await _serve(config, sys.stdout, before=banner, lines=_event_lines(config))
+        return await _serve(
+            config,
+            sys.stdout,
+            before=banner,
+            lines=_event_lines(config),
+            started=lambda daemon: subscribe_pushes(sim, config, daemon.push_url or ""),
+        )
     finally:
         await runner.cleanup()

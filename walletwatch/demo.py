@@ -1,14 +1,16 @@
 """The built-in demo: its config (walletwatch/demo.yaml), and the simulator accounts it names.
 
-``walletwatch demo`` points the config at its simulator; ``walletwatch simulate`` prints the
-accounts, and the simulator's ``/`` page lists them, so a config can be written against it.
+``walletwatch demo`` points the config at its simulator, and the simulator's push sender at
+the demo's push listener; ``walletwatch simulate`` prints the accounts, and the simulator's
+``/`` page lists them, so a config can be written against it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -19,6 +21,7 @@ def demo_yaml(sim_url: str, listen: Listen) -> Any:
     """walletwatch/demo.yaml as loaded YAML, pointed at ``sim_url`` and listening on ``listen``."""
     text = resources.files("walletwatch").joinpath("demo.yaml").read_text()
     host = f"[{listen.host}]" if ":" in listen.host else listen.host
+    text = text.replace("PUSH_LISTEN", f"{host}:0")  # a free port beside listen's
     return yaml.safe_load(
         text.replace("SIM_URL", sim_url).replace("LISTEN", f"{host}:{listen.port}")
     )
@@ -45,3 +48,25 @@ def simulator_accounts(url: str) -> str:
 def simulator_banner(url: str) -> str:
     """Where the simulator listens, and per account the base_url and credentials it takes."""
     return f"simulator listening on {url}\n{simulator_accounts(url)}"
+
+
+class PushSender(Protocol):
+    """What the demo needs of the simulator: sending an account's pushes to a URL."""
+
+    def subscribe_account(self, provider: str, credentials: Mapping[str, str], url: str) -> None:
+        """Send the pushes of the account these credentials open to ``url``."""
+        ...
+
+
+def subscribe_pushes(sender: PushSender, config: Config, push_url: str) -> int:
+    """Point every ``push: true`` account's callbacks at ``push_url``; how many there are."""
+    if config.push is None:
+        return 0
+    token = config.push.token.reveal()
+    accounts = [account for account in config.accounts if account.push]
+    for account in accounts:
+        credentials = {key: secret.reveal() for key, secret in account.credentials.items()}
+        sender.subscribe_account(
+            account.provider, credentials, f"{push_url}/push/{account.name}/{token}"
+        )
+    return len(accounts)

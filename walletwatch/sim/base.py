@@ -145,6 +145,8 @@ class ApiSim(ABC, Generic[AccountT]):
     account_fields: ClassVar[Mapping[str, Reader] | None] = None
     snapshot_keys: ClassVar[tuple[str, ...]] = ("api_key",)  # GET /{key}... -> snapshot(*keys)
     push_kind: ClassVar[PushKind | None] = None  # how the provider calls back, if it does
+    # The credentials naming an account, as snapshot_keys name it (None: the same names).
+    push_credentials: ClassVar[tuple[str, ...] | None] = None
 
     # The provider's Python API, called by the control app with the fields it read.
     add_account: Callable[..., object]

@@ -115,6 +115,14 @@ class Simulator:
                 lines.append(f"  {name:<12} POST /_sim/{name}/{keys}/push")
         return "\n".join(lines)
 
+    def subscribe_account(self, provider: str, credentials: Mapping[str, str], url: str) -> None:
+        """Send the pushes of the account ``credentials`` open at ``provider`` to ``url``."""
+        sim = self.sims[provider]
+        if not isinstance(sim, ApiSim) or sim.push_kind is None:
+            raise ValueError(f"the {provider} simulator sends no pushes")
+        keys = tuple(credentials[name] for name in sim.push_credentials or sim.snapshot_keys)
+        self.pushes.subscribe(provider, keys, url)
+
     async def _push_status(self, _request: web.Request) -> web.Response:
         return json_response(self.pushes.status())
 

@@ -152,6 +152,7 @@ class SilaSim(ApiSim[_Session]):
     throttled = "rate limited"
     snapshot_keys = ("app", "user")
     push_kind = WEBHOOK  # transaction events, to the URL set per wallet
+    push_credentials = ("app_handle", "user_handle")
 
     def __init__(self, ctx: SimContext) -> None:
         super().__init__(ctx)
