@@ -30,6 +30,7 @@ from walletwatch.sim import Simulator, start
 
 KEY, SECRET = "golden-key", "golden-secret"
 BROKEN_KEY = "golden-broken-key"
+PUSH_TOKEN = "golden-push-token-0123456789abcdefghij"
 # Fixed provider timestamps, so the oldest-in-flight gauges and stuck counts are stable.
 CREATED = 1_700_000_000.0
 # Values that follow the wall clock; their series and labels still count.
@@ -41,7 +42,13 @@ CLOCK = frozenset(
     }
 )
 # Values that depend on the host (its open files limit) or on the scraper's connections.
-HOST = frozenset({"walletwatch_web_connections", "walletwatch_web_connections_limit"})
+HOST = frozenset(
+    {
+        "walletwatch_web_connections",
+        "walletwatch_web_connections_limit",
+        "walletwatch_push_connections",  # the pushes' connection may not be gone yet
+    }
+)
 # Values that measure durations (latency histograms, time spent waiting).
 DURATION_SUFFIXES = ("_seconds_bucket", "_seconds_sum", "_seconds_total")
 SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?P<labels>\{.*\})? (?P<value>\S+)$")
@@ -99,10 +106,12 @@ async def fixture_exposition(sim: Simulator, tmp_path: Path) -> AsyncIterator[st
             "listen": "127.0.0.1:0",
             "state_path": "state.db",
             "providers": {"westwallet": {"rate_limit": 1000}},
+            "push": {"listen": "127.0.0.1:0", "token": PUSH_TOKEN},
             "accounts": [
                 {
                     "name": "hot",
                     "provider": "westwallet",
+                    "push": True,
                     "base_url": url,
                     "credentials": {"api_key": KEY, "secret_key": SECRET},
                     "interval": "30s",
@@ -135,6 +144,10 @@ async def fixture_exposition(sim: Simulator, tmp_path: Path) -> AsyncIterator[st
             created_at=CREATED + 120,
         )
         await daemon.poll_once()
+        async with aiohttp.ClientSession() as session:
+            for path in (f"hot/{PUSH_TOKEN}", f"refused/{PUSH_TOKEN}"):  # taken, refused
+                async with session.post(f"{daemon.push_url}/push/{path}") as pushed:
+                    await pushed.read()
         async with (
             aiohttp.ClientSession() as session,
             session.get(f"{daemon.url}/metrics") as resp,

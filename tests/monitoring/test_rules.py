@@ -35,6 +35,7 @@ NAMES = {
     "WalletwatchEventsUndelivered": ("sink",),
     "WalletwatchEventsParked": ("sink",),
     "WalletwatchWebConnectionsExhausted": ("instance",),
+    "WalletwatchPushRefused": ("instance",),
     "WalletwatchClockJumped": ("instance",),
     "WalletwatchMalformedRecords": ("provider", "account", "endpoint"),
     "WalletwatchCurrencyUnreported": ("provider", "account", "currency"),
