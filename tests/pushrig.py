@@ -1,9 +1,8 @@
-"""What the push end-to-end tests and bench/push.py share: one account per push provider at a
-served simulator, a daemon that receives their pushes, and a deposit made at each."""
+"""What the push tests share: an account at each provider that calls back, in a served
+simulator, with how to make a deposit there, and a daemon config that receives their pushes."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -20,7 +19,6 @@ from walletwatch.app import Daemon
 from walletwatch.config import Config, parse_config
 from walletwatch.sim import Simulator, start
 from walletwatch.sim.sila_auth import address_of_key
-from walletwatch.types import Clock
 
 TOKEN = "push-token-for-tests-0123456789abcdef"
 SILA_APP = "push-app"
@@ -195,11 +193,3 @@ def events(config: Config) -> list[dict[str, Any]]:
     if path is None or not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-async def until(check: Callable[[], bool], clock: Clock, wait: float = WAIT) -> float:
-    """Wait (in real time, for loopback work) until ``check()``; the clock's time then."""
-    async with asyncio.timeout(wait):
-        while not check():  # noqa: ASYNC110 - loopback sockets, no event to wait on
-            await asyncio.sleep(0.005)
-    return clock.monotonic()

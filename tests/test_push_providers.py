@@ -44,10 +44,6 @@ class Rig:
         )
         return value or 0.0
 
-    def transfer_polls(self) -> int:
-        """Requests the simulator has had so far."""
-        return len(self.sim.requests.as_json())
-
 
 @pytest.fixture(name="provider", params=sorted(MAKERS))
 def fixture_provider(request: pytest.FixtureRequest) -> str:

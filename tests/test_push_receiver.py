@@ -110,6 +110,21 @@ class TestAnswer:
         assert counted == 1
 
 
+class TestReload:
+    """An account's ``push`` flag follows a reload."""
+
+    async def test_push_turned_off_and_on(
+        self, daemon: Daemon, config: Config, http: aiohttp.ClientSession
+    ) -> None:
+        """After a reload with ``push: false`` the account's URL is a 404; turned on, 200."""
+        url = f"{daemon.push_url}/push/sila/{TOKEN}"
+        off = tuple(replace(a, push=a.name != "sila" and a.push) for a in config.accounts)
+        await daemon.reload(replace(config, accounts=off))
+        assert (await push(http, url))[:2] == (404, NOT_FOUND)
+        await daemon.reload(config)
+        assert (await push(http, url))[:2] == (200, "ok")
+
+
 class TestNotFound:
     """An unknown account, a wrong token and an account without push look alike."""
 
