@@ -111,6 +111,13 @@ def make_config(
     return parse_config(data, base_dir=workdir, environ={})
 
 
+def push_base(daemon: Daemon) -> str:
+    """The base URL of the daemon's push listener."""
+    if daemon.push is None:
+        raise RuntimeError("the daemon has no push section")
+    return daemon.push.url
+
+
 async def started(config: Config, stdout: Detections | None = None) -> Daemon:
     """The daemon started, polling, its first polls done and HINT_GAP behind it."""
     daemon = Daemon(config, clock=SystemClock(), stdout=stdout)
@@ -136,7 +143,7 @@ async def latency(deposits: int, *, push: bool) -> tuple[list[float], int]:
             try:
                 if push:
                     for name, provider in accounts:
-                        url = f"{daemon.push_url}/push/{name}/{TOKEN}"
+                        url = f"{push_base(daemon)}/push/{name}/{TOKEN}"
                         await sim.post(f"/_sim/{provider}/{name}/push", {"url": url})
                 made: dict[Decimal, float] = {}
                 for n in range(deposits):
@@ -261,7 +268,7 @@ async def flood(seconds: float, rate: float, interval: str) -> tuple[dict[str, A
             config = make_config(sim, Path(tmp), accounts, push=True, interval=interval)
             daemon = await started(config)
             try:
-                url = f"{daemon.push_url}/push/flooded/{TOKEN}"
+                url = f"{push_base(daemon)}/push/flooded/{TOKEN}"
                 command = [sys.executable, "-c", _FLOOD, url, str(rate), str(seconds), "32"]
                 quiet = await window(daemon, sim, seconds, None)
                 loud = await window(daemon, sim, seconds, command)

@@ -178,11 +178,18 @@ async def served(sim: Simulator) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+def push_base(daemon: Daemon) -> str:
+    """The base URL of the daemon's push listener."""
+    if daemon.push is None:
+        raise AssertionError("the daemon has no push section")
+    return daemon.push.url
+
+
 async def subscribe(
     http: aiohttp.ClientSession, sim_url: str, daemon: Daemon, account: PushAccount
 ) -> None:
     """Point the account's pushes at the daemon's push listener."""
-    url = f"{daemon.push_url}/push/{account.name}/{TOKEN}"
+    url = f"{push_base(daemon)}/push/{account.name}/{TOKEN}"
     async with http.post(account.control(sim_url), json={"url": url}) as resp:
         resp.raise_for_status()
 

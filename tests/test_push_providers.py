@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
@@ -169,7 +170,8 @@ class TestDemo:
         listener's URL for it, with the token."""
         sim = Simulator()
         config = demo_config("http://127.0.0.1:1", Listen("127.0.0.1", 0), tmp_path)
-        assert subscribe_pushes(sim, config, "http://127.0.0.1:5555") == len(MAKERS)
+        receiver = SimpleNamespace(url="http://127.0.0.1:5555")
+        assert subscribe_pushes(sim, config, receiver) == len(MAKERS)
         pushing = [account for account in config.accounts if account.push]
         assert sorted(account.provider for account in pushing) == sorted(MAKERS)
         for account in pushing:

@@ -19,7 +19,7 @@ import trustme
 import yaml
 from structlog.testing import capture_logs
 
-from tests.pushrig import MAKERS, TOKEN, PushAccount, push_config, served
+from tests.pushrig import MAKERS, TOKEN, PushAccount, push_base, push_config, served
 from tests.test_startup import fixture_taken, refused
 from walletwatch.app import Daemon
 from walletwatch.cli import main
@@ -100,7 +100,7 @@ class TestAnswer:
         self, daemon: Daemon, http: aiohttp.ClientSession, provider: str, method: str
     ) -> None:
         """200 with ``*ok*`` for PotWallet (it repeats its callback until then), else ``ok``."""
-        url = f"{daemon.push_url}/push/{provider}/{TOKEN}?amount=1&txid=abc"
+        url = f"{push_base(daemon)}/push/{provider}/{TOKEN}?amount=1&txid=abc"
         status, text, _ = await push(http, url, method, b"amount=1" if method == "POST" else b"")
         assert (status, text) == (200, "*ok*" if provider == "potwallet" else "ok")
         labels = {"provider": provider, "account": provider}
@@ -117,7 +117,7 @@ class TestReload:
         self, daemon: Daemon, config: Config, http: aiohttp.ClientSession
     ) -> None:
         """After a reload with ``push: false`` the account's URL is a 404; turned on, 200."""
-        url = f"{daemon.push_url}/push/sila/{TOKEN}"
+        url = f"{push_base(daemon)}/push/sila/{TOKEN}"
         off = tuple(replace(a, push=a.name != "sila" and a.push) for a in config.accounts)
         await daemon.reload(replace(config, accounts=off))
         assert (await push(http, url))[:2] == (404, NOT_FOUND)
@@ -132,7 +132,7 @@ class TestNotFound:
         self, daemon: Daemon, http: aiohttp.ClientSession
     ) -> None:
         """The same status, body and headers, whichever it was; counted as refused."""
-        base = f"{daemon.push_url}/push"
+        base = f"{push_base(daemon)}/push"
         answers = [
             await push(http, f"{base}/nobody/{TOKEN}"),
             await push(http, f"{base}/westwallet/{TOKEN[:-1]}x"),
@@ -160,7 +160,7 @@ class TestNotFound:
             return real(a, b)
 
         monkeypatch.setattr("walletwatch.push.hmac.compare_digest", compare)
-        base = f"{daemon.push_url}/push"
+        base = f"{push_base(daemon)}/push"
         for path in ("nobody/x", f"westwallet/{TOKEN}0", f"quiet/{TOKEN}", f"sila/{TOKEN}"):
             await push(http, f"{base}/{path}")
         assert compared == [(32, 32)] * 4
@@ -174,7 +174,7 @@ class TestLimits:
     ) -> None:
         """A body of exactly 64 KiB is read and answered."""
         status, text, _ = await push(
-            http, f"{daemon.push_url}/push/sila/{TOKEN}", body=b"x" * MAX_BODY
+            http, f"{push_base(daemon)}/push/sila/{TOKEN}", body=b"x" * MAX_BODY
         )
         assert (status, text) == (200, "ok")
 
@@ -183,7 +183,7 @@ class TestLimits:
     ) -> None:
         """One byte more is 413, counted refused under no account, and polls nothing."""
         status, _, _ = await push(
-            http, f"{daemon.push_url}/push/sila/{TOKEN}", body=b"x" * (MAX_BODY + 1)
+            http, f"{push_base(daemon)}/push/sila/{TOKEN}", body=b"x" * (MAX_BODY + 1)
         )
         assert status == 413
         assert hints(daemon, **REFUSED_UNKNOWN) == 1
@@ -278,8 +278,7 @@ class TestTls:
             daemon = Daemon(config, clock=SystemClock())
             await daemon.start()
             try:
-                url = daemon.push_url
-                assert url is not None
+                url = push_base(daemon)
                 assert url.startswith("https://")
                 context = ssl.create_default_context()
                 ca.configure_trust(context)
@@ -414,7 +413,7 @@ class TestSecrecy:
             daemon = Daemon(config, clock=SystemClock())
             await daemon.start()
             try:
-                base = f"{daemon.push_url}/push"
+                base = f"{push_base(daemon)}/push"
                 for path in (f"sila/{TOKEN}", f"nobody/{TOKEN}", f"quiet/{TOKEN}", "sila/x"):
                     await push(http, f"{base}/{path}")
                 await push(http, f"{base}/sila/{TOKEN}", body=b"x" * (MAX_BODY + 1))

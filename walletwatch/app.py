@@ -32,7 +32,7 @@ from walletwatch.hostcheck import path_problems
 from walletwatch.http import Http
 from walletwatch.metrics import WalletwatchCollector
 from walletwatch.providers import REGISTRY
-from walletwatch.push import PUSH_CONNECTIONS, PushServer
+from walletwatch.push import push_server
 from walletwatch.reload import RESTART_KEYS, changes, restart_needed, slices, yield_loop
 from walletwatch.render import ReloadStatus
 from walletwatch.scheduler import Scheduler
@@ -111,17 +111,10 @@ class Daemon:
         self._session: aiohttp.ClientSession | None = None
         self._dispatcher: Dispatcher | None = None
         self._file_task: asyncio.Task[None] | None = None
-        reserve = PUSH_CONNECTIONS if config.push is not None else 0
-        self._web = WebServer(config, clock, self.telemetry.web, reserve)
-        self._push: PushServer | None = None
-        if config.push is not None:  # the receiver wakes the watchers' polls, reloads included
-            self._push = PushServer(
-                config.push,
-                clock,
-                self.telemetry.push,
-                watchers=self.watchers,
-                scheduler=self.scheduler,
-            )
+        self.push = push_server(
+            config.push, clock, self.telemetry.push, self.watchers, self.scheduler
+        )
+        self._web = WebServer(config, clock, self.telemetry.web, self.push)
         self._nonces: Nonces | None = None
         self._polling = False
         self._renders_frozen = False  # True once a render after the last freeze was frozen too
@@ -153,8 +146,6 @@ class Daemon:
             raise StartupError("; ".join(problems))
         if serve:
             await self._web.bind()
-            if self._push is not None:
-                await self._push.bind()
         store = AsyncStore(Store(self._state_path))
         self._store = store
         states = await store.call(store.store.load)
@@ -188,8 +179,6 @@ class Daemon:
         self._dispatcher.start()
         if serve:
             await self._web.serve(self.collector, self.watchers.values, self._rendered)
-            if self._push is not None:
-                await self._push.serve()
         log.info(
             "walletwatch.started",
             version=__version__,
@@ -299,11 +288,6 @@ class Daemon:
     def url(self) -> str:
         """The base URL of the web server."""
         return self._web.url
-
-    @property
-    def push_url(self) -> str | None:
-        """The base URL of the push receiver, when configured and bound."""
-        return self._push.url if self._push is not None and self._push.port else None
 
     @property
     def port(self) -> int | None:
@@ -455,8 +439,6 @@ class Daemon:
             # Bounded: SHUTDOWN_GRACE + DELIVERY_GRACE + WEB_GRACE, inside TimeoutStopSec=30s.
             await self._dispatcher.close(DELIVERY_GRACE)
         await self._web.close()
-        if self._push is not None:
-            await self._push.close()
         if self._session is not None:
             await self._session.close()
         if self._store is not None:

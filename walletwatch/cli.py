@@ -160,9 +160,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     problems = [] if args.offline else path_problems(config.state_path, config.events_file)
     if problems:
         raise ConfigError(problems)
-    print(f"{args.config}: OK, {len(config.accounts)} account(s)")
-    for line in push_lines(config):
-        print(line)
+    print(f"{args.config}: OK, {len(config.accounts)} account(s)", *push_lines(config), sep="\n")
     return EXIT_OK
 
 
@@ -236,11 +234,9 @@ async def _serve(
     path: Path | None = None,
     lines: Callable[[Event], str] = stdout_json,
     *,
-    started: Callable[[Daemon], object] | None = None,
+    started: Callable[[Daemon], object] = lambda _daemon: None,  # once it listens, not polls
 ) -> int:
-    """Run the daemon until SIGTERM/SIGINT; SIGHUP reloads ``path``; tell systemd how it goes.
-
-    ``started`` is called with the daemon once it listens, before it polls."""
+    """Run the daemon until SIGTERM/SIGINT; SIGHUP reloads ``path``; tell systemd how it goes."""
     clock = SystemClock()
     daemon = Daemon(config, clock=clock, stdout=stdout, stdout_lines=lines)
     stop = asyncio.Event()
@@ -259,8 +255,7 @@ async def _serve(
         loop.add_signal_handler(signal.SIGHUP, reloader.request)
     await daemon.start()
     try:
-        if started is not None:
-            started(daemon)
+        started(daemon)
         if before:
             print(before.format(url=daemon.url), file=sys.stderr, flush=True)
         daemon.run_scheduler()
@@ -481,12 +476,7 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
             "walletwatch demo: metrics at {url}/metrics, overview at {url}/ ; events in "
             f"{config.events_file} ; Ctrl-C stops"
         )
-        return await _serve(
-            config,
-            sys.stdout,
-            before=banner,
-            lines=_event_lines(config),
-            started=lambda daemon: subscribe_pushes(sim, config, daemon.push_url or ""),
-        )
+        lines, started = _event_lines(config), lambda d: subscribe_pushes(sim, config, d.push)
+        return await _serve(config, sys.stdout, before=banner, lines=lines, started=started)
     finally:
         await runner.cleanup()

@@ -50,6 +50,15 @@ def simulator_banner(url: str) -> str:
     return f"simulator listening on {url}\n{simulator_accounts(url)}"
 
 
+class Receiver(Protocol):
+    """The daemon's push receiver, as far as the demo needs it."""
+
+    @property
+    def url(self) -> str:
+        """Its base URL."""
+        ...
+
+
 class PushSender(Protocol):
     """What the demo needs of the simulator: sending an account's pushes to a URL."""
 
@@ -58,15 +67,15 @@ class PushSender(Protocol):
         ...
 
 
-def subscribe_pushes(sender: PushSender, config: Config, push_url: str) -> int:
-    """Point every ``push: true`` account's callbacks at ``push_url``; how many there are."""
-    if config.push is None:
+def subscribe_pushes(sender: PushSender, config: Config, receiver: Receiver | None) -> int:
+    """Point every ``push: true`` account's callbacks at ``receiver``; how many there are."""
+    if config.push is None or receiver is None:
         return 0
     token = config.push.token.reveal()
     accounts = [account for account in config.accounts if account.push]
     for account in accounts:
         credentials = {key: secret.reveal() for key, secret in account.credentials.items()}
         sender.subscribe_account(
-            account.provider, credentials, f"{push_url}/push/{account.name}/{token}"
+            account.provider, credentials, f"{receiver.url}/push/{account.name}/{token}"
         )
     return len(accounts)

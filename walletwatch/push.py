@@ -88,6 +88,23 @@ def verdict(
     return (watcher if opens and enabled else None), *labels
 
 
+def push_server(
+    config: PushConfig | None,
+    clock: Clock,
+    stats: PushStats,
+    watchers: Mapping[str, AccountWatcher],
+    scheduler: Scheduler,
+) -> PushServer | None:
+    """The push receiver of a ``push:`` section (None without one).
+
+    ``watchers`` is the daemon's own mapping, which its reloads keep current: a push finds
+    the account as it is configured now.
+    """
+    if config is None:
+        return None
+    return PushServer(config, clock, stats, watchers=watchers, scheduler=scheduler)
+
+
 class PushServer:
     """The push listener: ``/push/<account>/<token>`` wakes the account's transfer polls."""
 

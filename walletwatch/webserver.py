@@ -24,6 +24,7 @@ from walletwatch.listener import (
     raise_open_files,
 )
 from walletwatch.metrics import WalletwatchCollector
+from walletwatch.push import PUSH_CONNECTIONS, PushServer
 from walletwatch.telemetry import WebConnections
 from walletwatch.throttle import Throttle, exception_handler, throttled_logger
 from walletwatch.types import Clock
@@ -45,11 +46,12 @@ class WebServer:
     """``/metrics``, the health checks and the index page on the config's ``listen``."""
 
     def __init__(
-        self, config: Config, clock: Clock, stats: WebConnections, reserve: int = 0
+        self, config: Config, clock: Clock, stats: WebConnections, push: PushServer | None = None
     ) -> None:
-        """``reserve``: connections of the cap left to another listener (the push receiver)."""
+        """``push``: the push receiver, bound, served and closed with it; its connections come
+        out of the web server's share of descriptors, so polling keeps its reserve."""
         self._config = config
-        self._reserve = reserve
+        self._push = push
         self._throttle = Throttle(clock.monotonic, LOG_INTERVAL)
         self._stats = stats
         self._files: OpenFiles | None = None
@@ -63,11 +65,14 @@ class WebServer:
         tls = server_context(web_config) if web_config else None
         asyncio.get_running_loop().set_exception_handler(exception_handler(self._throttle))
         self._files = raise_open_files()
-        self._stats.limit = max(self._files.connections - self._reserve, MIN_CONNECTIONS)
+        reserve = PUSH_CONNECTIONS if self._push is not None else 0
+        self._stats.limit = max(self._files.connections - reserve, MIN_CONNECTIONS)
         self._listener = Listener(self._stats, tls=tls, throttle=self._throttle)
         listen = self._config.listen
         await self._listener.bind(listen.host, listen.port)
         self.port = self._listener.port
+        if self._push is not None:
+            await self._push.bind()
 
     async def serve(
         self,
@@ -111,6 +116,8 @@ class WebServer:
             header_timeout=HEADER_TIMEOUT,
             keepalive_timeout=KEEPALIVE_TIMEOUT,
         )
+        if self._push is not None:
+            await self._push.serve()
 
     @property
     def url(self) -> str:
@@ -127,3 +134,5 @@ class WebServer:
             self._listener.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._push is not None:
+            await self._push.close()

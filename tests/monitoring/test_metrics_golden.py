@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 
 from tests.monitoring.tools import GOLDEN, promtool
+from tests.pushrig import push_base
 from walletwatch.app import Daemon
 from walletwatch.clock import SystemClock
 from walletwatch.config import parse_config
@@ -146,7 +147,7 @@ async def fixture_exposition(sim: Simulator, tmp_path: Path) -> AsyncIterator[st
         await daemon.poll_once()
         async with aiohttp.ClientSession() as session:
             for path in (f"hot/{PUSH_TOKEN}", f"refused/{PUSH_TOKEN}"):  # taken, refused
-                async with session.post(f"{daemon.push_url}/push/{path}") as pushed:
+                async with session.post(f"{push_base(daemon)}/push/{path}") as pushed:
                     await pushed.read()
         async with (
             aiohttp.ClientSession() as session,
