@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
@@ -110,6 +111,33 @@ class TestAnswer:
         assert counted == 1
 
 
+class TestFollower:
+    """A replica that follows watches no account, yet keeps providers' URLs working."""
+
+    async def test_answered_as_expected_and_nothing_polled(
+        self, daemon: Daemon, config: Config, http: aiohttp.ClientSession
+    ) -> None:
+        """A good push is answered as its provider expects and counted coalesced; a bad one
+        is the same 404 as on the leader."""
+        assert config.push is not None
+        stats = PushStats()
+        follower = SimpleNamespace(config=config, watchers={}, scheduler=daemon.scheduler)
+        server = PushServer(config.push, SystemClock(), stats, host=follower)
+        await server.bind()
+        await server.serve()
+        try:
+            good = await push(http, f"{server.url}/push/potwallet/{TOKEN}")
+            bad = await push(http, f"{server.url}/push/quiet/{TOKEN}")
+        finally:
+            await server.close()
+        assert good[:2] == (200, "*ok*")
+        assert bad[:2] == (404, NOT_FOUND)
+        assert stats.hints == {
+            ("potwallet", "potwallet", "coalesced"): 1,
+            ("westwallet", "quiet", "refused"): 1,
+        }
+
+
 class TestReload:
     """An account's ``push`` flag follows a reload."""
 
@@ -199,8 +227,7 @@ class TestLimits:
             config.push,
             SystemClock(),
             stats,
-            watchers=daemon.watchers,
-            scheduler=daemon.scheduler,
+            host=daemon,
             body_timeout=SHORT,
         )
         await server.bind()
@@ -232,8 +259,7 @@ class TestLimits:
             config.push,
             SystemClock(),
             stats,
-            watchers=daemon.watchers,
-            scheduler=daemon.scheduler,
+            host=daemon,
             header_timeout=SHORT,
         )
         await server.bind()
@@ -424,9 +450,7 @@ class TestSecrecy:
             finally:
                 await daemon.close()
         shown = [str(logs), metrics, page, repr(config), repr(config.push), repr(daemon)]
-        server = PushServer(
-            config.push, SystemClock(), PushStats(), watchers={}, scheduler=daemon.scheduler
-        )
+        server = PushServer(config.push, SystemClock(), PushStats(), host=daemon)
         shown.append(repr(server))
         assert "walletwatch_push_hints_total" in metrics
         for text in shown:

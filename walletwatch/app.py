@@ -111,9 +111,7 @@ class Daemon:
         self._session: aiohttp.ClientSession | None = None
         self._dispatcher: Dispatcher | None = None
         self._file_task: asyncio.Task[None] | None = None
-        self.push = push_server(
-            config.push, clock, self.telemetry.push, self.watchers, self.scheduler
-        )
+        self.push = push_server(config.push, clock, self.telemetry.push, self)
         self._web = WebServer(config, clock, self.telemetry.web, self.push)
         self._nonces: Nonces | None = None
         self._polling = False

@@ -8,6 +8,10 @@ An unknown account, a wrong token and an account without ``push: true`` get the 
 after the same work: the token is compared as a fixed-length digest in constant time, and the
 account looked up whatever the token was. The listener is the web server's (listener.py):
 connections capped, a complete request within HEADER_TIMEOUT, idle ones closed.
+
+The accounts are those of the config in force (reloads included). A replica that follows
+(docs/ha.md) watches none of them: it answers a good push as the provider expects, counts it
+``coalesced`` and polls nothing, so no provider gives up on a URL for reaching a follower.
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ import asyncio
 import hashlib
 import hmac
 from collections.abc import Mapping
+from typing import Protocol
 
 import structlog
 from aiohttp import web
 
-from walletwatch.configmodel import PushConfig, Secret
+from walletwatch.configmodel import AccountConfig, Config, PushConfig, Secret
 from walletwatch.listener import HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, Listener
 from walletwatch.providers import PROVIDERS
 from walletwatch.scheduler import Scheduler
@@ -72,37 +77,62 @@ def target(path: str) -> tuple[str, str]:
     return "", ""
 
 
+class Host(Protocol):
+    """What the receiver reads of the daemon, as its reloads keep it: the config in force,
+    the accounts it watches (none on a replica that follows), the schedule of their polls."""
+
+    @property
+    def config(self) -> Config:
+        """The config in force."""
+        ...
+
+    @property
+    def watchers(self) -> Mapping[str, AccountWatcher]:
+        """The watched accounts by name."""
+        ...
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The polls' schedule."""
+        ...
+
+
+class Directory:
+    """The configured accounts by name, rebuilt when the config in force is another one."""
+
+    def __init__(self) -> None:
+        self._config: Config | None = None
+        self._accounts: dict[str, AccountConfig] = {}
+
+    def accounts(self, config: Config) -> Mapping[str, AccountConfig]:
+        """``config``'s accounts by name."""
+        if config is not self._config:
+            self._accounts = {account.name: account for account in config.accounts}
+            self._config = config
+        return self._accounts
+
+
 def verdict(
-    gate: Gate, watchers: Mapping[str, AccountWatcher], path: str
-) -> tuple[AccountWatcher | None, str, str]:
-    """The push account a push may wake (None: refuse it), and the labels to count it under.
+    gate: Gate, accounts: Mapping[str, AccountConfig], path: str
+) -> tuple[AccountConfig | None, str, str]:
+    """The push account a push names (None: refuse it), and the labels to count it under.
 
     Every step is taken for every push, whatever an earlier one found: no early return tells
     an unknown account from a wrong token or an account without push.
     """
     name, token = target(path)
     opens = gate.opens(token)
-    watcher = watchers.get(name)
-    enabled = watcher is not None and watcher.config.push
-    labels = (watcher.provider, watcher.name) if watcher is not None else ("", "")
-    return (watcher if opens and enabled else None), *labels
+    account = accounts.get(name)
+    enabled = account is not None and account.push
+    labels = (account.provider, account.name) if account is not None else ("", "")
+    return (account if opens and enabled else None), *labels
 
 
 def push_server(
-    config: PushConfig | None,
-    clock: Clock,
-    stats: PushStats,
-    watchers: Mapping[str, AccountWatcher],
-    scheduler: Scheduler,
+    config: PushConfig | None, clock: Clock, stats: PushStats, host: Host
 ) -> PushServer | None:
-    """The push receiver of a ``push:`` section (None without one).
-
-    ``watchers`` is the daemon's own mapping, which its reloads keep current: a push finds
-    the account as it is configured now.
-    """
-    if config is None:
-        return None
-    return PushServer(config, clock, stats, watchers=watchers, scheduler=scheduler)
+    """The push receiver of a ``push:`` section (None without one)."""
+    return None if config is None else PushServer(config, clock, stats, host=host)
 
 
 class PushServer:
@@ -114,8 +144,7 @@ class PushServer:
         clock: Clock,
         stats: PushStats,
         *,
-        watchers: Mapping[str, AccountWatcher],
-        scheduler: Scheduler,
+        host: Host,
         header_timeout: float = HEADER_TIMEOUT,
         body_timeout: float = BODY_TIMEOUT,
     ) -> None:
@@ -124,8 +153,8 @@ class PushServer:
         self._header_timeout = header_timeout
         self._body_timeout = body_timeout
         self._stats = stats
-        self._watchers = watchers  # the daemon's, kept current by its reloads
-        self._scheduler = scheduler
+        self._host = host
+        self._directory = Directory()
         self._gate = Gate(config.token)
         self._throttle = Throttle(clock.monotonic, LOG_INTERVAL)
         self._listener: Listener | None = None
@@ -204,12 +233,16 @@ class PushServer:
             self._stats.connections.dropped["body_timeout"] += 1
             self._refused("", "", "body_timeout")
             return web.Response(status=408, text="too slow\n", headers={"Connection": "close"})
-        watcher, provider, account = verdict(self._gate, self._watchers, request.path)
-        if watcher is None or request.method not in ("GET", "POST"):
+        host = self._host
+        accounts = self._directory.accounts(host.config)
+        taken, provider, account = verdict(self._gate, accounts, request.path)
+        if taken is None or request.method not in ("GET", "POST"):
             self._refused(provider, account, "not_found")
             return web.Response(status=404, text=NOT_FOUND)
-        endpoints = watcher.transfer_endpoints
-        scheduled = self._scheduler.hint(watcher.name, endpoints)
+        # A replica that follows watches nothing: it answers as the provider expects (a 404
+        # would count against the URL) and polls nothing; the leader polls at its interval.
+        watcher = host.watchers.get(account)
+        scheduled = watcher is not None and host.scheduler.hint(account, watcher.transfer_endpoints)
         result = "accepted" if scheduled else "coalesced"
         self._stats.hints[(provider, account, result)] += 1
         log.debug("push.hint", provider=provider, account=account, result=result)
