@@ -153,6 +153,24 @@ class TestReload:
         assert (await push(http, url))[:2] == (200, "ok")
 
 
+class TestSeries:
+    """The hint counters are there before the first push."""
+
+    async def test_every_result_of_each_push_account_starts_at_zero(self, daemon: Daemon) -> None:
+        """Each push account's three results and the refusals of no account are served at 0;
+        an account without push has none."""
+        for provider in MAKERS:
+            for result in ("accepted", "coalesced", "refused"):
+                labels = {"provider": provider, "account": provider, "result": result}
+                value = daemon.registry.get_sample_value("walletwatch_push_hints_total", labels)
+                assert value == 0.0, labels
+        assert (
+            daemon.registry.get_sample_value("walletwatch_push_hints_total", REFUSED_UNKNOWN) == 0
+        )
+        quiet = {"provider": "westwallet", "account": "quiet", "result": "refused"}
+        assert daemon.registry.get_sample_value("walletwatch_push_hints_total", quiet) is None
+
+
 class TestNotFound:
     """An unknown account, a wrong token and an account without push look alike."""
 

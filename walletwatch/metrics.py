@@ -149,7 +149,7 @@ class WalletwatchCollector(Collector):
         out.lines[CLOCK_OFFSET] = [CLOCK_OFFSET.line("", number(self._telemetry.clock_offset))]
         yield from _parts(out.families(openmetrics, (CLOCK_OFFSET,)), escaping)
         if self._telemetry.push.enabled:
-            out.lines.update(push_lines(self._telemetry.push, out.escaped))
+            out.lines.update(push_lines(self._telemetry.push, out.escaped, watchers))
             yield from _parts(out.families(openmetrics, PUSH_FAMILIES), escaping)
         if openmetrics:
             yield b"# EOF\n"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from walletwatch.exposition import Escapes, count
 from walletwatch.families import (
     PUSH_ACCEPT_ERRORS,
@@ -13,15 +15,21 @@ from walletwatch.families import (
     Family,
 )
 from walletwatch.telemetry import PushStats
+from walletwatch.watcher import AccountWatcher
 
 REFUSED_UNKNOWN = ("", "", "refused")
 """Pushes to no push account: served from the start, at 0, for the alert's increase()."""
+RESULTS = ("accepted", "coalesced", "refused")
 
 
-def push_lines(stats: PushStats, escaped: Escapes) -> dict[Family, list[str]]:
-    """Each push family's sample lines, sorted by labels."""
+def push_lines(
+    stats: PushStats, escaped: Escapes, watchers: Iterable[AccountWatcher]
+) -> dict[Family, list[str]]:
+    """Each push family's sample lines, sorted by labels; every result of each watched push
+    account is served from the start, at 0, as increase() needs."""
+    zeros = {(w.provider, w.name, result) for w in watchers if w.config.push for result in RESULTS}
     hints = []
-    for provider, account, result in sorted({REFUSED_UNKNOWN, *stats.hints}):
+    for provider, account, result in sorted({REFUSED_UNKNOWN, *zeros, *stats.hints}):
         labels = PUSH_HINTS.labels.template % (escaped[account], escaped[provider], escaped[result])
         hints.append(PUSH_HINTS.line(labels, count(stats.hints[(provider, account, result)])))
     conns = stats.connections
