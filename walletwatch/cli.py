@@ -1,4 +1,4 @@
-"""The ``walletwatch`` command: run, check, once, simulate, demo, --version."""
+"""The ``walletwatch`` command: run, check, once, status, simulate, demo, --version."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from walletwatch.shard import Shard, parse_shard
 from walletwatch.sim import Simulator, start
 from walletwatch.sim.faults import parse_faults
 from walletwatch.sinks import stdout_json
+from walletwatch.statuscmd import add_parser as add_status_parser
 from walletwatch.store import StateLock, StateLocked, set_aside
 from walletwatch.watcher import AccountWatcher
 
@@ -99,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     once.add_argument("--shard", type=_shard, default=None, help=SHARD_HELP)
     once.add_argument("--json", action="store_true", help="print JSON instead of a table")
     once.set_defaults(func=cmd_once)
+
+    add_status_parser(sub)  # walletwatch status: statuscmd.py
 
     simulate = sub.add_parser("simulate", help="run the provider simulator alone")
     simulate.add_argument(
