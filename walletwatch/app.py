@@ -31,6 +31,7 @@ from walletwatch.events import Event
 from walletwatch.hostcheck import path_problems
 from walletwatch.http import Http
 from walletwatch.metrics import WalletwatchCollector
+from walletwatch.operator import OperatorView
 from walletwatch.providers import REGISTRY
 from walletwatch.reload import RESTART_KEYS, changes, restart_needed, slices, yield_loop
 from walletwatch.render import ReloadStatus
@@ -174,7 +175,8 @@ class Daemon:
             )
         self._dispatcher.start()
         if serve:
-            await self._web.serve(self.collector, self.watchers.values, self._rendered)
+            view = OperatorView(self.watchers.values, lambda: store, self.clock)
+            await self._web.serve(self.collector, self.watchers.values, self._rendered, view)
         log.info(
             "walletwatch.started",
             version=__version__,

@@ -18,9 +18,13 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.openmetrics.exposition import UNDERSCORES
 
 from walletwatch import __version__
+from walletwatch.api import add_routes
+from walletwatch.clock import SystemClock
 from walletwatch.escape import escaped
 from walletwatch.metrics import WalletwatchCollector
 from walletwatch.model import plain
+from walletwatch.operator import OperatorView
+from walletwatch.types import Clock
 from walletwatch.watcher import AccountWatcher
 from walletwatch.webauth import BasicAuth, middleware
 
@@ -32,10 +36,15 @@ def create_app(
     collector: WalletwatchCollector,
     watchers: Callable[[], Iterable[AccountWatcher]],
     auth: BasicAuth | None = None,
+    *,
     on_render: Callable[[], None] = lambda: None,
     first: Sequence[Middleware] = (),
+    view: OperatorView | None = None,
+    clock: Clock | None = None,
 ) -> web.Application:
     """Build the aiohttp application (every path but /healthz behind ``auth`` when given).
+
+    ``view`` answers the operator API (walletwatch.api) on ``clock``'s time, when given.
 
     ``on_render`` is called after each /metrics render, once the renderer's caches hold it.
     ``first`` are middlewares that see every request before the others (the listener's).
@@ -78,6 +87,8 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/", index)
+    if view is not None:
+        add_routes(app, view, clock if clock is not None else SystemClock())
     return app
 
 
