@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from typing import Any
 
 import pytest
 
+from walletwatch.errors import StoreError
+from walletwatch.operator import MAX_LIMIT, TransferQuery
 from walletwatch.statusfilter import Filters
 from walletwatch.statuspage import (
     ACCOUNTS_PER_PAGE,
@@ -113,19 +114,19 @@ class FakeView:
         events: list[dict[str, Any]] = (),  # type: ignore[assignment]
     ) -> None:
         self._accounts, self._transfers, self._events = accounts, list(transfers), list(events)
-        self.queries: list[dict[str, str]] = []
+        self.queries: list[TransferQuery] = []
 
-    def accounts(self) -> list[dict[str, Any]]:
+    async def accounts(self) -> list[dict[str, Any]]:
         """Every account."""
         return self._accounts
 
-    async def transfers(self, query: Mapping[str, str]) -> dict[str, Any]:
+    async def transfers(self, query: TransferQuery) -> tuple[list[dict[str, Any]], bool]:
         """The transfers of one state, oldest first, as the API filters them."""
-        self.queries.append(dict(query))
-        rows = [t for t in self._transfers if query["state"] == "in_flight" or t["stuck"]]
-        if "provider" in query:
-            rows = [t for t in rows if t["provider"] == query["provider"]]
-        return {"transfers": rows, "truncated": False}
+        self.queries.append(query)
+        rows = [t for t in self._transfers if query.state == "in_flight" or t["stuck"]]
+        if query.provider is not None:
+            rows = [t for t in rows if t["provider"] == query.provider]
+        return rows[: query.limit], len(rows) > query.limit
 
     async def events(self, after: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The last ``limit`` events."""
@@ -319,9 +320,9 @@ class TestFilters:
         await page_of(view, provider="kredswallet", state="stuck")
         await page_of(view, provider="nosuch")
         assert view.queries == [
-            {"state": "stuck", "provider": "kredswallet", "limit": "100000"},
-            {"state": "stuck", "limit": "100000"},
-            {"state": "in_flight", "limit": "100000"},
+            TransferQuery("stuck", "kredswallet", limit=MAX_LIMIT),
+            TransferQuery("stuck", None, limit=MAX_LIMIT),
+            TransferQuery("in_flight", None, limit=MAX_LIMIT),
         ]
 
     @pytest.mark.parametrize(
@@ -370,3 +371,29 @@ class TestPaging:
         assert "tx-0200" in page
         assert "tx-0199<" not in page
         assert "href='?account=hot&amp;tpage=3'>next" in page
+
+
+class BrokenEvents(FakeView):
+    """Views whose state database fails when events are read."""
+
+    async def events(self, after: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Refuse, as a store that cannot be read does."""
+        del after, limit
+        raise StoreError("database is locked at /secret/path")
+
+
+class TestStoreFailure:
+    async def test_page_shows_live_state_when_events_cannot_be_read(self) -> None:
+        """Events that cannot be read are said so; accounts and transfers still show."""
+        view = BrokenEvents([down("cold", stuck=1)], [transfer("cold", "tx-1", stuck=True)])
+        seen = read(await page_of(view)).text
+        assert "Recent events cannot be read: the state database did not answer." in seen
+        assert "✖ DOWN cold" in seen
+        assert "tx-1" in seen
+        assert "/secret/path" not in seen
+
+    async def test_a_cut_listing_is_said(self) -> None:
+        """When more transfers match than the view gives, the page says to narrow it."""
+        transfers = [transfer("hot", f"tx-{i}", stuck=True) for i in range(MAX_LIMIT + 1)]
+        seen = read(await page_of(FakeView([account("hot")], transfers), state="stuck")).text
+        assert f"More than {MAX_LIMIT} transfers matched: narrow the filters." in seen

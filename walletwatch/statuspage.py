@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import html
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from walletwatch import __version__
+from walletwatch.errors import StoreError
 from walletwatch.escape import escaped
+from walletwatch.operator import MAX_LIMIT, TransferQuery
 from walletwatch.statusfilter import (
     STATES,
     Counts,
@@ -27,7 +30,6 @@ from walletwatch.statusfilter import (
     problem,
 )
 from walletwatch.statusstyle import SCRIPT, STYLE
-from walletwatch.types import OperatorView
 
 REFRESH_SECONDS = 30
 """How often the page reloads itself."""
@@ -35,8 +37,26 @@ REFRESH_SECONDS = 30
 ACCOUNTS_PER_PAGE = 100
 TRANSFERS_PER_PAGE = 200
 EVENTS_SHOWN = 50
-TRANSFER_LIMIT = 100_000
-"""The most transfers of each kind read from the view (the API's own maximum)."""
+
+
+class Views(Protocol):
+    """What the page reads: walletwatch.operator.OperatorView's answers.
+
+    Declared here rather than in walletwatch.types: its TransferQuery comes from
+    walletwatch.operator, which imports walletwatch.types (the house allows no cycle).
+    """
+
+    async def accounts(self) -> list[dict[str, Any]]:
+        """Every account in config order, as /api/v1/accounts lists them."""
+        ...
+
+    async def transfers(self, query: TransferQuery) -> tuple[list[dict[str, Any]], bool]:
+        """The transfers ``query`` wants, oldest first, and whether more matched."""
+        ...
+
+    async def events(self, after: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The most recent events, oldest first."""
+        ...
 
 
 def text(value: object) -> str:
@@ -44,24 +64,29 @@ def text(value: object) -> str:
     return html.escape(escaped(str(value)))
 
 
-async def status_page(view: OperatorView, query: Mapping[str, str], now: float) -> str:
+async def status_page(view: Views, query: Mapping[str, str], now: float) -> str:
     """The page for ``query``, read from the daemon's views at wall time ``now``."""
     filters = Filters.parse(query)
-    accounts = view.accounts()
-    await asyncio.sleep(0)  # the views are built a step at a time; so is the page
-    scope = {"limit": str(TRANSFER_LIMIT)}
+    accounts = await view.accounts()
+    provider = None
     if filters.provider and any(a.get("provider") == filters.provider for a in accounts):
-        scope["provider"] = filters.provider  # only a known one: the view refuses others
-    stuck = await view.transfers({**scope, "state": "stuck"})
-    if filters.state in ("stuck", "problems"):
-        flight: Mapping[str, Any] = {"transfers": [], "truncated": False}
-    else:
-        flight = await view.transfers({**scope, "state": "in_flight"})
-    events = await view.events(after=None, limit=EVENTS_SHOWN)
-    transfers = in_order(stuck["transfers"], flight["transfers"])
-    truncated = bool(stuck.get("truncated") or flight.get("truncated"))
-    await asyncio.sleep(0)
-    return render(accounts, transfers, events, filters, now, truncated=truncated)
+        provider = filters.provider
+    stuck, cut = await view.transfers(TransferQuery("stuck", provider, limit=MAX_LIMIT))
+    flight: list[dict[str, Any]] = []
+    if filters.state not in ("stuck", "problems"):
+        flight, more = await view.transfers(TransferQuery("in_flight", provider, limit=MAX_LIMIT))
+        cut = cut or more
+    notes = []
+    try:
+        events = await view.events(after=None, limit=EVENTS_SHOWN)
+    except StoreError:  # the page still tells what live state knows; the logs say more
+        events = []
+        notes.append("Recent events cannot be read: the state database did not answer.")
+    await asyncio.sleep(0)  # the views yield a slice at a time; the page starts afresh
+    if cut:
+        notes.append(f"More than {MAX_LIMIT} transfers matched: narrow the filters.")
+    filters = replace(filters, notes=(*filters.notes, *notes))
+    return render(accounts, in_order(stuck, flight), events, filters, now)
 
 
 def render(
@@ -70,8 +95,6 @@ def render(
     events: Sequence[Item],
     filters: Filters,
     now: float,
-    *,
-    truncated: bool = False,
 ) -> str:
     """The whole page: summary, filters, one page of accounts and of transfers, recent events.
 
@@ -86,8 +109,6 @@ def render(
     notes = list(filters.notes)
     if filters.provider and filters.provider not in providers:
         notes.append(f"No account of a provider named {filters.provider!r}.")
-    if truncated:
-        notes.append(f"More than {TRANSFER_LIMIT} transfers matched: narrow the filters.")
     stamp = datetime.fromtimestamp(now, tz=UTC)
     return "".join(
         (

@@ -109,3 +109,11 @@ CSP = (
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 """The page's Content-Security-Policy: its own style and script, forms to itself, no frames."""
+
+HEADERS = {
+    "Content-Security-Policy": CSP,
+    "Cache-Control": "no-store",  # balances and txids are not for shared caches
+    "Referrer-Policy": "no-referrer",  # a filter in the URL says nothing to a linked site
+    "X-Content-Type-Options": "nosniff",
+}
+"""The page's response headers."""

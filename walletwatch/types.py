@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -86,19 +86,3 @@ class Sink(Protocol):
     batch_size: int  # events one deliver() gets; acknowledged when it returns
 
     async def deliver(self, events: Sequence[Event]) -> None: ...
-
-
-class OperatorView(Protocol):
-    """The daemon's live state as the operator API answers it (walletwatch.operator)."""
-
-    def accounts(self) -> list[dict[str, Any]]:
-        """Every account, in config order, as ``/api/v1/accounts`` lists them."""
-        ...
-
-    async def transfers(self, query: Mapping[str, str]) -> dict[str, Any]:
-        """``/api/v1/transfers``'s answer for ``query``: the transfers and ``truncated``."""
-        ...
-
-    async def events(self, after: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """The most recent alert events, oldest first, as ``/api/v1/events`` lists them."""
-        ...

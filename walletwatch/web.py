@@ -1,14 +1,13 @@
-"""The HTTP face of the daemon: /metrics, /healthz, /readyz and a small index page."""
+"""The HTTP face of the daemon: /metrics, /healthz, /readyz, the operator API, the status page."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import gc
-import html
 import ipaddress
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -17,13 +16,12 @@ from aiohttp.typedefs import Middleware
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.openmetrics.exposition import UNDERSCORES
 
-from walletwatch import __version__
 from walletwatch.api import add_routes
 from walletwatch.clock import SystemClock
-from walletwatch.escape import escaped
 from walletwatch.metrics import WalletwatchCollector
-from walletwatch.model import plain
 from walletwatch.operator import OperatorView
+from walletwatch.statuspage import status_page
+from walletwatch.statusstyle import HEADERS
 from walletwatch.types import Clock
 from walletwatch.watcher import AccountWatcher
 from walletwatch.webauth import BasicAuth, middleware
@@ -79,17 +77,25 @@ def create_app(
             return web.Response(status=503, text=f"waiting for first poll of {len(waiting)}\n")
         return web.Response(text="ready\n")
 
-    async def index(_: web.Request) -> web.Response:
-        return web.Response(text=render_index(watchers()), content_type="text/html")
-
     app = web.Application(middlewares=[*first, *([] if auth is None else [middleware(auth)])])
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/", index)
     if view is not None:
-        add_routes(app, view, clock if clock is not None else SystemClock())
+        wall = clock if clock is not None else SystemClock()
+        app.router.add_get("/", _index(view, wall))
+        add_routes(app, view, wall)
     return app
+
+
+def _index(view: OperatorView, clock: Clock) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The status page's handler, from ``view`` at ``clock``'s wall time."""
+
+    async def index(request: web.Request) -> web.Response:
+        page = await status_page(view, request.query, clock.time())
+        return web.Response(text=page, content_type="text/html", headers=HEADERS)
+
+    return index
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,32 +240,3 @@ class Renders:
             task.add_done_callback(lambda _: self._running.pop(key, None))
         # Shielded: a scraper that hangs up does not cancel the render others wait for.
         return await asyncio.shield(task)
-
-
-def render_index(watchers: Iterable[AccountWatcher]) -> str:
-    """The index page: links and one row per account."""
-    rows = []
-    for w in watchers:
-        state = "up" if w.up else ("waiting" if not w.polled else "DOWN")
-        balances = ", ".join(
-            f"{plain(t.balance.available)} {c}" for c, t in sorted(w.state.balances.items())
-        )
-        in_flight = sum(1 for _ in w.state.in_flight())
-        rows.append(
-            "<tr>"
-            + "".join(
-                f"<td>{html.escape(escaped(str(cell)))}</td>"  # surrogates: not UTF-8
-                for cell in (w.provider, w.name, state, balances, in_flight)
-            )
-            + "</tr>"
-        )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>walletwatch</title></head>"
-        f"<body><h1>walletwatch {html.escape(__version__)}</h1>"
-        "<p><a href='/metrics'>/metrics</a> · <a href='/healthz'>/healthz</a> · "
-        "<a href='/readyz'>/readyz</a></p>"
-        "<table border='1' cellpadding='4'><tr><th>provider</th><th>account</th>"
-        "<th>state</th><th>balances</th><th>in flight</th></tr>"
-        + "".join(rows)
-        + "</table></body></html>\n"
-    )
