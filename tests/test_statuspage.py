@@ -211,7 +211,7 @@ class TestWhatAPersonReads:
         page = await page_of(FakeView([account("hot", in_flight=2, stuck=1)], transfers))
         seen = read(page).text
         assert seen.index(txid) < seen.index("early-moving")
-        assert "⏳ STUCK 2h 00m hot westwallet withdrawal 0.25 BTC" in seen
+        assert "◷ STUCK 2h 00m hot westwallet withdrawal 0.25 BTC" in seen
         assert f"<code class='txid'>{txid}</code>" in page
         assert "overflow-wrap:anywhere" in page
 

@@ -380,13 +380,15 @@ class TestStatusPage:
         row = "<tr class='row-{}'><td data-label='State'><span class='badge {}'>{}</span></td>"
         assert (
             row.format("waiting", "waiting", "… waiting")
-            + f"<td data-label='Account'><b>{waiting.name}</b>"
+            + f"<td data-label='Account' class='who'><b>{waiting.name}</b>"
         ) in page
         assert (
-            row.format("up", "up", "✔ up") + f"<td data-label='Account'><b>{up.name}</b>"
+            row.format("up", "up", "✔ up")
+            + f"<td data-label='Account' class='who'><b>{up.name}</b>"
         ) in page
         assert (
-            row.format("down", "down", "✖ DOWN") + f"<td data-label='Account'><b>{down.name}</b>"
+            row.format("down", "down", "✖ DOWN")
+            + f"<td data-label='Account' class='who'><b>{down.name}</b>"
         ) in page
         assert "<b>withdrawals</b>: connection refused" in page
         assert page.index(down.name) < page.index(waiting.name) < page.index(up.name)

@@ -237,11 +237,11 @@ def _account_row(account: Item, now: float) -> str:
     stuck, flying = int(account.get("stuck") or 0), int(account.get("in_flight") or 0)
     moves = f"{flying} in flight"
     if stuck:
-        moves += f"<br><span class='badge stuck'>⏳ {stuck} STUCK</span>"
+        moves += f"<br><span class='badge stuck'>◷ {stuck} STUCK</span>"
     return (
         f"<tr class='row-{worst}'><td data-label='State'>"
         f"<span class='badge {css}'>{word}</span></td>"
-        f"<td data-label='Account'><b>{text(account.get('account'))}</b>"
+        f"<td data-label='Account' class='who'><b>{text(account.get('account'))}</b>"
         f"<div class='muted'>{text(account.get('provider'))}</div></td>"
         f"<td data-label='Why down'>{''.join(errors) or '<span class=muted>—</span>'}</td>"
         f"<td data-label='Balances'>{_balances(account.get('balances') or ())}</td>"
@@ -291,7 +291,7 @@ def _transfers(moving: Sequence[Item], filters: Filters) -> str:
 def _transfer_row(t: Item) -> str:
     stuck = bool(t.get("stuck"))
     badge = (
-        "<span class='badge stuck'>⏳ STUCK</span>"
+        "<span class='badge stuck'>◷ STUCK</span>"
         if stuck
         else "<span class='badge in-flight'>↻ in flight</span>"
     )
@@ -309,7 +309,7 @@ def _transfer_row(t: Item) -> str:
     return (
         f"<tr class='row-{'stuck' if stuck else 'up'}'><td data-label='State'>{badge}</td>"
         f"<td data-label='Age' class='num'>{_age(float(t.get('age_seconds') or 0))}</td>"
-        f"<td data-label='Account'><b>{text(t.get('account'))}</b>"
+        f"<td data-label='Account' class='who'><b>{text(t.get('account'))}</b>"
         f"<div class='muted'>{text(t.get('provider'))}</div></td>"
         f"<td data-label='Direction'>{text(t.get('direction'))}</td>"
         f"<td data-label='Amount' class='num'><code>{text(t.get('amount'))}</code> "
@@ -325,7 +325,7 @@ def _events(recent: Sequence[Item], now: float) -> str:
         f"<tr><td data-label='When'>{_when(e.get('ts'), now)}</td>"
         f"<td data-label='Severity'>{_severity(e.get('severity'))}</td>"
         f"<td data-label='Event'>{text(e.get('event'))}</td>"
-        f"<td data-label='Account'>{text(e.get('account'))} "
+        f"<td data-label='Account' class='who'>{text(e.get('account'))} "
         f"<span class='muted'>{text(e.get('provider'))}</span></td>"
         f"<td data-label='Details'>{_details(e)}</td></tr>"
         for e in recent

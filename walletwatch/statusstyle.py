@@ -56,6 +56,7 @@ white-space:nowrap;font-size:12px}
 tr.row-down td:first-child{box-shadow:inset 4px 0 var(--down)}
 tr.row-stuck td:first-child{box-shadow:inset 4px 0 var(--stuck)}
 tr.row-low td:first-child{box-shadow:inset 4px 0 var(--low)}
+td.who{min-width:11em;overflow-wrap:anywhere}
 .balances{margin:0;padding:0;list-style:none}
 .balances li{white-space:nowrap}
 .error{color:var(--down)}
