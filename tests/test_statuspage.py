@@ -126,6 +126,8 @@ class FakeView:
         rows = [t for t in self._transfers if query.state == "in_flight" or t["stuck"]]
         if query.provider is not None:
             rows = [t for t in rows if t["provider"] == query.provider]
+        if query.account is not None:
+            rows = [t for t in rows if t["account"] == query.account]
         return rows[: query.limit], len(rows) > query.limit
 
     async def events(self, after: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
@@ -275,7 +277,7 @@ class TestFilters:
     def fixture_view(self) -> FakeView:
         """One account in each condition, at two providers, with a stuck and a moving transfer."""
         accounts = [
-            account("alpha-ok"),
+            account("alpha-ok", in_flight=1),
             low("beta-low"),
             down("gamma-down"),
             account("delta-stuck", "kredswallet", stuck=1, in_flight=2),
@@ -316,13 +318,13 @@ class TestFilters:
         assert {t for t in ("tx-stuck", "tx-moving", "tx-alpha") if t in page} == txids
 
     async def test_views_are_asked_only_what_is_needed(self, view: FakeView) -> None:
-        """A known provider narrows the view's query; stuck needs no in-flight query."""
+        """A few accounts are asked for one by one, as many as they hold; none, not at all."""
         await page_of(view, provider="kredswallet", state="stuck")
         await page_of(view, provider="nosuch")
+        await page_of(view, account="alpha")
         assert view.queries == [
-            TransferQuery("stuck", "kredswallet", limit=MAX_LIMIT),
-            TransferQuery("stuck", None, limit=MAX_LIMIT),
-            TransferQuery("in_flight", None, limit=MAX_LIMIT),
+            TransferQuery("stuck", "kredswallet", "delta-stuck", limit=1),
+            TransferQuery("in_flight", "westwallet", "alpha-ok", limit=200),
         ]
 
     @pytest.mark.parametrize(
@@ -393,7 +395,38 @@ class TestStoreFailure:
         assert "/secret/path" not in seen
 
     async def test_a_cut_listing_is_said(self) -> None:
-        """When more transfers match than the view gives, the page says to narrow it."""
-        transfers = [transfer("hot", f"tx-{i}", stuck=True) for i in range(MAX_LIMIT + 1)]
-        seen = read(await page_of(FakeView([account("hot")], transfers), state="stuck")).text
+        """A page past what the view gives at most says to narrow the filters."""
+        count = MAX_LIMIT + 1
+        transfers = [transfer("hot", f"tx-{i}", stuck=True) for i in range(count)]
+        view = FakeView([account("hot", stuck=count, in_flight=count)], transfers)
+        seen = read(await page_of(view, state="stuck", tpage="999")).text
         assert f"More than {MAX_LIMIT} transfers matched: narrow the filters." in seen
+        assert f"transfers 100001\N{EN DASH}100001 of {count}" in seen
+
+
+class TestReadingFewTransfers:
+    async def test_many_accounts_read_oldest_first_until_the_page_is_full(self) -> None:
+        """Past a few accounts, the oldest transfers are read in growing batches, filtered."""
+        accounts, transfers = [], []
+        for group, age in (("old", 90_000.0), ("new", 1_000.0)):
+            for i in range(30):
+                name = f"{group}-{i:02d}"
+                accounts.append(account(name, in_flight=10))
+                transfers += [
+                    transfer(name, f"{name}-{n}") | {"age_seconds": age - i * 10 - n}
+                    for n in range(10)
+                ]
+        view = FakeView(accounts, transfers)
+        page = await page_of(view, account="new-")
+        assert [q.limit for q in view.queries] == [200, 800]
+        assert page.count("<code class='txid'>new-") == TRANSFERS_PER_PAGE
+        assert "<code class='txid'>old-" not in page
+        assert "transfers 1&ndash;200 of 300" in page
+        assert "new-00-0<" in page
+
+    async def test_stuck_only_pages_read_no_in_flight(self) -> None:
+        """The problems view reads stuck transfers alone, as many as the page needs."""
+        accounts = [account(f"a-{i:02d}", stuck=1, in_flight=3) for i in range(25)]
+        view = FakeView(accounts, [transfer("a-00", "tx", stuck=True)])
+        await page_of(view, state="problems")
+        assert view.queries == [TransferQuery("stuck", None, limit=25)]

@@ -126,7 +126,7 @@ class OperatorView:
         live: list[tuple[_SortKey, Row]] = []
         if query.state != "final":
             chosen = await self._oldest_in_flight(watchers, query, wanted, now)
-            live = [(key, transfer_row(w, t, now)) for key, w, t in chosen]
+            live = [(key, transfer_row(w, t, now)) async for key, w, t in self._sliced(chosen)]
         settled: list[tuple[_SortKey, Row]] = []
         if query.state in ("final", "all") and watchers:
             providers = {w.name: w.provider for w in watchers}

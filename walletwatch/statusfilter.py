@@ -70,40 +70,74 @@ class Filters:
         return "?" + urlencode(pairs, encoding="utf-8", errors="surrogatepass")
 
 
+def is_low(account: Item) -> bool:
+    """Whether any of the account's balances is below its threshold."""
+    return any(b.get("low") for b in account.get("balances") or ())
+
+
 def problem(account: Item) -> str:
     """The account's worst condition: down, stuck, low, waiting or up."""
-    if account.get("state") == "down":
+    state = account.get("state")
+    if state == "down":
         return "down"
     if account.get("stuck"):
         return "stuck"
-    if any(b.get("low") for b in account.get("balances") or ()):
+    if is_low(account):
         return "low"
-    return "waiting" if account.get("state") == "waiting" else "up"
+    return "waiting" if state == "waiting" else "up"
 
 
-def matches(account: Item, filters: Filters) -> bool:
-    """Whether the filters keep ``account`` (provider exact, account a substring, any case)."""
+_KEPT = {
+    "all": frozenset(_RANK),
+    "problems": frozenset({"down", "stuck", "low"}),
+    "down": frozenset({"down"}),
+    "stuck": frozenset({"stuck"}),  # and down ones with stuck transfers, below
+    "low": frozenset({"low"}),  # and down or stuck ones with a low balance, below
+}
+"""The conditions each state filter keeps."""
+
+
+def matches(account: Item, filters: Filters, worst: str | None = None) -> bool:
+    """Whether the filters keep ``account`` (provider exact, account a substring, any case).
+
+    ``worst`` is its ``problem``, when known already.
+    """
     if filters.provider and account.get("provider") != filters.provider:
         return False
     if filters.account and filters.account.casefold() not in str(account.get("account")).casefold():
         return False
-    if filters.state == "all":
+    worst = problem(account) if worst is None else worst
+    if worst in _KEPT[filters.state]:
         return True
-    worst = problem(account)
-    if filters.state == "problems":
-        return worst in ("down", "stuck", "low")
-    if filters.state == "down":
-        return worst == "down"
     if filters.state == "stuck":
         return bool(account.get("stuck"))
-    return any(b.get("low") for b in account.get("balances") or ())
+    return filters.state == "low" and worst in ("down", "stuck") and is_low(account)
 
 
 def chosen(accounts: Iterable[Item], filters: Filters) -> list[Item]:
     """The accounts the filters keep, problems first and otherwise in config order."""
-    kept = [a for a in accounts if matches(a, filters)]
-    kept.sort(key=lambda a: _RANK[problem(a)])  # stable: config order within a rank
-    return kept
+    ranked = []
+    for account in accounts:
+        worst = problem(account)
+        if matches(account, filters, worst):
+            ranked.append((_RANK[worst], account))
+    ranked.sort(key=_first)  # stable: config order within a rank
+    return [account for _, account in ranked]
+
+
+def _first(pair: tuple[int, Item]) -> int:
+    return pair[0]
+
+
+def stuck_only(filters: Filters) -> bool:
+    """Whether the filters list stuck transfers alone, not every one in flight."""
+    return filters.state in ("stuck", "problems")
+
+
+def moving_count(shown: Iterable[Item], filters: Filters) -> int:
+    """How many transfers the page lists for the accounts it shows, by their own counts."""
+    field = "stuck" if stuck_only(filters) else "in_flight"
+    return sum(int(a.get(field) or 0) for a in shown)
 
 
 def in_order(stuck: Sequence[Item], in_flight: Sequence[Item]) -> list[Item]:
@@ -126,12 +160,14 @@ class Counts:
     def of(cls, accounts: Sequence[Item]) -> Counts:
         """The counts over every account."""
         ranks = dict.fromkeys(_RANK, 0)
-        low = stuck_transfers = 0
+        low = stuck = stuck_transfers = 0
         for account in accounts:
-            ranks[problem(account)] += 1
-            low += any(b.get("low") for b in account.get("balances") or ())
-            stuck_transfers += int(account.get("stuck") or 0)
-        stuck = sum(1 for a in accounts if a.get("stuck"))
+            worst = problem(account)
+            ranks[worst] += 1
+            low += worst == "low" or (worst in ("down", "stuck") and is_low(account))
+            transfers = int(account.get("stuck") or 0)
+            stuck += transfers > 0
+            stuck_transfers += transfers
         return cls(len(accounts), ranks["down"], stuck, low, ranks["waiting"], stuck_transfers)
 
 

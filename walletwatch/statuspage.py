@@ -27,7 +27,9 @@ from walletwatch.statusfilter import (
     chosen,
     event_matches,
     in_order,
+    moving_count,
     problem,
+    stuck_only,
 )
 from walletwatch.statusstyle import SCRIPT, STYLE
 
@@ -65,28 +67,88 @@ def text(value: object) -> str:
 
 
 async def status_page(view: Views, query: Mapping[str, str], now: float) -> str:
-    """The page for ``query``, read from the daemon's views at wall time ``now``."""
+    """The page for ``query``, read from the daemon's views at wall time ``now``.
+
+    Only the transfers up to the page asked for are read: the accounts' own counts tell how
+    many there are in all, and a listing of 50,000 would hold the event loop for long.
+    """
     filters = Filters.parse(query)
     accounts = await view.accounts()
-    provider = None
-    if filters.provider and any(a.get("provider") == filters.provider for a in accounts):
-        provider = filters.provider
-    stuck, cut = await view.transfers(TransferQuery("stuck", provider, limit=MAX_LIMIT))
-    flight: list[dict[str, Any]] = []
-    if filters.state not in ("stuck", "problems"):
-        flight, more = await view.transfers(TransferQuery("in_flight", provider, limit=MAX_LIMIT))
-        cut = cut or more
+    await asyncio.sleep(0)
+    shown = chosen(accounts, filters)
+    pages = max(1, -(-moving_count(shown, filters) // TRANSFERS_PER_PAGE))
+    filters = replace(filters, tpage=min(filters.tpage, pages))
+    need = filters.tpage * TRANSFERS_PER_PAGE
+    source = _Source(view, shown, filters)
+    stuck_total = sum(int(a.get("stuck") or 0) for a in shown)
+    stuck = await source.oldest("stuck", min(need, stuck_total), skip=0)
+    flight: list[Item] = []
+    if not stuck_only(filters) and need > stuck_total:
+        flight = await source.oldest("in_flight", need - stuck_total, skip=stuck_total)
     notes = []
     try:
         events = await view.events(after=None, limit=EVENTS_SHOWN)
     except StoreError:  # the page still tells what live state knows; the logs say more
         events = []
         notes.append("Recent events cannot be read: the state database did not answer.")
-    await asyncio.sleep(0)  # the views yield a slice at a time; the page starts afresh
-    if cut:
+    if source.cut:
         notes.append(f"More than {MAX_LIMIT} transfers matched: narrow the filters.")
+    await asyncio.sleep(0)
     filters = replace(filters, notes=(*filters.notes, *notes))
     return render(accounts, in_order(stuck, flight), events, filters, now)
+
+
+class _Source:
+    """The oldest transfers of the accounts a page shows, read as few at a time as will do."""
+
+    FEW = 20
+    """Up to this many accounts are asked for one by one; more, all at once and filtered."""
+
+    def __init__(self, view: Views, shown: Sequence[Item], filters: Filters) -> None:
+        self._view = view
+        self._shown = shown
+        self._names = {(a.get("provider"), a.get("account")) for a in shown}
+        self._provider = (
+            filters.provider if any(a.get("provider") == filters.provider for a in shown) else None
+        )
+        self.cut = False
+
+    async def oldest(self, state: str, want: int, *, skip: int) -> list[Item]:
+        """Up to ``want`` transfers in ``state`` that are not stuck (unless ``state`` is),
+        oldest first; ``skip``: how many stuck ones an in-flight listing may hold besides."""
+        if want <= 0:
+            return []
+        limit = min(MAX_LIMIT, want + skip)
+        if len(self._shown) <= self.FEW:
+            rows: list[Item] = []
+            cut = False
+            for a in self._shown:
+                if a.get("stuck" if state == "stuck" else "in_flight"):
+                    query = TransferQuery(state, a.get("provider"), a.get("account"), limit=limit)
+                    got, more = await self._view.transfers(query)
+                    rows.extend(got)
+                    cut = cut or more
+            rows.sort(key=lambda t: -float(t.get("age_seconds") or 0))  # oldest first
+            kept = self._kept(state, rows)
+        else:
+            while True:
+                query = TransferQuery(state, self._provider, limit=limit)
+                got, cut = await self._view.transfers(query)
+                kept = self._kept(state, got)
+                if len(kept) >= want or not cut or limit == MAX_LIMIT:
+                    break
+                limit = min(MAX_LIMIT, limit * 4)
+        # Cut short only when the most the view gives was not enough for this page.
+        self.cut = self.cut or (cut and limit == MAX_LIMIT and len(kept) < want)
+        return kept[:want]
+
+    def _kept(self, state: str, rows: Iterable[Item]) -> list[Item]:
+        return [
+            t
+            for t in rows
+            if (t.get("provider"), t.get("account")) in self._names
+            and (state == "stuck" or not t.get("stuck"))
+        ]
 
 
 def render(
@@ -98,24 +160,27 @@ def render(
 ) -> str:
     """The whole page: summary, filters, one page of accounts and of transfers, recent events.
 
-    ``transfers`` come in the order to show (``in_order``); those of accounts the filters
-    leave out are left out too.
+    ``transfers`` come in the order to show (``in_order``), those of the pages before too;
+    those of accounts the filters leave out are left out. The accounts' counts say how many
+    there are in all.
     """
     shown = chosen(accounts, filters)
     names = {(a.get("provider"), a.get("account")) for a in shown}
     moving = [t for t in transfers if (t.get("provider"), t.get("account")) in names]
+    total = max(moving_count(shown, filters), len(moving))
     recent = [e for e in reversed(events) if event_matches(e, filters)]
     providers = sorted({str(a.get("provider")) for a in accounts})
     notes = list(filters.notes)
     if filters.provider and filters.provider not in providers:
         notes.append(f"No account of a provider named {filters.provider!r}.")
     stamp = datetime.fromtimestamp(now, tz=UTC)
+    counts = Counts.of(accounts)
     return "".join(
         (
             '<!doctype html><html lang="en"><head><meta charset="utf-8">',
             '<meta name="viewport" content="width=device-width, initial-scale=1">',
             f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}; url={text(filters.link())}">',
-            f"<title>{_title(Counts.of(accounts))}</title><style>{STYLE}</style></head><body>",
+            f"<title>{_title(counts)}</title><style>{STYLE}</style></head><body>",
             f"<header><h1>walletwatch</h1><span class='muted'>{text(__version__)}</span>",
             f"<span>Generated <time datetime='{stamp:%Y-%m-%dT%H:%M:%SZ}'>",
             f"{stamp:%Y-%m-%d %H:%M:%S} UTC</time>; refreshes every {REFRESH_SECONDS} s</span>",
@@ -123,10 +188,10 @@ def render(
             "<a href='/api/v1/accounts'>API</a> · <a href='/healthz'>healthz</a> · ",
             "<a href='/readyz'>readyz</a></nav></header><main>",
             "".join(f"<p class='note' role='status'>{text(note)}</p>" for note in notes),
-            _summary(Counts.of(accounts), filters),
+            _summary(counts, filters),
             _form(filters, providers),
             _accounts(shown, filters, now),
-            _transfers(moving, filters),
+            _transfers(moving, total, filters),
             _events(recent, now),
             f"</main><script>{SCRIPT}</script></body></html>\n",
         )
@@ -265,9 +330,9 @@ def _balances(balances: Iterable[Item]) -> str:
     return f"<ul class='balances'>{''.join(items)}</ul>" if items else "<span class=muted>—</span>"
 
 
-def _transfers(moving: Sequence[Item], filters: Filters) -> str:
+def _transfers(moving: Sequence[Item], total: int, filters: Filters) -> str:
     pager = _pager(
-        len(moving),
+        total,
         TRANSFERS_PER_PAGE,
         filters.tpage,
         field="tpage",
