@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
+from walletwatch.collecthold import HOLD
 from walletwatch.errors import BadParameter, StoreError
 from walletwatch.events import format_ts
 from walletwatch.operator import OperatorView, events_query, json_chunks, transfer_query
@@ -52,7 +53,10 @@ def _answered(handler: Handler) -> Handler:
 
     async def answer(request: web.Request) -> web.StreamResponse:
         try:
-            return await handler(request)
+            # A listing makes objects by the hundred thousand, in slices: a full collection
+            # set off among them would stall the loop for as long as it walks the heap.
+            with HOLD.held():
+                return await handler(request)
         except BadParameter as err:
             body = {"error": str(err), "parameter": err.parameter}
             return web.json_response(body, status=400, dumps=json.dumps)

@@ -24,6 +24,7 @@ from walletwatch.arbiter import Slots
 from walletwatch.asyncstore import AsyncStore
 from walletwatch.budget import TokenBucket, paced
 from walletwatch.clockwatch import ClockWatch
+from walletwatch.collecthold import HOLD
 from walletwatch.config import AccountConfig, Config
 from walletwatch.context import Nonces, ProviderContext, Shared
 from walletwatch.errors import ConfigError, StartupError
@@ -49,7 +50,6 @@ from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState
 from walletwatch.types import Clock, ProviderFactory, Sink
 from walletwatch.watcher import AccountWatcher
-from walletwatch.web import HOLD
 from walletwatch.webserver import WebServer
 
 log = structlog.get_logger("walletwatch.app")

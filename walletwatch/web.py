@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import ipaddress
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -18,6 +16,7 @@ from prometheus_client.openmetrics.exposition import UNDERSCORES
 
 from walletwatch.api import add_routes
 from walletwatch.clock import SystemClock
+from walletwatch.collecthold import HOLD
 from walletwatch.metrics import WalletwatchCollector
 from walletwatch.operator import OperatorView
 from walletwatch.statuspage import status_page
@@ -135,35 +134,6 @@ def _loopback(address: str | None) -> bool:
         return address is not None and ipaddress.ip_address(address).is_loopback
     except ValueError:  # not an IP address
         return False
-
-
-class CollectorHold:
-    """Keeps the cyclic garbage collector off while any render is under way.
-
-    A render makes thousands of objects in bursts (the first one fills the renderer's
-    caches), and a full collection that their allocations set off would stall the loop
-    for tens of milliseconds in the middle of a scrape. A render makes no reference cycles;
-    what polls make meanwhile is collected once the render is over.
-    """
-
-    def __init__(self) -> None:
-        self.renders = 0
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """The collector off in this block, and on again after the last block ends."""
-        self.renders += 1
-        if self.renders == 1:
-            gc.disable()
-        try:
-            yield
-        finally:
-            self.renders -= 1
-            if self.renders == 0:
-                gc.enable()
-
-
-HOLD = CollectorHold()
 
 
 async def render(
