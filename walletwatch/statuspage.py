@@ -95,7 +95,7 @@ async def status_page(view: Views, query: Mapping[str, str], now: float) -> str:
         notes.append(f"More than {MAX_LIMIT} transfers matched: narrow the filters.")
     await asyncio.sleep(0)
     filters = replace(filters, notes=(*filters.notes, *notes))
-    return render(accounts, in_order(stuck, flight), events, filters, now)
+    return render(accounts, in_order(stuck, flight), events, filters, now, shown=shown)
 
 
 class _Source:
@@ -157,14 +157,16 @@ def render(
     events: Sequence[Item],
     filters: Filters,
     now: float,
+    *,
+    shown: Sequence[Item] | None = None,
 ) -> str:
     """The whole page: summary, filters, one page of accounts and of transfers, recent events.
 
     ``transfers`` come in the order to show (``in_order``), those of the pages before too;
     those of accounts the filters leave out are left out. The accounts' counts say how many
-    there are in all.
+    there are in all. ``shown`` is ``chosen(accounts, filters)`` when the caller has it.
     """
-    shown = chosen(accounts, filters)
+    shown = chosen(accounts, filters) if shown is None else shown
     names = {(a.get("provider"), a.get("account")) for a in shown}
     moving = [t for t in transfers if (t.get("provider"), t.get("account")) in names]
     total = max(moving_count(shown, filters), len(moving))
