@@ -109,6 +109,14 @@ def _sink(checker: Checker, path: str, raw: Mapping[Any, object]) -> SinkConfig 
     name = checker.field(here, "name", sink_name, default)
     headers = checker.field(here, "headers", lambda v: _headers(checker, v), _EMPTY)
     timeout = checker.field(here, "timeout", _POSITIVE, 10.0)
+    if url is not None and urlsplit(url.reveal()).username is not None:
+        for header in headers:
+            if header.lower() == "authorization":  # aiohttp would refuse every request
+                checker.add(
+                    f"{path}.headers.{header}",
+                    "the url carries a user and password already (Basic credentials): "
+                    "use one or the other",
+                )
     if kind == "alertmanager":
         sink: SinkConfig | None = AlertmanagerConfig(name, url or Secret(""), headers, timeout)
     else:

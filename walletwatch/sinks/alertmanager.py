@@ -101,21 +101,21 @@ class AlertmanagerSink:
         """Resolve what left the in-flight set, re-post what fires if due; seconds until next."""
         held = await self._load()
         now = self._clock.monotonic()
-        if now >= self._check_at:
-            change = settled(held, self._in_flight, self._clock.time())
-            if change.post:
-                await self._apply(change)
-            self._check_at = now + self._check_every
-        if now >= self._repost_at:
-            firing = list(held.values())
-            try:
+        try:
+            if now >= self._check_at:
+                change = settled(held, self._in_flight, self._clock.time())
+                if change.post:
+                    await self._apply(change)
+                self._check_at = now + self._check_every
+            if now >= self._repost_at:
+                firing = list(held.values())
                 for start in range(0, len(firing), CHUNK):
                     await self._post(firing[start : start + CHUNK])
-            except DeliveryError:
-                self.unsent = len(firing)
-                raise
-            self.unsent = 0
-            self._repost_at = now + REPOST
+                self._repost_at = now + REPOST
+        except DeliveryError:
+            self.unsent = len(held)  # Alertmanager may not have the latest of any of them
+            raise
+        self.unsent = 0
         return max(0.0, min(self._check_at, self._repost_at) - now)
 
     async def _load(self) -> dict[str, Alert]:
@@ -125,18 +125,16 @@ class AlertmanagerSink:
             except StoreError as err:
                 raise DeliveryError(str(err), delivered=0) from err
             self._held = {key: Alert.from_json(body) for key, body in rows.items()}
-            if self._held:
+            if self._held:  # the last run's: re-posted at once
                 log.info("alertmanager.loaded", sink=self.name, firing=len(self._held))
+            else:  # those fired from now on were just posted
+                self._repost_at = self._clock.monotonic() + REPOST
         return self._held
 
     async def _apply(self, change: Change) -> None:
         """Post the change's alerts, then record what it holds and forgets."""
         held = await self._load()
-        try:
-            await self._post(change.post)
-        except DeliveryError:
-            self.unsent = len(change.post)
-            raise
+        await self._post(change.post)
         put = {key: alert.to_json() for key, alert in change.hold.items()}
         try:
             await self._store.call(self._store.store.save_firing, self.name, put, change.forget)
@@ -146,7 +144,6 @@ class AlertmanagerSink:
         held.update(change.hold)
         for key in change.forget:
             held.pop(key, None)
-        self.unsent = 0
 
     async def _post(self, alerts: Sequence[Alert]) -> None:
         """POST the alerts in one request; DeliveryError(park) when refused for good."""
