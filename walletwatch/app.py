@@ -24,6 +24,7 @@ from walletwatch.arbiter import Slots
 from walletwatch.asyncstore import AsyncStore
 from walletwatch.budget import TokenBucket, paced
 from walletwatch.clockwatch import ClockWatch
+from walletwatch.collecthold import HOLD
 from walletwatch.config import AccountConfig, Config, SinkConfig, WebhookConfig
 from walletwatch.context import Nonces, ProviderContext, Shared
 from walletwatch.errors import ConfigError, StartupError
@@ -32,6 +33,7 @@ from walletwatch.hostcheck import path_problems
 from walletwatch.http import Http
 from walletwatch.metrics import WalletwatchCollector
 from walletwatch.model import Direction
+from walletwatch.operator import OperatorView
 from walletwatch.providers import REGISTRY
 from walletwatch.reload import RESTART_KEYS, changes, restart_needed, slices, yield_loop
 from walletwatch.render import ReloadStatus
@@ -51,7 +53,6 @@ from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState
 from walletwatch.types import Clock, ProviderFactory, Sink
 from walletwatch.watcher import AccountWatcher
-from walletwatch.web import HOLD
 from walletwatch.webserver import WebServer
 
 log = structlog.get_logger("walletwatch.app")
@@ -177,7 +178,8 @@ class Daemon:
             )
         self._dispatcher.start()
         if serve:
-            await self._web.serve(self.collector, self.watchers.values, self._rendered)
+            view = OperatorView(self.watchers.values, lambda: store, self.clock)
+            await self._web.serve(self.collector, self.watchers.values, self._rendered, view)
         log.info(
             "walletwatch.started",
             version=__version__,

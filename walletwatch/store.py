@@ -194,6 +194,25 @@ class Store(Outbox, Firing):
                     self._db.execute("ROLLBACK")
             raise
 
+    def reader(self) -> sqlite3.Connection | None:
+        """A new read-only connection to the file (WAL lets it read beside the writes); None
+        for an in-memory state, which only this Store's connection can see."""
+        if self.path == MEMORY:
+            return None
+        try:
+            db = sqlite3.connect(
+                self.path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False
+            )
+            db.execute("PRAGMA busy_timeout=5000")
+        except sqlite3.Error as err:
+            raise StoreError(f"{self.path}: cannot open the state file to read: {err}") from err
+        return db
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The Store's own connection, for read-only queries made on the Store's thread."""
+        return self._db
+
     def close(self) -> None:
         """Close the database and release its lock."""
         self._db.close()

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import html
 import ipaddress
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -18,9 +16,14 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.openmetrics.exposition import UNDERSCORES
 
 from walletwatch import __version__
+from walletwatch.api import add_routes
+from walletwatch.clock import SystemClock
+from walletwatch.collecthold import HOLD
 from walletwatch.escape import escaped
 from walletwatch.metrics import WalletwatchCollector
 from walletwatch.model import plain
+from walletwatch.operator import OperatorView
+from walletwatch.types import Clock
 from walletwatch.watcher import AccountWatcher
 from walletwatch.webauth import BasicAuth, middleware
 
@@ -32,10 +35,15 @@ def create_app(
     collector: WalletwatchCollector,
     watchers: Callable[[], Iterable[AccountWatcher]],
     auth: BasicAuth | None = None,
+    *,
     on_render: Callable[[], None] = lambda: None,
     first: Sequence[Middleware] = (),
+    view: OperatorView | None = None,
+    clock: Clock | None = None,
 ) -> web.Application:
     """Build the aiohttp application (every path but /healthz behind ``auth`` when given).
+
+    ``view`` answers the operator API (walletwatch.api) on ``clock``'s time, when given.
 
     ``on_render`` is called after each /metrics render, once the renderer's caches hold it.
     ``first`` are middlewares that see every request before the others (the listener's).
@@ -78,6 +86,8 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/", index)
+    if view is not None:
+        add_routes(app, view, clock if clock is not None else SystemClock())
     return app
 
 
@@ -115,35 +125,6 @@ def _loopback(address: str | None) -> bool:
         return address is not None and ipaddress.ip_address(address).is_loopback
     except ValueError:  # not an IP address
         return False
-
-
-class CollectorHold:
-    """Keeps the cyclic garbage collector off while any render is under way.
-
-    A render makes thousands of objects in bursts (the first one fills the renderer's
-    caches), and a full collection that their allocations set off would stall the loop
-    for tens of milliseconds in the middle of a scrape. A render makes no reference cycles;
-    what polls make meanwhile is collected once the render is over.
-    """
-
-    def __init__(self) -> None:
-        self.renders = 0
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """The collector off in this block, and on again after the last block ends."""
-        self.renders += 1
-        if self.renders == 1:
-            gc.disable()
-        try:
-            yield
-        finally:
-            self.renders -= 1
-            if self.renders == 0:
-                gc.enable()
-
-
-HOLD = CollectorHold()
 
 
 async def render(
