@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -16,16 +18,20 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from tests.fakes import FakeClock, FakePolicy
+from tests.test_reload import ACCOUNTS, body, write
 from tests.test_sinks import commit
 from tests.test_store import captured_logs
 from tests.test_webhook import free_port
+from walletwatch.app import Daemon
 from walletwatch.asyncstore import AsyncStore
+from walletwatch.clock import SystemClock
 from walletwatch.config import AlertmanagerConfig, Secret, parse_config
 from walletwatch.emitter import Emitter
 from walletwatch.errors import ConfigError
 from walletwatch.events import Event
 from walletwatch.metrics import WalletwatchCollector
 from walletwatch.model import Direction, State, Transfer
+from walletwatch.sim import Simulator, start
 from walletwatch.sinks import AlertmanagerSink, Dispatcher
 from walletwatch.sinks.alerts import (
     AHEAD,
@@ -618,3 +624,43 @@ class TestConfig:
                 tmp_path,
             )
         assert caught.value.problems == ("sinks[1].name: duplicate sink name 'x'",)
+
+
+class TestDaemon:
+    """The daemon builds the sink from the config and tells it what is in flight."""
+
+    async def test_removed_account_resolves_its_alerts(
+        self, am: FakeAlertmanager, tmp_path: Path
+    ) -> None:
+        """Both accounts' stuck withdrawals fire; a reload without one resolves its alert."""
+        sim = Simulator(rate_limit=100_000)
+        for key, secret in ACCOUNTS.values():
+            sim.westwallet.add_account(key, secret, {"BTC": Decimal(2)})
+            sim.westwallet.add_transaction(
+                key, type="send", currency="BTC", amount=Decimal("0.1"), created_at=time.time() - 60
+            )
+        runner, port = await start(sim, "127.0.0.1", 0)
+        sink = {"type": "alertmanager", "name": "am", "url": f"http://127.0.0.1:{am.port}/prefix"}
+        sim_url = f"http://127.0.0.1:{port}"
+        both = body(sim_url, ["hot", "cold"], interval="1s", sinks=[sink])
+        for account in both["accounts"]:
+            account["withdrawal_stuck_after"] = "1s"
+        config = write(tmp_path / "c.yaml", both)
+        assert config is not None
+        await am.up()
+        # The simulator checks signatures against real time: the daemon runs on it too.
+        daemon = Daemon(config, clock=SystemClock())
+        try:
+            await daemon.start(serve=False)
+            await daemon.poll_once()
+            assert {a["labels"]["account"] for a in am.alerts} == {"hot", "cold"}
+            assert all(a["labels"]["alertname"] == STUCK for a in am.alerts)
+            await daemon.reload(replace(config, accounts=config.accounts[:1]))
+            am.posts.clear()
+            await asyncio.sleep(1.1)  # the sink checks what is in flight every interval (1 s)
+            await daemon.deliver()
+        finally:
+            await daemon.close()
+            await runner.cleanup()
+        resolved = [a for a in am.alerts if ts(a["endsAt"]) <= time.time()]
+        assert [a["labels"]["account"] for a in resolved] == ["cold"]
