@@ -35,6 +35,7 @@ import structlog
 
 from walletwatch.errors import StateDamaged, StateFileLost, StateLocked, StoreError
 from walletwatch.events import Event
+from walletwatch.firing import Firing
 from walletwatch.migrations import MIGRATIONS, SCHEMA_VERSION
 from walletwatch.model import Balance, Direction, Transfer
 from walletwatch.outbox import Outbox, Parked
@@ -87,7 +88,7 @@ _SELECT_ACCOUNTS = (
 )
 
 
-class Store(Outbox):
+class Store(Outbox, Firing):
     """Synchronous access to the state database (use from one thread)."""
 
     def __init__(self, path: Path) -> None:
