@@ -56,13 +56,15 @@ unit: $(STAMP) tools
 # per line: promtool for the rules; prometheus and prometheus-alertmanager for the end-to-end
 # tests (tests/monitoring), which run the binaries on free loopback ports with their own
 # configs and data (any system service a package starts is never used); systemd for
-# systemd-analyze (installing it in a container does not start it). The packages of the
-# missing tools are installed, the others left alone.
+# systemd-analyze (installing it in a container does not start it); chromium for the status
+# page's browser test (tests/test_statuspage_browser.py), driven headless over the DevTools
+# protocol. The packages of the missing tools are installed, the others left alone.
 TOOL_PACKAGES := \
 	promtool:prometheus \
 	prometheus:prometheus \
 	prometheus-alertmanager:prometheus-alertmanager \
-	systemd-analyze:systemd
+	systemd-analyze:systemd \
+	chromium:chromium
 
 tools:
 	@missing=; for pair in $(TOOL_PACKAGES); do \

@@ -24,19 +24,24 @@ from walletwatch.arbiter import Slots
 from walletwatch.asyncstore import AsyncStore
 from walletwatch.budget import TokenBucket, paced
 from walletwatch.clockwatch import ClockWatch
-from walletwatch.config import AccountConfig, Config
+from walletwatch.collecthold import HOLD
+from walletwatch.config import AccountConfig, Config, SinkConfig, WebhookConfig
 from walletwatch.context import Nonces, ProviderContext, Shared
 from walletwatch.errors import ConfigError, StartupError
 from walletwatch.events import Event
 from walletwatch.hostcheck import path_problems
 from walletwatch.http import Http
 from walletwatch.metrics import WalletwatchCollector
+from walletwatch.model import Direction
+from walletwatch.operator import OperatorView
 from walletwatch.providers import REGISTRY
 from walletwatch.reload import RESTART_KEYS, changes, restart_needed, slices, yield_loop
 from walletwatch.render import ReloadStatus
 from walletwatch.scheduler import Scheduler
 from walletwatch.sinks import (
     DELIVERY_GRACE,
+    REPOST,
+    AlertmanagerSink,
     Dispatcher,
     FileSink,
     StreamSink,
@@ -48,7 +53,6 @@ from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState
 from walletwatch.types import Clock, ProviderFactory, Sink
 from walletwatch.watcher import AccountWatcher
-from walletwatch.web import HOLD
 from walletwatch.webserver import WebServer
 
 log = structlog.get_logger("walletwatch.app")
@@ -158,7 +162,7 @@ class Daemon:
             sinks.append(StreamSink(self._stdout, render=self._stdout_lines))
         if self.config.events_file is not None:
             sinks.append(FileSink(self.config.events_file))
-        sinks.extend(WebhookSink(hook, session, self.clock) for hook in self.config.sinks)
+        sinks.extend(self._sink(entry, session, store) for entry in self.config.sinks)
         self._dispatcher = Dispatcher(
             store,
             sinks,
@@ -174,7 +178,8 @@ class Daemon:
             )
         self._dispatcher.start()
         if serve:
-            await self._web.serve(self.collector, self.watchers.values, self._rendered)
+            view = OperatorView(self.watchers.values, lambda: store, self.clock)
+            await self._web.serve(self.collector, self.watchers.values, self._rendered, view)
         log.info(
             "walletwatch.started",
             version=__version__,
@@ -268,6 +273,28 @@ class Daemon:
                 stats=self.telemetry.bucket(key),
             )
         return bucket
+
+    def _sink(self, entry: SinkConfig, session: aiohttp.ClientSession, store: AsyncStore) -> Sink:
+        """The sink of one ``sinks`` entry."""
+        if isinstance(entry, WebhookConfig):
+            return WebhookSink(entry, session, self.clock)
+        # Checked every shortest interval: a transfer that leaves the in-flight set without
+        # a final event is resolved within two polls, like one with its final event.
+        every = min((a.interval for a in self.config.accounts), default=REPOST)
+        return AlertmanagerSink(
+            entry, session, self.clock, store, self._in_flight, check_every=every
+        )
+
+    def _in_flight(self, account: str, direction: str, transfer_id: str) -> bool | None:
+        """Whether the daemon has the transfer in flight; None while a reload rebuilds it."""
+        watcher = self.watchers.get(account)
+        if watcher is None:
+            return None if any(a.name == account for a in self.config.accounts) else False
+        try:
+            tracked = watcher.state.transfers.get((Direction(direction), transfer_id))
+        except ValueError:  # no direction of ours: no transfer of ours either
+            return False
+        return tracked is not None and tracked.transfer.state.in_flight
 
     def _wake(self) -> None:
         if self._dispatcher is not None:

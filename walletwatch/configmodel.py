@@ -130,6 +130,20 @@ class WebhookConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertmanagerConfig:
+    """An Alertmanager sink: one alert per stuck transfer, posted to ``url``/api/v2/alerts."""
+
+    name: str  # the sink's label and cursor; stable across restarts
+    url: Secret  # Alertmanager's base URL; it may carry basic-auth credentials: never shown
+    headers: Mapping[str, Secret]
+    timeout: float  # seconds per request
+
+
+SinkConfig = WebhookConfig | AlertmanagerConfig
+"""One entry of ``sinks``."""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -139,7 +153,7 @@ class Config:
     log_format: str | None  # "json" | "console" | None = console when stderr is a terminal
     providers: Mapping[str, ProviderSettings]  # every registered provider
     accounts: tuple[AccountConfig, ...]
-    sinks: tuple[WebhookConfig, ...] = ()  # alert event receivers besides stdout and events_file
+    sinks: tuple[SinkConfig, ...] = ()  # alert event receivers besides stdout and events_file
     shard: Shard | None = None  # this instance polls only its shard's accounts (see shard.py)
     web: WebConfig | None = None  # TLS and basic auth of the HTTP server
 

@@ -139,3 +139,11 @@ POLL_ERROR_REASONS = (
     "internal",
     "store",
 )
+
+
+class BadParameter(WalletwatchError):
+    """A query parameter of the operator API has a value it cannot take."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter

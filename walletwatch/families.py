@@ -163,7 +163,13 @@ UNREPORTED = Family(
     CURRENCY,
 )
 BUILD_INFO = Family("build_info", "gauge", "walletwatch version.", Labels("version"))
-OUTBOX_PENDING = Family("outbox_pending", "gauge", "Events in the outbox not yet delivered.", SINK)
+OUTBOX_PENDING = Family(
+    "outbox_pending",
+    "gauge",
+    "Events in the outbox not yet delivered (an Alertmanager sink adds the firing alerts its "
+    "latest re-post could not deliver).",
+    SINK,
+)
 DELIVERY_FAILURES = Family(
     "delivery_failures", "counter", "Failed attempts to deliver events.", SINK
 )

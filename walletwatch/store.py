@@ -35,6 +35,7 @@ import structlog
 
 from walletwatch.errors import StateDamaged, StateFileLost, StateLocked, StoreError
 from walletwatch.events import Event
+from walletwatch.firing import Firing
 from walletwatch.migrations import MIGRATIONS, SCHEMA_VERSION
 from walletwatch.model import Balance, Direction, Transfer
 from walletwatch.outbox import Outbox, Parked
@@ -87,7 +88,7 @@ _SELECT_ACCOUNTS = (
 )
 
 
-class Store(Outbox):
+class Store(Outbox, Firing):
     """Synchronous access to the state database (use from one thread)."""
 
     def __init__(self, path: Path) -> None:
@@ -192,6 +193,25 @@ class Store(Outbox):
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
             raise
+
+    def reader(self) -> sqlite3.Connection | None:
+        """A new read-only connection to the file (WAL lets it read beside the writes); None
+        for an in-memory state, which only this Store's connection can see."""
+        if self.path == MEMORY:
+            return None
+        try:
+            db = sqlite3.connect(
+                self.path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False
+            )
+            db.execute("PRAGMA busy_timeout=5000")
+        except sqlite3.Error as err:
+            raise StoreError(f"{self.path}: cannot open the state file to read: {err}") from err
+        return db
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The Store's own connection, for read-only queries made on the Store's thread."""
+        return self._db
 
     def close(self) -> None:
         """Close the database and release its lock."""

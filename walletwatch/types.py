@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from walletwatch.configmodel import AccountConfig
@@ -86,3 +86,14 @@ class Sink(Protocol):
     batch_size: int  # events one deliver() gets; acknowledged when it returns
 
     async def deliver(self, events: Sequence[Event]) -> None: ...
+
+
+@runtime_checkable
+class Refreshing(Protocol):
+    """A sink that also sends on its own schedule (the Alertmanager sink's re-posts)."""
+
+    unsent: int  # what its latest sends could not deliver: shown with its pending events
+
+    async def refresh(self) -> float:
+        """Send what is due; return the seconds until more is."""
+        ...

@@ -23,6 +23,7 @@ from walletwatch.listener import (
     raise_open_files,
 )
 from walletwatch.metrics import WalletwatchCollector
+from walletwatch.operator import OperatorView
 from walletwatch.telemetry import WebConnections
 from walletwatch.throttle import Throttle, exception_handler, throttled_logger
 from walletwatch.types import Clock
@@ -41,10 +42,11 @@ inside the unit's TimeoutStopSec=30s."""
 
 
 class WebServer:
-    """``/metrics``, the health checks and the index page on the config's ``listen``."""
+    """``/metrics``, the health checks, the operator API and the status page on ``listen``."""
 
     def __init__(self, config: Config, clock: Clock, stats: WebConnections) -> None:
         self._config = config
+        self._clock = clock
         self._throttle = Throttle(clock.monotonic, LOG_INTERVAL)
         self._stats = stats
         self._files: OpenFiles | None = None
@@ -69,6 +71,7 @@ class WebServer:
         collector: WalletwatchCollector,
         watchers: Callable[[], Iterable[AccountWatcher]],
         on_render: Callable[[], None],
+        view: OperatorView | None = None,
     ) -> None:
         """Answer on the bound address, connections capped and cut off when idle."""
         listener, files = self._listener, self._files
@@ -82,6 +85,8 @@ class WebServer:
             BasicAuth(users) if users else None,
             on_render=on_render,
             first=[listener.middleware],
+            view=view,
+            clock=self._clock,
         )
         self._runner = runner = web.AppRunner(
             app,
