@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import ipaddress
 import json
 import os
@@ -18,6 +19,7 @@ import socket
 import ssl
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -38,6 +40,8 @@ DEFAULT_TIMEOUT = 10.0
 """Seconds both requests may take together: a hung daemon must not hang the check."""
 TRANSFERS_LIMIT = 100_000
 """The API's largest ``limit``: every transfer in flight, up to it (the counts stay complete)."""
+ERROR_BYTES = 4096
+"""Most of a refusal's body read for its reason: the API's JSON errors are one short line."""
 EXIT_OK, EXIT_PROBLEM, EXIT_UNAVAILABLE = 0, 1, 2
 
 DESCRIPTION = """\
@@ -52,8 +56,10 @@ credentials: when the daemon's web config has basic_auth_users, set {ENV_USER} a
 {ENV_PASSWORD} in the environment (never on the command line).
 
 exit status: 0 every account is up and nothing is stuck; 1 an account is down or waiting for
-its first poll, or a transfer is stuck; 2 the daemon could not be reached, refused the
-credentials or did not answer its API (one line on stderr says which), or the config is bad.
+its first poll (just after a start or reload: the daemon cannot vouch for it yet), or a
+transfer is stuck; 2 the daemon could not be reached, refused the credentials or did not
+answer its API (one line on stderr says which), or the config is bad. A low balance is
+marked but does not change the status: WalletwatchBalanceLow alerts on it.
 """
 
 
@@ -80,7 +86,12 @@ def add_parser(sub: Any) -> None:
         help=f"the daemon's base URL, e.g. https://walletwatch.internal:10101 (overrides -c; "
         f"default http://{DEFAULT_LISTEN})",
     )
-    status.add_argument("--json", action="store_true", help="print the API's answers as JSON")
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document instead of the table: {generated_at, accounts, "
+        "transfers, truncated}, the API's lists as it gave them (same exit status)",
+    )
     status.add_argument(
         "--all", action="store_true", help="list every account and in-flight transfer"
     )
@@ -197,7 +208,15 @@ def _checked_url(url: str) -> str:
     return str(parsed).rstrip("/")
 
 
-def credentials(environ: Mapping[str, str]) -> aiohttp.BasicAuth | None:
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Basic-auth credentials: the user, which messages name, and the header, never shown."""
+
+    login: str
+    header: str = field(repr=False)
+
+
+def credentials(environ: Mapping[str, str]) -> Credentials | None:
     """Basic-auth credentials from ENV_USER and ENV_PASSWORD; None when neither is set."""
     user, password = environ.get(ENV_USER), environ.get(ENV_PASSWORD)
     if user is None and password is None:
@@ -212,8 +231,9 @@ def credentials(environ: Mapping[str, str]) -> aiohttp.BasicAuth | None:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise StatusUnavailable(f"{name} is not valid UTF-8 text") from None
-    # UTF-8, as the daemon decodes it (aiohttp's default is latin-1).
-    return aiohttp.BasicAuth(user, password, encoding="utf-8")
+    # UTF-8, as the daemon decodes it (RFC 7617's charset="UTF-8").
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return Credentials(user, f"Basic {token}")
 
 
 def tls_context(cacert: Path | None) -> ssl.SSLContext:
@@ -229,7 +249,7 @@ def tls_context(cacert: Path | None) -> ssl.SSLContext:
 
 
 async def fetch(
-    base: str, auth: aiohttp.BasicAuth | None, tls: ssl.SSLContext | None, seconds: float
+    base: str, auth: Credentials | None, tls: ssl.SSLContext | None, seconds: float
 ) -> tuple[object, object]:
     """The JSON of /api/v1/accounts and of the in-flight transfers, within ``seconds``."""
     try:
@@ -251,17 +271,17 @@ async def _get(
     session: aiohttp.ClientSession,
     base: str,
     path: str,
-    auth: aiohttp.BasicAuth | None,
+    auth: Credentials | None,
     tls: ssl.SSLContext | None,
 ) -> object:
     where = base + path.partition("?")[0]
     async with session.get(
         base + path,
-        auth=auth,
         ssl=True if tls is None else tls,
         # A redirect would carry the credentials elsewhere; the API never redirects.
         allow_redirects=False,
-        headers={"Accept": "application/json"},
+        headers={"Accept": "application/json"}
+        | ({} if auth is None else {"Authorization": auth.header}),
     ) as resp:
         if resp.status == 401:
             raise StatusUnavailable(
@@ -274,12 +294,22 @@ async def _get(
             )
         if resp.status != 200:
             hint = " (is it walletwatch with the operator API?)" if resp.status == 404 else ""
-            raise StatusUnavailable(f"{where}: HTTP {resp.status}{hint}")
+            said = _refusal(await resp.content.read(ERROR_BYTES))
+            raise StatusUnavailable(f"{where}: HTTP {resp.status}{said}{hint}")
         body = await resp.read()
     try:
         return json.loads(body)
     except (ValueError, RecursionError):
         raise StatusUnavailable(f"{where}: the answer is not JSON (is it walletwatch?)") from None
+
+
+def _refusal(body: bytes) -> str:
+    """``: the reason`` the API gave in its JSON refusal (a 503 names the store), else ''."""
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, RecursionError, AttributeError):
+        return ""
+    return f": {text(error)}" if isinstance(error, str) and error else ""
 
 
 FAILURES: tuple[tuple[type[BaseException], Callable[[Any, float], str]], ...] = (

@@ -34,6 +34,9 @@ IN_FLIGHT_SHOWN = 20
 CELL_WIDTH = 40
 """Widest a cell pads its column to: one long provider string does not push every row."""
 INDENT = "    "
+LONGEST = 256
+"""Most characters of one string shown: a real txid, id or error is shorter, and a huge one
+would bury the view (``--json`` has it whole)."""
 
 Cell = tuple[str, str | None]
 """A table cell: its text (already escaped) and its colour's name, if any."""
@@ -71,7 +74,10 @@ def summary(snap: Snapshot) -> str:
 
 
 def text(value: str) -> str:
-    """``value`` safe to print: what UNSAFE matches kept as its escape (``\\u001b``)."""
+    """``value`` safe to print: what UNSAFE matches as its escape (``\\u001b``), cut at LONGEST."""
+    if len(value) > LONGEST:
+        rest = len(value) - LONGEST
+        return f"{escaped(value[:LONGEST], UNSAFE)}...[{rest:,} more characters]"
     return escaped(value, UNSAFE)
 
 
@@ -81,8 +87,9 @@ def text(value: str) -> str:
 def _accounts(snap: Snapshot, paint: _Paint, *, show_all: bool) -> list[str]:
     everyone = show_all or len(snap.accounts) <= SMALL
     shown = [a for a in snap.accounts if everyone or a.problem]
-    # Problems first, in the daemon's (config) order within each kind.
-    shown.sort(key=lambda a: (a.state == "up", a.stuck == 0, a.low == 0))
+    # Problems first (down, then waiting, then stuck, then low), in the daemon's (config)
+    # order within each kind.
+    shown.sort(key=lambda a: (a.state == "up", a.state != "down", a.stuck == 0, a.low == 0))
     header = ("STATE", "ACCOUNT", "LAST POLL OK", "IN FLIGHT", "STUCK")
     rows: list[Sequence[Cell] | str] = [[(name, None) for name in header]]
     for a in shown:
