@@ -670,6 +670,32 @@ class TestManyAccounts:
         assert "more accounts" not in result.out
         assert "more transfers" not in result.out
 
+    async def test_a_reader_that_has_gone(self, crowd: FakeApi) -> None:
+        """Piped to a reader that stopped (``| head``): no traceback, the exit status kept."""
+        read_end, write_end = os.pipe()
+        proc = await asyncio.create_subprocess_exec(
+            *COMMAND,
+            "--url",
+            crowd.url,
+            "--all",
+            stdout=write_end,
+            stderr=asyncio.subprocess.PIPE,
+            env=environment(),
+        )
+        os.close(write_end)
+        os.close(read_end)  # before the command writes: its first write meets a closed pipe
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert (proc.returncode, err) == (1, b"")
+
+
+COMMAND = (sys.executable, "-m", "walletwatch", "status")
+
+
+def environment(**extra: str) -> dict[str, str]:
+    """This process's environment without credentials or NO_COLOR, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in (ENV_USER, ENV_PASSWORD, "NO_COLOR")}
+    return env | extra
+
 
 class TestColour:
     """Colour on a terminal only, and never with NO_COLOR."""
@@ -684,16 +710,10 @@ class TestColour:
     async def test_a_terminal(self, api: FakeApi, no_color: str | None) -> None:
         """On a pseudo-terminal the verdict is coloured, unless NO_COLOR is set."""
         api.accounts = [account_row("hot", "down")]
-        env = {k: v for k, v in os.environ.items() if k not in (ENV_USER, ENV_PASSWORD)}
-        env.pop("NO_COLOR", None)
-        if no_color is not None:
-            env["NO_COLOR"] = no_color
+        env = environment() if no_color is None else environment(NO_COLOR=no_color)
         leader, follower = pty.openpty()
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "walletwatch",
-            "status",
+            *COMMAND,
             "--url",
             api.url,
             stdout=follower,

@@ -145,8 +145,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _emit(output: str, stream: TextIO) -> None:
     """Write ``output`` in the stream's encoding; what it cannot encode is escaped, not fatal."""
     encoding = stream.encoding or "utf-8"
-    stream.write(output.encode(encoding, "backslashreplace").decode(encoding))
-    stream.flush()
+    try:
+        stream.write(output.encode(encoding, "backslashreplace").decode(encoding))
+        stream.flush()
+    except BrokenPipeError:
+        # The reader went away (``| head``): the rest is not wanted, and the exit status still
+        # is. Python's flush at exit would fail again with a traceback: /dev/null takes it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 # Where and how to ask -------------------------------------------------------------------------
