@@ -84,12 +84,17 @@ class Snapshot:
     generated_at: datetime | None
     accounts: tuple[AccountLine, ...]
     transfers: tuple[TransferLine, ...]
-    truncated: bool  # more transfers were in flight than the answer holds
+    truncated: bool  # the daemon's listing stopped at its limit: more matched than it holds
 
     @property
     def stuck(self) -> int:
         """Stuck transfers, counted by the accounts (complete even when the list is not)."""
         return max(sum(a.stuck for a in self.accounts), sum(t.stuck for t in self.transfers))
+
+    @property
+    def in_flight(self) -> int:
+        """Transfers in flight, counted by the accounts (complete even when the list is not)."""
+        return max(sum(a.in_flight for a in self.accounts), len(self.transfers))
 
     @property
     def healthy(self) -> bool:
@@ -125,6 +130,38 @@ def combined(accounts_doc: object, transfers_doc: object) -> dict[str, object]:
         "accounts": top.get("accounts"),
         "transfers": body.get("transfers"),
         "truncated": body.get("truncated", False),
+    }
+
+
+def stuck_total(accounts_doc: object) -> int:
+    """How many transfers the accounts answer counts as stuck (0 where it is not the shape).
+
+    Only sizes the next request: read_snapshot checks the answer and names what is wrong.
+    """
+    accounts = accounts_doc.get("accounts") if isinstance(accounts_doc, Mapping) else None
+    if not isinstance(accounts, list):
+        return 0
+    counts = (a.get("stuck") for a in accounts if isinstance(a, Mapping))
+    return sum(n for n in counts if isinstance(n, int) and not isinstance(n, bool) and n > 0)
+
+
+def with_stuck(stuck_doc: object, oldest_doc: object) -> object:
+    """One transfers answer: every stuck transfer, then the oldest in flight that are not.
+
+    An answer that is not the API's shape is returned as it is, for read_snapshot to name.
+    """
+    if not isinstance(stuck_doc, Mapping) or not isinstance(stuck_doc.get("transfers"), list):
+        return stuck_doc
+    if not isinstance(oldest_doc, Mapping) or not isinstance(oldest_doc.get("transfers"), list):
+        return oldest_doc
+    moving = [
+        t
+        for t in oldest_doc["transfers"]
+        if not (isinstance(t, Mapping) and t.get("stuck") is True)  # listed with the stuck
+    ]
+    return {
+        "transfers": [*stuck_doc["transfers"], *moving],
+        "truncated": stuck_doc.get("truncated", False),
     }
 
 

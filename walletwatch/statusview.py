@@ -68,8 +68,7 @@ def summary(snap: Snapshot) -> str:
     low = sum(a.low for a in snap.accounts)
     if low:
         parts.append(f"{_count(low, 'balance')} low")
-    in_flight = max(sum(a.in_flight for a in snap.accounts), len(snap.transfers))
-    parts.append(f"{_count(in_flight, 'transfer')} in flight, {snap.stuck:,} stuck")
+    parts.append(f"{_count(snap.in_flight, 'transfer')} in flight, {snap.stuck:,} stuck")
     return ("OK: " if snap.healthy else "PROBLEM: ") + "; ".join(parts)
 
 
@@ -160,6 +159,8 @@ def _transfers(snap: Snapshot, paint: _Paint, *, show_all: bool) -> list[str]:
     stuck = [t for t in snap.transfers if t.stuck]
     moving = [t for t in snap.transfers if not t.stuck]
     shown = moving if show_all else moving[:IN_FLIGHT_SHOWN]
+    # The answer may list only the oldest of those not stuck: the accounts count them all.
+    moving_total = max(snap.in_flight - snap.stuck, len(moving))
     if not stuck and not moving:
         return []
     header: Sequence[Cell] = [
@@ -167,21 +168,21 @@ def _transfers(snap: Snapshot, paint: _Paint, *, show_all: bool) -> list[str]:
     ]
     rows: list[Sequence[Cell] | str] = []
     if stuck:
-        rows += [paint(f"STUCK TRANSFERS ({len(stuck):,})", "bad"), header]
+        rows += [paint(f"STUCK TRANSFERS ({max(snap.stuck, len(stuck)):,})", "bad"), header]
         rows += [_transfer_row(t, "bad") for t in stuck]
     if moving:
         if stuck:
             rows.append("")
-        rows += [f"IN FLIGHT ({len(moving):,})", header]
+        rows += [f"IN FLIGHT ({moving_total:,})", header]
         rows += [_transfer_row(t, None) for t in shown]
     lines = _table(rows, paint, right={0})
-    if len(shown) < len(moving):
-        more = _count(len(moving) - len(shown), "more transfer")
+    if moving and len(shown) < moving_total and not show_all:
+        more = _count(moving_total - len(shown), "more transfer")
         lines.append(paint(f"... and {more} in flight, none stuck (--all lists them)", "dim"))
     if snap.truncated:
         lines.append(
             paint(
-                f"(the daemon listed only the oldest {len(snap.transfers):,} transfers in flight;"
+                f"(the daemon's listing stopped at {len(snap.transfers):,} transfers;"
                 " the counts above are complete)",
                 "warn",
             )

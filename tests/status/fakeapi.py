@@ -131,8 +131,13 @@ class FakeApi:
         return {"accounts": self.accounts, "generated_at": NOW}
 
     def _transfers(self, request: web.Request) -> dict[str, Any]:
-        assert request.query["state"] == "in_flight"
-        return {"transfers": self.transfers, "truncated": self.truncated}
+        """As the API: in_flight or its stuck subset, oldest first, at most ``limit``."""
+        state, limit = request.query["state"], int(request.query["limit"])
+        assert state in ("in_flight", "stuck")
+        rows = [t for t in self.transfers if state == "in_flight" or t.get("stuck") is True]
+        rows.sort(key=lambda t: -float(t.get("age_seconds") or 0))
+        cut = self.truncated or len(rows) > limit
+        return {"transfers": rows[:limit], "truncated": cut}
 
 
 def basic(user: str, password: str) -> str:

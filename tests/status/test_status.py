@@ -25,7 +25,9 @@ from tests.status.fakeapi import (
     free_port,
     transfer_row,
 )
+from walletwatch.errors import StatusUnavailable
 from walletwatch.statuscmd import ENV_PASSWORD, ENV_USER, base_url
+from walletwatch.statusdoc import read_snapshot, stuck_total, with_stuck
 
 
 class TestExitStatus:
@@ -42,7 +44,11 @@ class TestExitStatus:
         assert lines[-1] == "OK: 2 accounts: 2 up; 1 transfer in flight, 0 stuck"
         assert "IN FLIGHT (1)" in result.out
         assert transfer_row("7")["txid"] in result.out
-        assert [path for path, _, _ in api.requests] == ["/api/v1/accounts", "/api/v1/transfers"]
+        assert [path for path, _, _ in api.requests] == [
+            "/api/v1/accounts",
+            "/api/v1/transfers",
+            "/api/v1/transfers",
+        ]
 
     async def test_a_down_account_says_why_and_since_when(self, api: FakeApi, run: Run) -> None:
         """An account down: exit 1, its endpoint's reason and message, and since when."""
@@ -94,16 +100,37 @@ class TestExitStatus:
         assert "USDT  10  LOW (threshold 1000)" in result.out
         assert "1 balance low" in result.out.splitlines()[-1]
 
-    async def test_the_counts_stay_complete_when_the_listing_is_cut(
-        self, api: FakeApi, run: Run
-    ) -> None:
-        """A truncated listing says so, and the accounts' stuck count still decides."""
+    async def test_the_table_asks_only_for_what_it_shows(self, api: FakeApi, run: Run) -> None:
+        """Every stuck transfer and the oldest 20 others; the accounts count the rest."""
+        api.accounts = [account_row("hot", in_flight=200_000, stuck=3)]
+        api.transfers = [
+            transfer_row(str(n), stuck=n % 10 == 0, age_seconds=10_000.0 - n) for n in range(30)
+        ]
+        result = await run("--url", api.url)
+        assert result.code == 1, result
+        assert [query for _, query, _ in api.requests] == [
+            "",
+            "state=stuck&limit=100000",
+            "state=in_flight&limit=23",
+        ]
+        out = result.out
+        assert "STUCK TRANSFERS (3)" in out
+        assert "IN FLIGHT (199,997)" in out
+        assert "... and 199,977 more transfers in flight, none stuck (--all lists them)" in out
+        assert out.splitlines()[-1].endswith("200,000 transfers in flight, 3 stuck")
+
+    async def test_a_listing_cut_by_the_daemon_says_so(self, api: FakeApi, run: Run) -> None:
+        """--all lists what the daemon gave, says it stopped there; the counts stay complete."""
         api.accounts = [account_row("hot", in_flight=200_000, stuck=3)]
         api.transfers = [transfer_row("1")]
         api.truncated = True
-        result = await run("--url", api.url)
+        result = await run("--url", api.url, "--all")
         assert result.code == 1, result
-        assert "the daemon listed only the oldest 1 transfers in flight" in result.out
+        assert [query for _, query, _ in api.requests] == ["", "state=in_flight&limit=100000"]
+        assert "(the daemon's listing stopped at 1 transfers; the counts above are complete)" in (
+            result.out
+        )
+        assert "more transfers" not in result.out
         assert result.out.splitlines()[-1].endswith("200,000 transfers in flight, 3 stuck")
 
 
@@ -178,7 +205,7 @@ class TestCredentials:
         credentials(monkeypatch)
         result = await run("--url", api.url)
         assert result.code == 0, result
-        assert [auth for _, _, auth in api.requests] == [basic(USER, PASSWORD)] * 2
+        assert [auth for _, _, auth in api.requests] == [basic(USER, PASSWORD)] * 3
         assert PASSWORD not in result.out + result.err
 
     async def test_asked_for_and_none_given(self, api: FakeApi, run: Run) -> None:
@@ -259,7 +286,7 @@ class TestTls:
         ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
         result = await run("--url", tls_api.url, "--cacert", str(tmp_path / "ca.pem"))
         assert result.code == 0, result
-        assert len(tls_api.requests) == 2
+        assert len(tls_api.requests) == 3
 
     async def test_a_cacert_that_cannot_be_read(
         self, tls_api: FakeApi, run: Run, tmp_path: Path
@@ -328,7 +355,7 @@ class TestWhere:
         config = write_config(tmp_path / "c.yaml", f"0.0.0.0:{port}", tls=True)
         result = await run("-c", str(config), "--cacert", str(tmp_path / "ca.pem"))
         assert result.code == 0, result
-        assert len(tls_api.requests) == 2
+        assert len(tls_api.requests) == 3
 
     async def test_a_bad_listen_is_a_config_problem(self, run: Run, tmp_path: Path) -> None:
         """An unreadable listen address is exit 2 with the config's path."""
@@ -336,3 +363,46 @@ class TestWhere:
         result = await run("-c", str(config))
         assert result.code == 2, result
         assert f"{config}: listen: expected HOST:PORT" in result.err
+
+
+class TestTableAnswer:
+    """The table's transfers: every stuck one, then the oldest of the rest."""
+
+    def test_the_stuck_listed_once(self) -> None:
+        """A stuck transfer among the oldest is not listed twice."""
+        stuck = {"transfers": [transfer_row("1", stuck=True)], "truncated": False}
+        oldest = {"transfers": [transfer_row("1", stuck=True), transfer_row("2")]}
+        assert with_stuck(stuck, oldest) == {
+            "transfers": [transfer_row("1", stuck=True), transfer_row("2")],
+            "truncated": False,
+        }
+
+    @pytest.mark.parametrize(
+        ("stuck", "oldest", "kept"),
+        [
+            ("<html>", {"transfers": []}, "<html>"),
+            ({"transfers": {}}, {"transfers": []}, {"transfers": {}}),
+            ({"transfers": []}, [], []),
+            ({"transfers": []}, {"transfers": None}, {"transfers": None}),
+        ],
+    )
+    def test_another_shape_is_left_for_the_reader_to_name(
+        self, stuck: object, oldest: object, kept: object
+    ) -> None:
+        """An answer that is not the API's is passed on as it is, for read_snapshot to refuse."""
+        assert with_stuck(stuck, oldest) == kept
+        with pytest.raises(StatusUnavailable, match="not walletwatch's operator API"):
+            read_snapshot({"accounts": []}, kept)
+
+    @pytest.mark.parametrize(
+        ("accounts", "total"),
+        [
+            ({"accounts": [{"stuck": 2}, {"stuck": 3}, {}]}, 5),
+            ({"accounts": [{"stuck": True}, {"stuck": -1}, {"stuck": "9"}, 7]}, 0),
+            ({"accounts": "none"}, 0),
+            ([], 0),
+        ],
+    )
+    def test_the_stuck_count_sizes_the_request(self, accounts: object, total: int) -> None:
+        """The accounts' stuck counts, whatever else the answer holds."""
+        assert stuck_total(accounts) == total
