@@ -2,8 +2,8 @@
 
 The shell around ``statusdoc`` (reading the answers) and ``statusview`` (laying them out):
 where the daemon is (``--url``, else the config's ``listen``), its credentials (from the
-environment, never a flag: a flag shows in ``ps`` and shell history), the two requests under
-one time limit, and the exit code: 0 when every account is up and nothing is stuck, 1
+environment, never a flag: a flag shows in ``ps`` and shell history), the requests under one
+time limit, and the exit code: 0 when every account is up and nothing is stuck, 1
 otherwise, 2 when the daemon's answer could not be had.
 """
 
