@@ -56,17 +56,21 @@ unit: $(STAMP) tools
 # per line: promtool for the rules; prometheus and prometheus-alertmanager for the end-to-end
 # tests (tests/monitoring), which run the binaries on free loopback ports with their own
 # configs and data (any system service a package starts is never used); systemd for
-# systemd-analyze (installing it in a container does not start it). The packages of the
-# missing tools are installed, the others left alone.
+# systemd-analyze (installing it in a container does not start it); postgresql for the
+# PostgreSQL store's tests (tests/pgcluster.py), whose binaries are not on PATH but under
+# /usr/lib/postgresql/<version>/bin: a tool may be a path pattern, found as the tests find it.
+# The packages of the missing tools are installed, the others left alone.
 TOOL_PACKAGES := \
 	promtool:prometheus \
 	prometheus:prometheus \
 	prometheus-alertmanager:prometheus-alertmanager \
-	systemd-analyze:systemd
+	systemd-analyze:systemd \
+	/usr/lib/postgresql/*/bin/initdb:postgresql
 
 tools:
 	@missing=; for pair in $(TOOL_PACKAGES); do \
-		command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; \
+		set -- $${pair%%:*}; \
+		command -v "$$1" >/dev/null || missing="$$missing $${pair#*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 		set -x; \

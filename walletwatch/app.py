@@ -142,11 +142,14 @@ class Daemon:
             raise StartupError("; ".join(problems))
         if serve:
             await self._web.bind()
-        store = AsyncStore(Store(self._state_path))
+        sqlite = Store(self._state_path)
+        store = AsyncStore(sqlite)
         self._store = store
         states = await store.call(store.store.load)
         if self._state_path != MEMORY:
-            self._file_task = asyncio.create_task(self._watch_file(store), name="state-file")
+            self._file_task = asyncio.create_task(
+                self._watch_file(store, sqlite), name="state-file"
+            )
         nonces = self._nonces = await Nonces.load(self.clock, store)
         self._session = session = aiohttp.ClientSession(
             headers={"User-Agent": f"walletwatch/{__version__}"},
@@ -182,7 +185,7 @@ class Daemon:
             listen=self.url if serve else None,
         )
 
-    async def _watch_file(self, store: AsyncStore) -> None:
+    async def _watch_file(self, store: AsyncStore, sqlite: Store) -> None:
         """Check, every shortest account interval, that the state file is the one opened.
 
         Commits are refused by the store itself while it is not; this is what reports it
@@ -192,12 +195,12 @@ class Daemon:
             period = min((a.interval for a in self.config.accounts), default=60.0)
             await self.clock.sleep(period)
             try:
-                await store.call(store.store.check_file)
+                await store.call(sqlite.check_file)
             except StateFileLost as err:
                 if self.telemetry.state_file_ok:
                     log.error(  # noqa: TRY400 - the message says it all; no traceback
                         "store.file_lost",
-                        path=str(store.store.path),
+                        path=str(sqlite.path),
                         error=str(err),
                         note="no commit is made until it is back; restart walletwatch to "
                         "start afresh (a new baseline) or put the file back",
@@ -205,7 +208,7 @@ class Daemon:
                 self.telemetry.state_file_ok = False
             else:
                 if not self.telemetry.state_file_ok:
-                    log.info("store.file_recovered", path=str(store.store.path))
+                    log.info("store.file_recovered", path=str(sqlite.path))
                 self.telemetry.state_file_ok = True
 
     def _watcher(

@@ -7,15 +7,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from walletwatch.store import Store
+from walletwatch.statesql import SqlState
 
 T = TypeVar("T")
 
 
 class AsyncStore:
-    """The Store on one worker thread, awaited from the event loop."""
+    """A store (SQLite or PostgreSQL) on one worker thread, awaited from the event loop."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: SqlState) -> None:
         self.store = store
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
 

@@ -6,20 +6,23 @@ Events enter the outbox in the transaction that commits the state which produced
 
 from __future__ import annotations
 
-import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import ClassVar
 
 from walletwatch.errors import StoreError
 from walletwatch.events import Event
+from walletwatch.types import SqlConnection
 
 
 class Outbox(ABC):
-    """The outbox's queries, on the Store's connection (``Store`` is one)."""
+    """The outbox's queries, on the store's connection (either engine's store is one)."""
 
-    _db: sqlite3.Connection
+    _db: SqlConnection
+    _errors: ClassVar[tuple[type[Exception], ...]]
+    """The engine's errors: a statement or the connection failed."""
 
     @abstractmethod
     def _transaction(self) -> AbstractContextManager[None]:
@@ -39,7 +42,7 @@ class Outbox(ABC):
             row = self._db.execute(
                 "SELECT COUNT(*) FROM outbox WHERE seq > ?", (self._cursor(sink),)
             ).fetchone()
-        except sqlite3.Error as err:
+        except self._errors as err:
             raise StoreError(f"cannot count the outbox: {err}") from err
         return int(row[0])
 
@@ -54,19 +57,20 @@ class Outbox(ABC):
                 )
                 for sink in sinks
             }
-        except sqlite3.Error as err:
+        except self._errors as err:
             raise StoreError(f"cannot count the outbox: {err}") from err
 
     def ack(self, sink: str, seq: int) -> None:
         """The sink has delivered every event up to seq."""
         try:
             self._set_cursor(sink, seq)
-        except sqlite3.Error as err:
+        except self._errors as err:
             raise StoreError(f"cannot move the cursor of sink {sink!r}: {err}") from err
 
     def _set_cursor(self, sink: str, seq: int) -> None:
         self._db.execute(
-            "INSERT INTO cursors VALUES (?, ?) ON CONFLICT(sink) DO UPDATE SET seq=excluded.seq",
+            "INSERT INTO cursors (sink, seq) VALUES (?, ?) "
+            "ON CONFLICT (sink) DO UPDATE SET seq=excluded.seq",
             (sink, seq),
         )
 
@@ -75,11 +79,14 @@ class Outbox(ABC):
         try:
             with self._transaction():
                 self._db.execute(
-                    "INSERT OR REPLACE INTO parked VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO parked (sink, seq, event_id, reason, parked_at, body) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sink, seq) DO UPDATE SET "
+                    "event_id=excluded.event_id, reason=excluded.reason, "
+                    "parked_at=excluded.parked_at, body=excluded.body",
                     (sink, seq, event.event_id, reason, now, event.to_json()),
                 )
                 self._set_cursor(sink, seq)
-        except sqlite3.Error as err:
+        except self._errors as err:
             raise StoreError(f"cannot park an event of sink {sink!r}: {err}") from err
 
     def parked(self, sink: str) -> list[Parked]:
@@ -100,14 +107,17 @@ class Outbox(ABC):
                     "DELETE FROM outbox WHERE seq <= ? AND ts < ?", (passed, before)
                 ).rowcount
                 self._db.execute("DELETE FROM parked WHERE parked_at < ?", (before,))
-        except sqlite3.Error as err:
+        except self._errors as err:
             raise StoreError(f"cannot prune the outbox: {err}") from err
         return int(gone)
 
     def start_cursor(self, sink: str) -> None:
         """A new sink starts at the end of the outbox instead of replaying history."""
         last = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0]
-        self._db.execute("INSERT OR IGNORE INTO cursors VALUES (?, ?)", (sink, last))
+        self._db.execute(
+            "INSERT INTO cursors (sink, seq) VALUES (?, ?) ON CONFLICT (sink) DO NOTHING",
+            (sink, last),
+        )
 
     def _cursor(self, sink: str) -> int:
         row = self._db.execute("SELECT seq FROM cursors WHERE sink=?", (sink,)).fetchone()
