@@ -7,6 +7,7 @@ a secret reference instead).
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -72,6 +73,14 @@ def _store(checks: Checks, value: object) -> StoreConfig:
     if problems or url is None:
         raise Invalid(problems=problems)
     return StoreConfig(url, password, lease)
+
+
+def store_argument(text: str) -> StoreConfig:
+    """A ``demo --store`` URL as a store; the password comes from PGPASSWORD or ~/.pgpass."""
+    try:
+        return StoreConfig(database_url(text), None)
+    except Invalid as err:
+        raise argparse.ArgumentTypeError("; ".join(m for _, m in err.problems)) from None
 
 
 def database_url(value: object) -> str:

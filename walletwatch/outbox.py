@@ -28,6 +28,14 @@ class Outbox(ABC):
     def _transaction(self) -> AbstractContextManager[None]:
         """One write transaction on ``_db`` (the Store's)."""
 
+    @abstractmethod
+    def _fence(self) -> None:
+        """Inside a write's transaction: raise StoreError if this process may not write.
+
+        A shared state (PostgreSQL) allows writes to the lease's holder only; a cursor moved
+        by a replica that no longer leads could move back what the leader moved on.
+        """
+
     def pending(self, sink: str, limit: int = 500) -> list[tuple[int, Event]]:
         """Events the sink has not acknowledged yet, oldest first."""
         cursor = self._cursor(sink)
@@ -63,7 +71,9 @@ class Outbox(ABC):
     def ack(self, sink: str, seq: int) -> None:
         """The sink has delivered every event up to seq."""
         try:
-            self._set_cursor(sink, seq)
+            with self._transaction():
+                self._fence()
+                self._set_cursor(sink, seq)
         except self._errors as err:
             raise StoreError(f"cannot move the cursor of sink {sink!r}: {err}") from err
 
@@ -78,6 +88,7 @@ class Outbox(ABC):
         """The sink refused the event at seq for good: keep it aside and move past it."""
         try:
             with self._transaction():
+                self._fence()
                 self._db.execute(
                     "INSERT INTO parked (sink, seq, event_id, reason, parked_at, body) "
                     "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sink, seq) DO UPDATE SET "
@@ -103,6 +114,7 @@ class Outbox(ABC):
         try:
             passed = min(self._cursor(sink) for sink in sinks)
             with self._transaction():
+                self._fence()
                 gone = self._db.execute(
                     "DELETE FROM outbox WHERE seq <= ? AND ts < ?", (passed, before)
                 ).rowcount

@@ -243,6 +243,17 @@ class PgStore(SqlState):
         self.epoch = None if row is None else int(row[0])
         return self.epoch
 
+    def left(self) -> float:
+        """Seconds until the lease expires, on the database's clock (negative: expired)."""
+        try:
+            row = self._db.execute(
+                "SELECT EXTRACT(EPOCH FROM expires) - EXTRACT(EPOCH FROM clock_timestamp()) "
+                "FROM lease WHERE id=1"
+            ).fetchone()
+        except psycopg.Error as err:
+            raise StoreError(f"{self.where}: cannot read the lease: {err}") from err
+        return float(row[0]) if row is not None and row[0] is not None else 0.0
+
     def renew(self, seconds: float) -> bool:
         """Extend the lease held to ``seconds`` from now; False (and follow) if it is lost.
 

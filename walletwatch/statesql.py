@@ -80,9 +80,6 @@ class SqlState(Outbox):
     def _names(self, names: Sequence[str] | None) -> tuple[Any, ...]:
         """The parameters of the ``_select_*`` queries for ``names`` (None: every account)."""
 
-    def _fence(self) -> None:
-        """Inside a commit's transaction: raise StoreError if this process may not write."""
-
     @abstractmethod
     def close(self) -> None:
         """Close the database."""

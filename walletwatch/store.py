@@ -191,6 +191,9 @@ class Store(SqlState):
         if self._lock is not None:
             self._lock.release()
 
+    def _fence(self) -> None:
+        """Nothing to check: the file's lock (statelock) already keeps every other process out."""
+
     def _names(self, names: Sequence[str] | None) -> tuple[Any, ...]:
         return (None if names is None else json.dumps(list(names)),)  # NULL: every account
 
