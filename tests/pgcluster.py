@@ -54,8 +54,9 @@ def free_port() -> int:
 class Cluster:
     """One running cluster: its superuser URL, fresh databases, a stop and a restart."""
 
-    def __init__(self, root: Path, bindir: Path) -> None:
+    def __init__(self, root: Path, bindir: Path, *, fsync: bool = False) -> None:
         self.root = root
+        self._fsync = fsync
         self.data = root / "data"
         self.port = free_port()
         self._bin = bindir
@@ -98,10 +99,9 @@ class Cluster:
 
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
-        options = (
-            f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off "
-            "-c full_page_writes=off -c max_connections=200"
-        )
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c max_connections=200"
+        if not self._fsync:
+            options += " -c fsync=off -c full_page_writes=off"
         self._run(
             "pg_ctl",
             "-D",
@@ -141,13 +141,16 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def running_cluster() -> Iterator[Cluster]:
-    """A started cluster in a directory of its own, stopped and removed afterwards."""
+def running_cluster(*, fsync: bool = False) -> Iterator[Cluster]:
+    """A started cluster in a directory of its own, stopped and removed afterwards.
+
+    ``fsync``: durable as a real server is (for benchmarks); tests go without.
+    """
     bindir = binaries()
     # Not under pytest's tmp dir: that one is private to root, and the server runs as nobody.
     root = Path(tempfile.mkdtemp(prefix="walletwatch-pg-"))
     try:
-        cluster = Cluster(root, bindir)
+        cluster = Cluster(root, bindir, fsync=fsync)
         cluster.start()
         try:
             yield cluster

@@ -66,7 +66,9 @@ def wait_for(probe: Callable[[], T | None], what: str, deadline: float = WAIT) -
 class Replica:
     """One `walletwatch run` process with its own port, events file and log."""
 
-    def __init__(self, name: str, root: Path, url: str, sim_url: str, secret: Path) -> None:
+    def __init__(
+        self, name: str, root: Path, url: str, sim_url: str, secret: Path, *, lease: float = LEASE
+    ) -> None:
         self.name = name
         self.port = free_port()
         self.events = root / f"events-{name}.jsonl"
@@ -78,7 +80,11 @@ class Replica:
                     "listen": f"127.0.0.1:{self.port}",
                     "events_file": self.events.name,
                     "log_format": "json",
-                    "store": {"url": url, "password": {"file": str(secret)}, "lease": "3s"},
+                    "store": {
+                        "url": url,
+                        "password": {"file": str(secret)},
+                        "lease": f"{lease:g}s",
+                    },
                     "accounts": [
                         {
                             "name": "ww",
