@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.test_config import account, parse, problems
+from walletwatch.cli import main
 from walletwatch.configmodel import DEFAULT_LEASE, StoreConfig
 
 URL = "postgresql://walletwatch@db.example:5432/walletwatch"
@@ -59,3 +61,42 @@ class TestStore:
         assert problems(data, tmp_path) == [
             "store: store and state_path name two states: keep only one of them"
         ]
+
+
+class TestCommands:
+    """check, run and demo with a store."""
+
+    def write(self, tmp_path: Path, store: dict[str, object]) -> Path:
+        """A config file with one account and ``store``."""
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump({"store": store, "accounts": [account()]}))
+        return path
+
+    def test_check_passes_without_a_state_file(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """check passes with a store, and makes no state file."""
+        monkeypatch.setenv("WW_KEY", "k")
+        monkeypatch.setenv("WW_SECRET", "s")
+        path = self.write(tmp_path, {"url": URL})
+        assert main(["check", "-c", str(path)]) == 0
+        assert not (tmp_path / "walletwatch.db").exists()
+
+    def test_reset_state_is_refused(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """--reset-state moves a SQLite file aside: with a store it is refused, exit 1."""
+        monkeypatch.setenv("WW_KEY", "k")
+        monkeypatch.setenv("WW_SECRET", "s")
+        path = self.write(tmp_path, {"url": URL})
+        assert main(["run", "-c", str(path), "--reset-state"]) == 1
+        assert "--reset-state moves a state_path aside" in capsys.readouterr().err
+
+    def test_demo_store_url_is_checked(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """demo --store refuses a URL with a password, without showing it."""
+        with pytest.raises(SystemExit) as caught:
+            main(["demo", "--store", "postgresql://u:hunter2@db/w"])
+        assert caught.value.code == 2
+        err = capsys.readouterr().err
+        assert "must not hold a password" in err
+        assert "hunter2" not in err

@@ -82,7 +82,6 @@ class Connection:
         settings: dict[str, Any] = {
             "connect_timeout": CONNECT_TIMEOUT,
             "application_name": "walletwatch",
-            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
             # A peer gone without a word (a partition) is noticed in about 11 s, not hours.
             "keepalives": 1,
             "keepalives_idle": 5,
@@ -93,7 +92,10 @@ class Connection:
             settings["password"] = self._password
         try:
             self._conn = psycopg.connect(self.url, autocommit=True, **settings)
+            # A SET, not libpq's options: those of the URL (a search_path) stay as they are.
+            self._conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
         except psycopg.Error as err:
+            self.close()
             # Not chained: the driver's own exception may quote the connection string.
             raise StoreError(
                 f"{self.where}: cannot connect to the state database: "
