@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 import yaml
 
 from tests.test_config import account, parse, problems
@@ -65,6 +67,12 @@ class TestStore:
 
 class TestCommands:
     """check, run and demo with a store."""
+
+    @pytest.fixture(autouse=True)
+    def _logs_reset(self) -> Iterator[None]:
+        """run configures logging to the captured stdout: later tests must not log there."""
+        yield
+        structlog.reset_defaults()
 
     def write(self, tmp_path: Path, store: dict[str, object]) -> Path:
         """A config file with one account and ``store``."""

@@ -221,6 +221,7 @@ class Daemon:
             self._dispatcher.start()
             self.collector.leading = True
             if self._polling:
+                self.scheduler.progress = self.clock.monotonic()  # not stalled while following
                 for watcher in self.watchers.values():
                     self.scheduler.start(watcher, watcher.endpoints)
                 self._freeze()
