@@ -124,7 +124,10 @@ class TestFencing:
             commit_one(store)
         with pytest.raises(StoreError, match="not the leader"):
             store.save_meta("nonce:*", "1")
+        with pytest.raises(StoreError, match="not the leader"):
+            store.save_firing("am", {"key": "{}"}, ())
         assert store.load() == {}
+        assert store.firing("am") == {}
 
     def test_one_leader_at_a_time(self, open_store: Opener) -> None:
         """A second replica cannot take a lease that has not expired; the first one writes."""

@@ -25,7 +25,7 @@ from walletwatch.asyncstore import AsyncStore
 from walletwatch.budget import TokenBucket, paced
 from walletwatch.clockwatch import ClockWatch
 from walletwatch.collecthold import HOLD
-from walletwatch.config import AccountConfig, Config, SinkConfig, WebhookConfig
+from walletwatch.config import AccountConfig, Config
 from walletwatch.configmodel import Secret
 from walletwatch.context import Nonces, ProviderContext, Shared
 from walletwatch.errors import ConfigError, StartupError
@@ -35,27 +35,18 @@ from walletwatch.hostcheck import path_problems
 from walletwatch.http import Http
 from walletwatch.leadership import Leadership
 from walletwatch.metrics import WalletwatchCollector
-from walletwatch.model import Direction
 from walletwatch.operator import OperatorView
 from walletwatch.pgstore import PgStore
 from walletwatch.providers import REGISTRY
 from walletwatch.reload import RESTART_KEYS, changes, restart_needed, slices, yield_loop
 from walletwatch.render import ReloadStatus
 from walletwatch.scheduler import Scheduler
-from walletwatch.sinks import (
-    DELIVERY_GRACE,
-    REPOST,
-    AlertmanagerSink,
-    Dispatcher,
-    FileSink,
-    StreamSink,
-    WebhookSink,
-    stdout_json,
-)
+from walletwatch.sinks import DELIVERY_GRACE, Dispatcher, stdout_json
+from walletwatch.sinkset import InFlight, build_sinks
 from walletwatch.store import MEMORY, Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState
-from walletwatch.types import Clock, ProviderFactory, Sink
+from walletwatch.types import Clock, ProviderFactory
 from walletwatch.watcher import AccountWatcher
 from walletwatch.webserver import WebServer
 
@@ -204,12 +195,15 @@ class Daemon:
         async with self._reloading:
             states = await store.call(store.store.load)
             nonces = self._nonces = await Nonces.load(self.clock, store)
-            sinks: list[Sink] = []
-            if self._stdout is not None:
-                sinks.append(StreamSink(self._stdout, render=self._stdout_lines))
-            if self.config.events_file is not None:
-                sinks.append(FileSink(self.config.events_file))
-            sinks.extend(self._sink(entry, session, store) for entry in self.config.sinks)
+            sinks = build_sinks(
+                self.config,
+                stdout=self._stdout,
+                stdout_lines=self._stdout_lines,
+                session=session,
+                clock=self.clock,
+                store=store,
+                in_flight=InFlight(self.watchers, lambda: self.config),
+            )
             self._dispatcher = Dispatcher(
                 store,
                 sinks,
@@ -308,28 +302,6 @@ class Daemon:
                 stats=self.telemetry.bucket(key),
             )
         return bucket
-
-    def _sink(self, entry: SinkConfig, session: aiohttp.ClientSession, store: AsyncStore) -> Sink:
-        """The sink of one ``sinks`` entry."""
-        if isinstance(entry, WebhookConfig):
-            return WebhookSink(entry, session, self.clock)
-        # Checked every shortest interval: a transfer that leaves the in-flight set without
-        # a final event is resolved within two polls, like one with its final event.
-        every = min((a.interval for a in self.config.accounts), default=REPOST)
-        return AlertmanagerSink(
-            entry, session, self.clock, store, self._in_flight, check_every=every
-        )
-
-    def _in_flight(self, account: str, direction: str, transfer_id: str) -> bool | None:
-        """Whether the daemon has the transfer in flight; None while a reload rebuilds it."""
-        watcher = self.watchers.get(account)
-        if watcher is None:
-            return None if any(a.name == account for a in self.config.accounts) else False
-        try:
-            tracked = watcher.state.transfers.get((Direction(direction), transfer_id))
-        except ValueError:  # no direction of ours: no transfer of ours either
-            return False
-        return tracked is not None and tracked.transfer.state.in_flight
 
     def _wake(self) -> None:
         if self._dispatcher is not None:

@@ -19,7 +19,10 @@ from walletwatch.types import SqlConnection
 
 PREFIX = "alert/"
 # The upsert SQLite and PostgreSQL both understand (INSERT OR REPLACE is SQLite's alone).
-_PUT = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value=excluded.value"
+_PUT = (
+    "INSERT INTO meta (key, value) VALUES (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value=excluded.value"
+)
 
 
 def _prefix(sink: str) -> str:

@@ -31,7 +31,6 @@ from walletwatch.rows import (
     transfer_from_row,
     transfer_to_row,
 )
-from walletwatch.types import SqlConnection
 from walletwatch.tracker import (
     AccountState,
     Settled,
@@ -40,6 +39,7 @@ from walletwatch.tracker import (
     compact,
     prune_floors,
 )
+from walletwatch.types import SqlConnection
 
 TRANSFER_COLUMNS = (
     *("account", "direction", "id", "currency", "amount", "fee", "address", "txid", "status"),
