@@ -457,7 +457,8 @@ async def _simulate(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(simulator_banner(f"http://{_host(args.listen.host)}:{port}"), file=sys.stderr, flush=True)
+    banner = simulator_banner(f"http://{_host(args.listen.host)}:{port}")
+    print(f"{banner}\n{sim.push_help()}", file=sys.stderr, flush=True)
     try:
         await stop.wait()
     finally:
