@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from walletwatch.cli import _parser, cmd_run
+from walletwatch.cli import _parser, cmd_run, main
 
 MANIFESTS = Path(__file__).parent.parent / "deploy" / "kubernetes"
 
@@ -140,3 +140,12 @@ class TestManifests:
         for account in config["accounts"]:
             for value in account["credentials"].values():
                 assert set(value) == {"credential"}
+
+    def test_config_passes_check_offline(
+        self, kinds: dict[str, dict[str, Any]], tmp_path: Path
+    ) -> None:
+        """The ConfigMap's config is one `walletwatch check --offline` accepts as it stands."""
+        path = tmp_path / "config.yaml"
+        path.write_text(kinds["ConfigMap"]["data"]["config.yaml"])
+        path.chmod(0o600)
+        assert main(["check", "-c", str(path), "--offline"]) == 0

@@ -725,6 +725,20 @@ class TestFollower:
         assert registry.get_sample_value("walletwatch_up", acct("plain", "kredswallet")) is None
         assert registry.get_sample_value("walletwatch_build_info", {"version": __version__})
 
+    def test_lapsed_lease_shows_as_a_follower(self, weird: Rig) -> None:
+        """A leader not yet stepped down (its renewal hangs) whose lease may have lapsed by
+        its own clock serves leader 0 and no account series, as a follower does."""
+        collector = WalletwatchCollector(lambda: weird.watchers, weird.telemetry, weird.clock)
+        held = [True]
+        collector.lease = lambda: held[0]
+        registry = CollectorRegistry()
+        registry.register(collector)
+        assert registry.get_sample_value("walletwatch_leader") == 1.0
+        held[0] = False
+        assert collector.leading
+        assert registry.get_sample_value("walletwatch_leader") == 0.0
+        assert registry.get_sample_value("walletwatch_up", acct("plain", "kredswallet")) is None
+
     async def test_leading_again_serves_everything_again(
         self, weird: Rig, clock: FakeClock
     ) -> None:

@@ -164,6 +164,7 @@ class Daemon:
             self._leadership = Leadership.open(
                 self.config.store, pg, self.clock, on_lead=self._lead, on_follow=self._follow
             )
+            self.collector.lease = self._leadership.leading
             self._lease_task = asyncio.create_task(self._leadership.run(), name="lease")
         else:
             sqlite = Store(self._state_path)

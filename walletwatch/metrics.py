@@ -84,6 +84,10 @@ class WalletwatchCollector(Collector):
         # Whether this replica holds the lease and polls; its owner sets it (always so on
         # SQLite). A follower serves no series about accounts, providers or sinks.
         self.leading = True
+        # The lease by this replica's own clock, when there is one: a leader whose renewal
+        # hangs on a lost database shows 0 once its lease may have lapsed, before it has
+        # stepped down, so a new leader and it never both show 1 (WalletwatchSplitBrain).
+        self.lease: Callable[[], bool] | None = None
 
     def _report(self, watcher: AccountWatcher, error: Exception) -> None:
         """Log a watcher whose series could not be made, once until they can be again."""
@@ -118,7 +122,8 @@ class WalletwatchCollector(Collector):
         ``escaping`` is how names are escaped, as prometheus_client's encoders take it.
         """
         out = Render(self._clock.time(), self._accounts)
-        leading = self.leading  # one value for the whole render
+        # One value for the whole render.
+        leading = self.leading and (self.lease is None or self.lease())
         if not leading:  # nothing of the accounts is served: nothing is kept for them
             self._accounts.clear()
         watchers = list(self._watchers()) if leading else []
