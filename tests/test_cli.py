@@ -327,11 +327,14 @@ class TestSimulateBanner:
 
 class TestSimulatorIndex:
     def test_says_what_simulate_prints(self) -> None:
-        """The simulator's / lists the same accounts, with base URLs on its own address."""
-        with serve_in_thread(Simulator()) as url:
+        """The simulator's / lists the same accounts, with base URLs on its own address, and
+        how to set a push URL."""
+        sim = Simulator()
+        with serve_in_thread(sim) as url:
             page = wait_for(url + "/")
         assert page.startswith(f"walletwatch simulator at {url}\n")
-        assert page.splitlines()[1:] == simulator_banner(url).splitlines()[1:]
+        said = f"{simulator_banner(url)}\n{sim.push_help()}"
+        assert page.splitlines()[1:] == said.splitlines()[1:]
         assert f"base_url={url}/bitexbit/api/gateway " in page
 
 

@@ -27,6 +27,7 @@ from walletwatch.configmodel import (
     Secret,
     WebConfig,
 )
+from walletwatch.configstore import checked_store
 from walletwatch.errors import ConfigError
 from walletwatch.providers import SCHEMAS
 from walletwatch.schema import Invalid, ProviderSchema, describe, format_duration
@@ -166,9 +167,8 @@ class _Checker:
         sinks = configsinks.sinks(self, data.get("sinks"))
         shard = self.field(top, "shard", schema.nullable(parse_shard), None)
         web = self.field(top, "web", schema.nullable(self.web), None)
-        return Config(
-            listen, state_path, events_file, log_format, providers, accounts, sinks, shard, web
-        )
+        config = Config(listen, state_path, events_file, log_format, providers, accounts, sinks)
+        return replace(config, shard=shard, web=web, store=checked_store(self, data))
 
     def web(self, value: object) -> WebConfig:
         """The ``web`` block: exporter-toolkit's tls_server_config and basic_auth_users."""

@@ -21,6 +21,10 @@ DEFAULT_FAST_INTERVAL = 15.0
 """How often an endpoint covering withdrawals is polled while one is in flight, unless the
 account's ``interval`` is shorter."""
 
+DEFAULT_LEASE = 15.0
+"""Seconds a PostgreSQL leader's lease lasts unrenewed: a takeover comes this long after a
+leader dies. The leader renews it every third of that."""
+
 DEFAULT_RATE_MARGIN = 0.05
 """Buckets pace this fraction below a published limit, so network jitter never trips it."""
 
@@ -144,6 +148,15 @@ SinkConfig = WebhookConfig | AlertmanagerConfig
 
 
 @dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """A PostgreSQL state that replicas share: where it is, its password, the lease's length."""
+
+    url: str  # postgresql://user@host:port/database, never with a password in it
+    password: Secret | None
+    lease: float = DEFAULT_LEASE  # seconds
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -156,6 +169,7 @@ class Config:
     sinks: tuple[SinkConfig, ...] = ()  # alert event receivers besides stdout and events_file
     shard: Shard | None = None  # this instance polls only its shard's accounts (see shard.py)
     web: WebConfig | None = None  # TLS and basic auth of the HTTP server
+    store: StoreConfig | None = None  # PostgreSQL instead of the SQLite file at state_path
 
     def account(self, name: str) -> AccountConfig:
         """The account called ``name``; KeyError when there is none."""

@@ -1,6 +1,6 @@
 """The alerts each Alertmanager sink holds firing, kept in the state database.
 
-A part of ``Store``, like the outbox: the sink writes its firing alerts here as it posts
+A part of either engine's store, like the outbox: the sink writes its firing alerts here as it posts
 them, so a restart re-posts those still firing and resolves those settled meanwhile. They
 live in the ``meta`` table under ``alert/<sink>/<key>`` (no schema change), one JSON body
 each; the sink's cursor stays in ``cursors``. The sink's updates are idempotent, so a crash
@@ -9,14 +9,20 @@ between one of these writes and the cursor's repeats nothing but the same update
 
 from __future__ import annotations
 
-import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
+from typing import ClassVar
 
 from walletwatch.errors import StoreError
+from walletwatch.types import SqlConnection
 
 PREFIX = "alert/"
+# The upsert SQLite and PostgreSQL both understand (INSERT OR REPLACE is SQLite's alone).
+_PUT = (
+    "INSERT INTO meta (key, value) VALUES (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value=excluded.value"
+)
 
 
 def _prefix(sink: str) -> str:
@@ -24,13 +30,18 @@ def _prefix(sink: str) -> str:
 
 
 class Firing(ABC):
-    """The firing alerts' queries, on the Store's connection (``Store`` is one)."""
+    """The firing alerts' queries, on the store's connection (either engine's store is one)."""
 
-    _db: sqlite3.Connection
+    _db: SqlConnection
+    _errors: ClassVar[tuple[type[Exception], ...]]
 
     @abstractmethod
     def _transaction(self) -> AbstractContextManager[None]:
-        """One write transaction on ``_db`` (the Store's)."""
+        """One write transaction on ``_db`` (the store's)."""
+
+    @abstractmethod
+    def _fence(self) -> None:
+        """Inside a write's transaction: raise StoreError if this process may not write."""
 
     def firing(self, sink: str) -> dict[str, str]:
         """The sink's alerts by key, each the JSON body it saved."""
@@ -39,7 +50,7 @@ class Firing(ABC):
             rows = self._db.execute(
                 "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
             ).fetchall()
-        except sqlite3.Error as err:
+        except self._errors as err:
             raise StoreError(f"cannot read the alerts of sink {sink!r}: {err}") from err
         return {key[len(prefix) :]: value for key, value in rows}
 
@@ -48,12 +59,11 @@ class Firing(ABC):
         prefix = _prefix(sink)
         try:
             with self._transaction():
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                    [(prefix + key, body) for key, body in put.items()],
-                )
+                # A replica that no longer leads must not bring back what the leader resolved.
+                self._fence()
+                self._db.executemany(_PUT, [(prefix + key, body) for key, body in put.items()])
                 self._db.executemany(
                     "DELETE FROM meta WHERE key = ?", [(prefix + key,) for key in drop]
                 )
-        except sqlite3.Error as err:
+        except self._errors as err:
             raise StoreError(f"cannot save the alerts of sink {sink!r}: {err}") from err

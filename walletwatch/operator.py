@@ -133,9 +133,10 @@ class OperatorView:
         settled: list[tuple[_SortKey, Row]] = []
         if query.state in ("final", "all") and watchers:
             providers = {w.name: w.provider for w in watchers}
-            found = await self._store().read(
+            store = self._store()
+            found = await store.read(
                 final_transfers,
-                list(providers),
+                store.store.account_in(list(providers)),
                 None if query.direction is None else str(query.direction),
                 wanted,
             )

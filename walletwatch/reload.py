@@ -20,7 +20,16 @@ RELOAD_SLICE = 250
 Building a watcher takes about 0.1 ms, so a slice keeps the loop busy some 25 ms.
 """
 
-RESTART_KEYS = ("listen", "state_path", "events_file", "log_format", "providers", "sinks", "web")
+RESTART_KEYS = (
+    "listen",
+    "state_path",
+    "events_file",
+    "log_format",
+    "providers",
+    "sinks",
+    "web",
+    "store",
+)
 """Top-level settings a reload leaves at their running values until a restart."""
 
 

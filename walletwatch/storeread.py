@@ -6,10 +6,9 @@ a poll's commit, nor a commit for it. Each takes the connection first and return
 
 from __future__ import annotations
 
-import json
-import sqlite3
-from collections.abc import Sequence
 from typing import Any
+
+from walletwatch.types import SqlConnection
 
 FINAL_STATES = ("ok", "failed", "canceled")
 
@@ -21,22 +20,19 @@ TRANSFER_COLUMNS = (
 
 
 def final_transfers(
-    db: sqlite3.Connection,
-    accounts: Sequence[str],
+    db: SqlConnection,
+    accounts: tuple[str, Any],
     direction: str | None,
     limit: int,
 ) -> list[tuple[Any, ...]]:
-    """Up to ``limit`` settled transfers of ``accounts``, oldest first (TRANSFER_COLUMNS).
+    """Up to ``limit`` settled transfers of some accounts, oldest first (TRANSFER_COLUMNS).
 
+    ``accounts`` is the engine's clause and parameter choosing them (``SqlState.account_in``).
     Oldest means by the provider's created_at, else first seen, then account, direction and
-    id, the order the live in-flight ones are merged in. The names go in as one JSON array:
-    10,000 of them would pass SQLite's limit on bound parameters.
+    id, the order the live in-flight ones are merged in.
     """
-    clauses = [
-        f"state IN ({', '.join('?' * len(FINAL_STATES))})",
-        "account IN (SELECT value FROM json_each(?))",
-    ]
-    params: list[Any] = [*FINAL_STATES, json.dumps(list(accounts))]
+    clauses = [f"state IN ({', '.join('?' * len(FINAL_STATES))})", accounts[0]]
+    params: list[Any] = [*FINAL_STATES, accounts[1]]
     if direction is not None:
         clauses.append("direction = ?")
         params.append(direction)
@@ -48,7 +44,7 @@ def final_transfers(
     ).fetchall()
 
 
-def recent_events(db: sqlite3.Connection, after: str | None, limit: int) -> list[str] | None:
+def recent_events(db: SqlConnection, after: str | None, limit: int) -> list[str] | None:
     """The bodies of up to ``limit`` events in the outbox, oldest first.
 
     Without ``after``, the most recent ones; with it, those queued after that event (None

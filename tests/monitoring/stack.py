@@ -28,8 +28,8 @@ from typing import IO, Any
 import yaml
 
 from tests.monitoring.tools import (
+    ALERTS,
     README,
-    alert_rules,
     free_port,
     get_json,
     get_text,
@@ -124,9 +124,20 @@ def daemon_config(sim_url: str, port: int, routed_url: str) -> dict[str, Any]:
 
 
 def e2e_rules() -> dict[str, Any]:
-    """prometheus/alerts.yml with every ``for:`` shortened to E2E_FOR; nothing else changes."""
-    rules = [{**rule, "for": E2E_FOR} if "for" in rule else rule for rule in alert_rules()]
-    return {"groups": [{"name": "walletwatch", "rules": rules}]}
+    """prometheus/alerts.yml with every ``for:`` shortened to E2E_FOR; nothing else changes
+    (the recording rules the alerts read stay, in their place)."""
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return {
+        "groups": [
+            {
+                **group,
+                "rules": [
+                    {**rule, "for": E2E_FOR} if "for" in rule else rule for rule in group["rules"]
+                ],
+            }
+            for group in groups
+        ]
+    }
 
 
 def prometheus_config(daemon: str, *alertmanagers: str) -> dict[str, Any]:

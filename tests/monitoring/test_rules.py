@@ -30,7 +30,10 @@ NAMES = {
     "WalletwatchAccountDown": ("provider", "account"),
     "WalletwatchDataStale": ("provider", "account"),
     "WalletwatchRateLimited": ("provider",),
-    "WalletwatchAbsent": ("instance",),
+    "WalletwatchAbsent": (),
+    "WalletwatchNoLeader": ("job",),
+    "WalletwatchSplitBrain": ("job",),
+    "WalletwatchReplicaDown": ("instance",),
     "WalletwatchInternalError": ("provider", "account"),
     "WalletwatchStoreFailing": ("provider",),
     "WalletwatchStateFileLost": ("instance",),
@@ -46,7 +49,8 @@ THRESHOLD_METRICS = {
     "WalletwatchBalanceLow": "walletwatch_balance_low_threshold",
     "WalletwatchWithdrawalStuck": "walletwatch_transfer_stuck_threshold_seconds",
     "WalletwatchDepositStuck": "walletwatch_transfer_stuck_threshold_seconds",
-    "WalletwatchDataStale": "walletwatch_poll_interval_seconds",
+    # Recorded from walletwatch_poll_interval_seconds, kept while no replica leads.
+    "WalletwatchDataStale": "walletwatch:poll_interval_seconds:latest",
 }
 
 
@@ -113,6 +117,19 @@ class TestAlertRules:
         used = set(re.findall(r"\bwalletwatch_[a-z_]+", ALERTS.read_text()))
         assert used, "no metric found"
         assert used <= served_metrics(), used - served_metrics()
+
+    def test_recorded_series_are_recorded(self) -> None:
+        """Every recorded series a rule reads is recorded by the file, from served metrics."""
+        text = ALERTS.read_text()
+        recorded = {
+            rule["record"]: rule["expr"]
+            for group in yaml.safe_load(text)["groups"]
+            for rule in group["rules"]
+            if "record" in rule
+        }
+        assert set(re.findall(r"\bwalletwatch:[a-z_:]+", text)) == set(recorded)
+        for expr in recorded.values():
+            assert set(re.findall(r"\bwalletwatch_[a-z_]+", expr)) <= served_metrics(), expr
 
     @pytest.mark.parametrize("name", sorted(NAMES))
     def test_promtool_tests_fire_and_stay_silent(self, name: str) -> None:

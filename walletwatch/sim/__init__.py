@@ -4,7 +4,9 @@ A provider's simulator is a class built from a ``SimContext`` that serves its AP
 control endpoints (``ProviderSim``); subclassing ``ApiSim`` gives it the shared request
 pipeline and control app. List it in ``SIMULATORS`` here, or ``register`` it from outside,
 with the demo scenario it may have (``Scenario``). Every ``Simulator`` built afterwards
-serves it under ``/<name>`` and ``/_sim/<name>``, and steps its scenario.
+serves it under ``/<name>`` and ``/_sim/<name>``, and steps its scenario. A provider that
+calls back when money moves gives its ``ApiSim`` a ``push_kind`` (``PushKind``, push.py) and
+calls ``pushed``; the Simulator's ``pushes`` (a ``Pusher``) send those callbacks.
 """
 
 from collections.abc import Callable
@@ -28,6 +30,7 @@ from walletwatch.sim.kredswallet import KredsWalletSim
 from walletwatch.sim.kredswallet_scenario import DEMO_KREDSWALLET_ACCOUNT, KredsWalletScenario
 from walletwatch.sim.potwallet import PotWalletSim
 from walletwatch.sim.potwallet_scenario import PotWalletScenario
+from walletwatch.sim.push import Backoff, Callback, Pusher, PushKind, Switches
 from walletwatch.sim.server import DEMO_SEED, Simulator, mount, provider_app, serve, start
 from walletwatch.sim.sila import SilaSim
 from walletwatch.sim.sila_scenario import SilaScenario
@@ -66,17 +69,22 @@ __all__ = [
     "DEMO_WESTWALLET_ACCOUNTS",
     "SIMULATORS",
     "ApiSim",
+    "Backoff",
     "Call",
+    "Callback",
     "Caller",
     "Endpoint",
     "ProviderSim",
     "Public",
+    "PushKind",
+    "Pusher",
     "Refusal",
     "Registration",
     "Scenario",
     "ScenarioFactory",
     "SimContext",
     "Simulator",
+    "Switches",
     "mount",
     "provider_app",
     "register",

@@ -12,11 +12,24 @@ runs every API request through the same steps, in this order:
 5. and answers. A ``Refusal`` raised on the way is answered in the provider's error shape.
 
 Its control app serves ``POST /accounts`` (``account_fields`` read into ``add_account``),
-the provider's own ``control_routes``, then ``GET /<snapshot_keys...>`` (``snapshot``).
+the push routes of a provider that calls back (``push_kind``), the provider's own
+``control_routes``, then ``GET /<snapshot_keys...>`` (``snapshot``). The push routes, under
+the account's snapshot keys (``/<api_key>/push``, or ``/<app>/<user>/push``...):
+
+- ``POST .../push`` ``{"url": ..., "delay": s, "duplicate": f, "drop": f}``: send the
+  account's callbacks to url from now on (switches optional; see push.py); 404 for an
+  unknown account. Setting it again replaces it and enables a disabled one.
+- ``GET .../push``: the subscription (the URL's origin only) and its counts;
+  ``DELETE .../push`` clears it; both 404 when there is none.
+- ``POST .../push/forge``: send a callback for a transfer that does not exist; 202 with it.
+
+A provider that calls back calls ``pushed(item, *keys)`` whenever a transfer moves, with the
+transfer as its API lists it.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -29,12 +42,15 @@ from walletwatch.sim.common import (
     Clock,
     RateLimiter,
     SimContext,
+    as_str,
     control_errors,
     json_response,
     read_fields,
     read_object,
     request_log_middleware,
+    to_decimal,
 )
+from walletwatch.sim.push import PushKind, Switches
 
 AccountT = TypeVar("AccountT")
 Reader = Callable[[object], object]
@@ -128,6 +144,7 @@ class ApiSim(ABC, Generic[AccountT]):
     # POST /accounts: each body field and how to read it; None serves no such endpoint.
     account_fields: ClassVar[Mapping[str, Reader] | None] = None
     snapshot_keys: ClassVar[tuple[str, ...]] = ("api_key",)  # GET /{key}... -> snapshot(*keys)
+    push_kind: ClassVar[PushKind | None] = None  # how the provider calls back, if it does
 
     # The provider's Python API, called by the control app with the fields it read.
     add_account: Callable[..., object]
@@ -161,6 +178,11 @@ class ApiSim(ABC, Generic[AccountT]):
 
     def control_routes(self, router: web.UrlDispatcher) -> None:
         """Add the provider's own control endpoints (none unless overridden)."""
+
+    def pushed(self, item: Mapping[str, Any], *account: str) -> None:
+        """Call back about a transfer that moved (as the API lists it), if the account asked."""
+        if self.push_kind is not None:
+            self._ctx.pushes.moved(self.name, account, self.push_kind, item)
 
     # -- the pipeline ---------------------------------------------------------------------------
 
@@ -204,8 +226,15 @@ class ApiSim(ABC, Generic[AccountT]):
         app = web.Application(middlewares=[control_errors])
         if self.account_fields is not None:
             app.router.add_post("/accounts", self._c_add_account)
+        keys = "".join(f"/{{{key}}}" for key in self.snapshot_keys)
+        kind = self.push_kind
+        if kind is not None:
+            app.router.add_post(keys + "/push", self._c_subscribe)
+            app.router.add_get(keys + "/push", self._c_subscription)
+            app.router.add_delete(keys + "/push", self._c_unsubscribe)
+            app.router.add_post(keys + "/push/forge", functools.partial(self._c_forge, kind))
         self.control_routes(app.router)
-        app.router.add_get("".join(f"/{{{key}}}" for key in self.snapshot_keys), self._c_snapshot)
+        app.router.add_get(keys, self._c_snapshot)
         return app
 
     async def _c_add_account(self, request: web.Request) -> web.Response:
@@ -216,3 +245,43 @@ class ApiSim(ABC, Generic[AccountT]):
     async def _c_snapshot(self, request: web.Request) -> web.Response:
         keys = (request.match_info[key] for key in self.snapshot_keys)
         return json_response(self.snapshot(*keys))
+
+    def _account(self, request: web.Request) -> tuple[str, ...]:
+        """The account a push route names; KeyError (404) when the simulation has none such."""
+        account = tuple(request.match_info[key] for key in self.snapshot_keys)
+        self.snapshot(*account)
+        return account
+
+    async def _c_subscribe(self, request: web.Request) -> web.Response:
+        fields = read_fields(await read_object(request), _PUSH_FIELDS)
+        account = self._account(request)
+        url = fields.pop("url", None)
+        if url is None:
+            raise ValueError("url is required")
+        view = self._ctx.pushes.subscribe(self.name, account, url, Switches(**fields))
+        return json_response(view)
+
+    async def _c_subscription(self, request: web.Request) -> web.Response:
+        return json_response(self._ctx.pushes.subscription(self.name, self._account(request)))
+
+    async def _c_unsubscribe(self, request: web.Request) -> web.Response:
+        self._ctx.pushes.unsubscribe(self.name, self._account(request))
+        return json_response({"cleared": True})
+
+    async def _c_forge(self, kind: PushKind, request: web.Request) -> web.Response:
+        forged = self._ctx.pushes.forge(self.name, self._account(request), kind)
+        return json_response({"forged": forged}, status=202)
+
+
+def _number(value: object) -> float:
+    """A switch: a JSON number or numeric string (seconds, or a fraction)."""
+    return float(to_decimal(value))
+
+
+# POST .../push: each body field and how to read it.
+_PUSH_FIELDS: Mapping[str, Reader] = {
+    "url": as_str,
+    "delay": _number,
+    "duplicate": _number,
+    "drop": _number,
+}

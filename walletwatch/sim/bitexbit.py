@@ -26,8 +26,10 @@ from aiohttp import web
 from yarl import URL
 
 from walletwatch.sim.base import ApiSim, Call, Caller, Endpoint, Refusal
+from walletwatch.sim.bitexbit_push import CALLBACK
 from walletwatch.sim.common import (
     SimContext,
+    as_bool,
     as_int,
     as_str,
     as_time,
@@ -125,10 +127,7 @@ def paginate(
 
 
 Item = dict[str, Any]
-
-
-# POST /_sim/bitexbit/accounts: each body field and how to read it.
-_ACCOUNT_FIELDS = {"api_key": as_str, "secret_key": as_str}
+_ACCOUNT_FIELDS = {"api_key": as_str, "secret_key": as_str}  # POST /_sim/bitexbit/accounts
 
 
 @dataclass(slots=True)
@@ -169,6 +168,7 @@ class BitexbitSim(ApiSim[_Account]):
     forbidden = "forbidden in simulator"
     throttled = "Request was throttled."
     account_fields = _ACCOUNT_FIELDS
+    push_kind = CALLBACK  # deposits and withdrawals, to the URL set per API key
 
     def __init__(self, ctx: SimContext) -> None:
         super().__init__(ctx)
@@ -249,6 +249,7 @@ class BitexbitSim(ApiSim[_Account]):
             "created_at": created,
         }
         account.move(ticker, deposit_effect(item), _NONE)
+        self.pushed(item, api_key)
         return new_id
 
     def update_deposit(
@@ -301,6 +302,7 @@ class BitexbitSim(ApiSim[_Account]):
         if hold:
             account.held.add(new_id)
         account.move(ticker, withdrawal_effect(item), _NONE)
+        self.pushed(item, api_key)
         return new_id
 
     def advance_withdrawal(self, api_key: str, withdrawal_id: int) -> int:
@@ -347,6 +349,7 @@ class BitexbitSim(ApiSim[_Account]):
         old = book[transfer_id]
         book[transfer_id] = new = {**old, **changes}
         account.move(new["ticker"], effect(new), effect(old))
+        self.pushed(new, api_key)
         return dict(new)
 
     # -- HTTP API -----------------------------------------------------------------------------
@@ -475,12 +478,6 @@ def balance_list(account: _Account) -> list[dict[str, str]]:
     ]
 
 
-def _bool(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"expected true or false, got {value!r}")
-    return value
-
-
 _COMMON_FIELDS: Mapping[str, Callable[[object], object]] = {
     "ticker": as_str,
     "network": as_str,
@@ -494,7 +491,7 @@ _DEPOSIT_FIELDS = {
     "confirmations": as_int,
     "required_confirmations": as_int,
     "txid": as_str,
-    "aml_success": _bool,
+    "aml_success": as_bool,
     "aml_risk": to_decimal,
 }
-_WITHDRAWAL_FIELDS = {**_COMMON_FIELDS, "status": as_int, "hold": _bool}
+_WITHDRAWAL_FIELDS = {**_COMMON_FIELDS, "status": as_int, "hold": as_bool}

@@ -14,6 +14,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from walletwatch.sim.push import Pusher
+
 Clock = Callable[[], float]
 
 
@@ -87,6 +89,7 @@ class SimContext:
     retry_after_date: bool
     requests: RequestLog = field(default_factory=RequestLog)
     write_calls: list[tuple[str, str]] = field(default_factory=list)
+    pushes: Pusher = field(default_factory=Pusher)  # the Simulator's runs on its own clock
 
     def too_many_requests(self, delay: float, body: object) -> web.Response:
         """An HTTP 429 answer with Retry-After in the form the Simulator was told to use."""
@@ -220,6 +223,13 @@ def as_int(value: object) -> int:
     """A control field that must be a JSON integer."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def as_bool(value: object) -> bool:
+    """A control field that must be a JSON boolean."""
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
     return value
 
 

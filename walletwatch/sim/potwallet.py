@@ -33,6 +33,7 @@ from walletwatch.sim.common import (
     read_object,
     to_decimal,
 )
+from walletwatch.sim.potwallet_push import CALLBACK
 
 PROVIDER = "potwallet"
 HASH_KEYS = ("raw", "sha1")
@@ -161,6 +162,7 @@ class PotWalletSim(ApiSim[_Account]):
     throttled = "Too many requests"
     account_fields = _ACCOUNT_FIELDS
     snapshot_keys = ("public_key",)
+    push_kind = CALLBACK  # a receive's merchant callback, to the URL set per public key
 
     def __init__(self, ctx: SimContext) -> None:
         super().__init__(ctx)
@@ -232,6 +234,7 @@ class PotWalletSim(ApiSim[_Account]):
             label=label,
         )
         account.transactions.append(tx)
+        self.pushed(api_item(tx), public_key)
         return tx.txid
 
     def set_price(self, currency: str, price: Decimal) -> None:

@@ -15,9 +15,10 @@ from aiohttp import web
 # when a Simulator is built, never at import time.
 from walletwatch import sim as registry
 from walletwatch.demo import simulator_accounts
-from walletwatch.sim.base import ProviderSim, Registration
+from walletwatch.sim.base import ApiSim, ProviderSim, Registration
 from walletwatch.sim.common import Clock, RequestLog, SimContext, json_response
 from walletwatch.sim.faults import Faults, fault_middleware
+from walletwatch.sim.push import Pusher
 
 DEMO_SEED = 20240601
 
@@ -26,7 +27,8 @@ class Simulator:
     """Simulated provider APIs, each under ``/<name>``, and the ``/_sim`` controls.
 
     It serves every simulator of the registry (``walletwatch.sim.SIMULATORS``), or those
-    given as ``simulators``; each is reachable as ``sims[name]`` (or ``sim.<name>``).
+    given as ``simulators``; each is reachable as ``sims[name]`` (or ``sim.<name>``). Its
+    ``pushes`` (``pusher`` when given) send the providers' callbacks while it is served.
     """
 
     def __init__(
@@ -39,12 +41,17 @@ class Simulator:
         scenario: bool = False,
         faults: Faults | None = None,
         simulators: Mapping[str, Registration] | None = None,
+        pusher: Pusher | None = None,
     ) -> None:
         self.clock = clock
         self.faults = faults  # injected into every provider API request when set
         self.steps = 0
+        self.pushes = Pusher(clock, seed=seed) if pusher is None else pusher
         self._ctx = SimContext(
-            clock=clock, rate_limit=rate_limit, retry_after_date=retry_after_date
+            clock=clock,
+            rate_limit=rate_limit,
+            retry_after_date=retry_after_date,
+            pushes=self.pushes,
         )
         self.requests: RequestLog = self._ctx.requests
         self.write_calls: list[tuple[str, str]] = self._ctx.write_calls
@@ -81,8 +88,10 @@ class Simulator:
         """An aiohttp app serving every provider under ``/<name>`` and the ``/_sim`` controls."""
         middlewares = [] if self.faults is None else [fault_middleware(self.faults, self.clock)]
         app = web.Application(middlewares=middlewares)
+        app.cleanup_ctx.append(lambda _app: self.pushes.running())
         app.router.add_get("/", self._index)
         app.router.add_get("/_sim/requests", self._requests)
+        app.router.add_get("/_sim/push", self._push_status)
         app.router.add_post("/_sim/advance", self._advance)
         for provider in self.sims.values():
             mount(app, provider)
@@ -91,7 +100,23 @@ class Simulator:
     async def _index(self, request: web.Request) -> web.Response:
         """What ``walletwatch simulate`` prints: the accounts and what a config needs for each."""
         url = str(request.url.origin())
-        return web.Response(text=f"walletwatch simulator at {url}\n{simulator_accounts(url)}\n")
+        text = f"walletwatch simulator at {url}\n{simulator_accounts(url)}\n{self.push_help()}\n"
+        return web.Response(text=text)
+
+    def push_help(self) -> str:
+        """How to point a provider's callbacks at a URL, per provider that calls back."""
+        lines = [
+            "push: the providers below call back when money moves, to a URL set per account",
+            '(POST {"url": ...}; GET shows it, DELETE clears it; GET /_sim/push counts them all):',
+        ]
+        for name, provider in self.sims.items():
+            if isinstance(provider, ApiSim) and provider.push_kind is not None:
+                keys = "/".join(f"<{key}>" for key in provider.snapshot_keys)
+                lines.append(f"  {name:<12} POST /_sim/{name}/{keys}/push")
+        return "\n".join(lines)
+
+    async def _push_status(self, _request: web.Request) -> web.Response:
+        return json_response(self.pushes.status())
 
     async def _requests(self, _request: web.Request) -> web.Response:
         return json_response(

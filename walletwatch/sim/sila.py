@@ -22,6 +22,7 @@ from aiohttp import web
 from walletwatch.sim.base import ApiSim, Call, Caller, Endpoint, Refusal
 from walletwatch.sim.common import (
     SimContext,
+    as_bool,
     as_str,
     as_time,
     json_response,
@@ -39,6 +40,7 @@ from walletwatch.sim.sila_auth import (
     recover_address,
     token_answer,
 )
+from walletwatch.sim.sila_push import WEBHOOK
 
 PROVIDER = "sila"
 READ_PATHS = frozenset({"/get_wallet", "/get_transactions", "/auth_token"})
@@ -149,6 +151,7 @@ class SilaSim(ApiSim[_Session]):
     forbidden = "forbidden in the simulator"
     throttled = "rate limited"
     snapshot_keys = ("app", "user")
+    push_kind = WEBHOOK  # transaction events, to the URL set per wallet
 
     def __init__(self, ctx: SimContext) -> None:
         super().__init__(ctx)
@@ -239,6 +242,7 @@ class SilaSim(ApiSim[_Session]):
         )
         user.transactions[tx.id] = tx
         self._move(user, balance_effect(tx), 1)
+        self.pushed(api_item(user_handle, user.address, tx), app_handle, user_handle)
         return tx.id
 
     def set_status(self, app_handle: str, user_handle: str, tx_id: str, status: str) -> None:
@@ -249,6 +253,7 @@ class SilaSim(ApiSim[_Session]):
         new = user.transactions[tx_id] = dataclasses.replace(old, status=status, updated_at=updated)
         self._move(user, balance_effect(old), -1)
         self._move(user, balance_effect(new), 1)
+        self.pushed(api_item(user_handle, user.address, new), app_handle, user_handle)
 
     def transaction(self, app_handle: str, user_handle: str, tx_id: str) -> SimTransaction:
         """One transaction as the simulation holds it."""
@@ -460,12 +465,6 @@ def _positive(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def _as_bool(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"expected a boolean, got {value!r}")
-    return value
-
-
 def _payload(raw: bytes) -> Mapping[str, Any]:
     try:
         data = load_json(raw)
@@ -477,7 +476,7 @@ def _payload(raw: bytes) -> Mapping[str, Any]:
 
 
 _HANDLES = dict.fromkeys(("app_handle", "user_handle"), as_str)
-_WALLET = dict.fromkeys(("available", "pending"), to_decimal) | {"whitelisted": _as_bool}
+_WALLET = dict.fromkeys(("available", "pending"), to_decimal) | {"whitelisted": as_bool}
 _TEXTS = ("type", "status", "txid", "bank_account_name")
 # Control actions: the Python API method each calls and how to read its fields.
 _ACTIONS: Mapping[str, Mapping[str, Callable[[object], object]]] = {
@@ -493,5 +492,5 @@ _ACTIONS: Mapping[str, Mapping[str, Callable[[object], object]]] = {
     "set_status": {**_HANDLES, "tx_id": as_str, "status": as_str},
     "revoke_tokens": {},
     "set_token_answer": {"shape": as_str, "expiration": as_str},
-    "set_type_filter": {"honoured": _as_bool},
+    "set_type_filter": {"honoured": as_bool},
 }

@@ -30,6 +30,7 @@ from walletwatch.sim.common import (
     read_object,
     to_decimal,
 )
+from walletwatch.sim.westwallet_push import IPN
 
 PROVIDER = "westwallet"
 MAX_CLOCK_SKEW = 60.0  # seconds X-ACCESS-TIMESTAMP may differ from the server clock
@@ -159,6 +160,7 @@ class WestWalletSim(ApiSim[_Account]):
     forbidden = "forbidden_in_simulator"
     throttled = "too_many_requests"
     account_fields = _ACCOUNT_FIELDS
+    push_kind = IPN  # a deposit's IPN, to the URL set per API key
 
     def __init__(self, ctx: SimContext) -> None:
         super().__init__(ctx)
@@ -221,6 +223,7 @@ class WestWalletSim(ApiSim[_Account]):
         self._next_id += 1
         account.transactions[tx.id] = tx
         self._move(account, currency, balance_effect(tx))
+        self.pushed(api_item(tx), api_key)
         return tx.id
 
     def set_status(
@@ -244,6 +247,7 @@ class WestWalletSim(ApiSim[_Account]):
         )
         account.transactions[tx_id] = new
         self._move(account, new.currency, balance_effect(new) - balance_effect(old))
+        self.pushed(api_item(new), api_key)
 
     def snapshot(self, api_key: str) -> dict[str, Any]:
         """Ground truth for an account: balances and every transaction, amounts as strings."""
