@@ -98,8 +98,14 @@ class Snapshot:
 
     @property
     def healthy(self) -> bool:
-        """Every account up and nothing stuck: ``walletwatch status`` exits 0."""
-        return all(a.state == "up" for a in self.accounts) and self.stuck == 0
+        """Every account up and nothing stuck: ``walletwatch status`` exits 0.
+
+        No account at all is not healthy: a config always has one, so the daemon asked is a
+        replica that does not lead (it watches none) and vouches for nothing.
+        """
+        return (
+            bool(self.accounts) and all(a.state == "up" for a in self.accounts) and not self.stuck
+        )
 
 
 def read_snapshot(accounts_doc: object, transfers_doc: object) -> Snapshot:

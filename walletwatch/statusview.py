@@ -113,7 +113,13 @@ def _accounts(snap: Snapshot, paint: _Paint, *, show_all: bool) -> list[str]:
             )
         )
     if not snap.accounts:
-        lines = ["no accounts"]
+        lines = [
+            paint(
+                "no accounts: this daemon watches none now. A replica that does not hold the"
+                " lease watches none: ask the one that leads (its walletwatch_leader is 1).",
+                "bad",
+            )
+        ]
     return lines
 
 

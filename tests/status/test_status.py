@@ -100,6 +100,17 @@ class TestExitStatus:
         assert "USDT  10  LOW (threshold 1000)" in result.out
         assert "1 balance low" in result.out.splitlines()[-1]
 
+    async def test_no_account_vouches_for_nothing(self, api: FakeApi, run: Run) -> None:
+        """A replica that does not lead answers no accounts: exit 1, and whom to ask instead."""
+        api.accounts = []
+        result = await run("--url", api.url)
+        assert result.code == 1, result
+        assert "no accounts: this daemon watches none now" in result.out
+        assert "ask the one that leads" in result.out
+        assert result.out.splitlines()[-1] == (
+            "PROBLEM: 0 accounts; 0 transfers in flight, 0 stuck"
+        )
+
     async def test_the_table_asks_only_for_what_it_shows(self, api: FakeApi, run: Run) -> None:
         """Every stuck transfer and the oldest 20 others; the accounts count the rest."""
         api.accounts = [account_row("hot", in_flight=200_000, stuck=3)]
