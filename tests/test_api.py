@@ -303,6 +303,21 @@ class TestGuarded:
         assert len((await get(daemon, "/api/v1/accounts"))["accounts"]) == 2
         assert len((await get(daemon, "/api/v1/transfers"))["transfers"]) == 1
 
+    async def test_a_follower_says_it_follows(self, daemon: Daemon) -> None:
+        """A replica without the lease answers every route with a 503 saying so, never an
+        empty "all well"; once it leads again it answers as before."""
+        await daemon.poll_once()
+        daemon.collector.leading = False
+        for path in ("/api/v1/accounts", "/api/v1/transfers", "/api/v1/events"):
+            body = await get(daemon, path, expect=503)
+            assert body["leader"] is False
+            assert "walletwatch_leader 1" in body["error"]
+        daemon.collector.lease = lambda: False  # leads, but its lease lapsed by its clock
+        daemon.collector.leading = True
+        assert (await get(daemon, "/api/v1/accounts", expect=503))["leader"] is False
+        daemon.collector.lease = None
+        assert len((await get(daemon, "/api/v1/accounts"))["accounts"]) == 2
+
 
 def test_json_keeps_a_lone_surrogate_escaped() -> None:
     """Text UTF-8 cannot carry is escaped, so strict parsers read the body."""

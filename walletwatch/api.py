@@ -2,7 +2,7 @@
 
 Thin: each parses its parameters, asks the OperatorView, and writes JSON a part at a time so a
 long listing never holds the event loop. A bad parameter is a 400 naming it; a state database
-that cannot be read is a 503 saying so.
+that cannot be read is a 503 saying so, and so is a replica that follows (it watches nothing).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from aiohttp import web
 
 from walletwatch.collecthold import HOLD
-from walletwatch.errors import BadParameter, StoreError
+from walletwatch.errors import BadParameter, NotLeading, StoreError
 from walletwatch.events import format_ts
 from walletwatch.operator import OperatorView, events_query, json_chunks, transfer_query
 from walletwatch.types import Clock
@@ -43,20 +43,25 @@ def add_routes(app: web.Application, view: OperatorView, clock: Clock) -> None:
         rows = await view.events(after, limit)
         return await _stream(request, json_chunks("events", rows, {}))
 
-    app.router.add_get("/api/v1/accounts", _answered(accounts))
-    app.router.add_get("/api/v1/transfers", _answered(transfers))
-    app.router.add_get("/api/v1/events", _answered(events))
+    app.router.add_get("/api/v1/accounts", _answered(accounts, view))
+    app.router.add_get("/api/v1/transfers", _answered(transfers, view))
+    app.router.add_get("/api/v1/events", _answered(events, view))
 
 
-def _answered(handler: Handler) -> Handler:
-    """``handler`` with its refusals as JSON: 400 for a bad parameter, 503 for the store."""
+def _answered(handler: Handler, view: OperatorView) -> Handler:
+    """``handler`` with its refusals as JSON: 400 for a bad parameter, 503 for the store or
+    on a replica that follows (``"leader": false``)."""
 
     async def answer(request: web.Request) -> web.StreamResponse:
         try:
             # A listing makes objects by the hundred thousand, in slices: a full collection
             # set off among them would stall the loop for as long as it walks the heap.
             with HOLD.held():
+                view.check_leading()
                 return await handler(request)
+        except NotLeading as err:
+            body = {"error": str(err), "leader": False}
+            return web.json_response(body, status=503, dumps=json.dumps)
         except BadParameter as err:
             body = {"error": str(err), "parameter": err.parameter}
             return web.json_response(body, status=400, dumps=json.dumps)

@@ -176,7 +176,9 @@ class Daemon:
                 )
             await self._lead()
         if serve:
-            view = OperatorView(self.watchers.values, lambda: self.store, self.clock)
+            view = OperatorView(
+                self.watchers.values, lambda: self.store, self.clock, leading=self.collector.leads
+            )
             await self._web.serve(self.collector, self.watchers.values, self._rendered, view)
         log.info(
             "walletwatch.started",

@@ -141,6 +141,10 @@ POLL_ERROR_REASONS = (
 )
 
 
+class NotLeading(WalletwatchError):
+    """This replica follows: it watches no account, so it cannot say how they are."""
+
+
 class BadParameter(WalletwatchError):
     """A query parameter of the operator API has a value it cannot take."""
 

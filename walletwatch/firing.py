@@ -9,13 +9,10 @@ between one of these writes and the cursor's repeats nothing but the same update
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from contextlib import AbstractContextManager
-from typing import ClassVar
 
 from walletwatch.errors import StoreError
-from walletwatch.types import SqlConnection
+from walletwatch.outbox import SqlAccess
 
 PREFIX = "alert/"
 # The upsert SQLite and PostgreSQL both understand (INSERT OR REPLACE is SQLite's alone).
@@ -29,19 +26,8 @@ def _prefix(sink: str) -> str:
     return f"{PREFIX}{sink}/"
 
 
-class Firing(ABC):
+class Firing(SqlAccess):
     """The firing alerts' queries, on the store's connection (either engine's store is one)."""
-
-    _db: SqlConnection
-    _errors: ClassVar[tuple[type[Exception], ...]]
-
-    @abstractmethod
-    def _transaction(self) -> AbstractContextManager[None]:
-        """One write transaction on ``_db`` (the store's)."""
-
-    @abstractmethod
-    def _fence(self) -> None:
-        """Inside a write's transaction: raise StoreError if this process may not write."""
 
     def firing(self, sink: str) -> dict[str, str]:
         """The sink's alerts by key, each the JSON body it saved."""

@@ -89,6 +89,10 @@ class WalletwatchCollector(Collector):
         # stepped down, so a new leader and it never both show 1 (WalletwatchSplitBrain).
         self.lease: Callable[[], bool] | None = None
 
+    def leads(self) -> bool:
+        """Whether this replica leads now: it holds the lease, unexpired by its own clock."""
+        return self.leading and (self.lease is None or self.lease())
+
     def _report(self, watcher: AccountWatcher, error: Exception) -> None:
         """Log a watcher whose series could not be made, once until they can be again."""
         if watcher in self._failing:
@@ -122,8 +126,7 @@ class WalletwatchCollector(Collector):
         ``escaping`` is how names are escaped, as prometheus_client's encoders take it.
         """
         out = Render(self._clock.time(), self._accounts)
-        # One value for the whole render.
-        leading = self.leading and (self.lease is None or self.lease())
+        leading = self.leads()  # one value for the whole render
         if not leading:  # nothing of the accounts is served: nothing is kept for them
             self._accounts.clear()
         watchers = list(self._watchers()) if leading else []

@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from walletwatch.asyncstore import AsyncStore
-from walletwatch.errors import BadParameter
+from walletwatch.errors import BadParameter, NotLeading
 from walletwatch.escape import SURROGATES, cleaned
 from walletwatch.events import format_ts
 from walletwatch.health import EndpointHealth
@@ -100,11 +100,21 @@ class OperatorView:
         store: Callable[[], AsyncStore],
         clock: Clock,
         slice_seconds: float = SLICE_SECONDS,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self._watchers = watchers
         self._store = store
         self._clock = clock
         self._slice = slice_seconds
+        self._leading = leading  # a follower's view is empty: it must say so, not "all well"
+
+    def check_leading(self) -> None:
+        """Raise NotLeading on a replica that follows (its empty view is no answer)."""
+        if not self._leading():
+            raise NotLeading(
+                "this replica follows: another holds the lease and watches the accounts; "
+                "ask the leader (the replica with walletwatch_leader 1)"
+            )
 
     async def accounts(self) -> list[Row]:
         """Every account in config order: how it is, why it is down, balances, transfers."""

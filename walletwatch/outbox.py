@@ -17,8 +17,9 @@ from walletwatch.events import Event
 from walletwatch.types import SqlConnection
 
 
-class Outbox(ABC):
-    """The outbox's queries, on the store's connection (either engine's store is one)."""
+class SqlAccess(ABC):
+    """What the store's query mixins (the outbox, walletwatch.firing) are given: the store's
+    connection, its engine's errors, its write transaction and its fence."""
 
     _db: SqlConnection
     _errors: ClassVar[tuple[type[Exception], ...]]
@@ -35,6 +36,10 @@ class Outbox(ABC):
         A shared state (PostgreSQL) allows writes to the lease's holder only; a cursor moved
         by a replica that no longer leads could move back what the leader moved on.
         """
+
+
+class Outbox(SqlAccess):
+    """The outbox's queries, on the store's connection (either engine's store is one)."""
 
     def pending(self, sink: str, limit: int = 500) -> list[tuple[int, Event]]:
         """Events the sink has not acknowledged yet, oldest first."""
