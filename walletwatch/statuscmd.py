@@ -57,9 +57,9 @@ credentials: when the daemon's web config has basic_auth_users, set {ENV_USER} a
 
 exit status: 0 every account is up and nothing is stuck; 1 an account is down or waiting for
 its first poll (just after a start or reload: the daemon cannot vouch for it yet), a
-transfer is stuck, or the daemon watches no account (a replica that does not lead); 2 the
-daemon could not be reached, refused the credentials or did not answer its API (one line
-on stderr says which), or the config is bad. A low balance is marked but does not change
+transfer is stuck, or the daemon answers no account; 2 the daemon could not be reached,
+refused the credentials, is a replica that does not lead, or did not answer its API (one
+line on stderr says which), or the config is bad. A low balance is marked but does not change
 the status: WalletwatchBalanceLow alerts on it.
 """
 

@@ -100,8 +100,8 @@ class Snapshot:
     def healthy(self) -> bool:
         """Every account up and nothing stuck: ``walletwatch status`` exits 0.
 
-        No account at all is not healthy: a config always has one, so the daemon asked is a
-        replica that does not lead (it watches none) and vouches for nothing.
+        No account at all is not healthy: a config always has one, so a daemon that answers
+        none (a replica that follows did, before it answered 503) vouches for nothing.
         """
         return (
             bool(self.accounts) and all(a.state == "up" for a in self.accounts) and not self.stuck

@@ -115,8 +115,7 @@ def _accounts(snap: Snapshot, paint: _Paint, *, show_all: bool) -> list[str]:
     if not snap.accounts:
         lines = [
             paint(
-                "no accounts: this daemon watches none now. A replica that does not hold the"
-                " lease watches none: ask the one that leads (its walletwatch_leader is 1).",
+                "no accounts: this daemon watches none, so it vouches for none",
                 "bad",
             )
         ]

@@ -119,6 +119,18 @@ class TestAgainstTheDaemon:
         assert out.splitlines()[-1] == "OK: 1 account: 1 up; 0 transfers in flight, 0 stuck"
         assert out.splitlines()[3].split()[:2] == ["up", "westwallet/hot"]
 
+    async def test_a_replica_that_follows_fails_the_check(self, daemon: Daemon) -> None:
+        """A replica without the lease answers 503: exit 2 with its words, whom to ask."""
+        await daemon.poll_once()
+        daemon.collector.leading = False
+        code, out, err = await status("--url", daemon.url)
+        assert (code, out) == (2, "")
+        assert err.startswith(
+            f"walletwatch status: {daemon.url}/api/v1/accounts: HTTP 503: this replica follows"
+        )
+        assert "ask the leader (the replica with walletwatch_leader 1)" in err
+        assert err.count("\n") == 1
+
     async def test_found_from_its_config_over_tls(self, sim: Simulator, tmp_path: Path) -> None:
         """-c reads the daemon's listen and TLS block; --cacert trusts its certificate."""
         ca = trustme.CA()
