@@ -14,7 +14,7 @@ import heapq
 import itertools
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -33,10 +33,15 @@ SLICE_SECONDS = 0.005
 """How long a listing runs before it lets the event loop run other tasks."""
 
 TRANSFER_STATES = ("in_flight", "stuck", "final", "all")
+MOVING = "moving"
+"""A state the status page asks for, never the API: in flight and not (yet) stuck."""
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 100_000
 EVENTS_LIMIT = 100
 MAX_EVENTS_LIMIT = 1000
+
+_RUN = 2048
+"""How many in-flight transfers are sorted in one go: some 2 ms."""
 
 T = TypeVar("T")
 Row = dict[str, Any]
@@ -52,6 +57,10 @@ class TransferQuery:
     account: str | None = None
     direction: Direction | None = None
     limit: int = DEFAULT_LIMIT
+    accounts: frozenset[str] | None = field(default=None, repr=False)
+    """Only these accounts' transfers, by name: the status page's filters, not an API's."""
+    offset: int = 0
+    """How many of the oldest that match to pass over, unbuilt: the status page's pages."""
 
 
 def transfer_query(params: Mapping[str, str]) -> TransferQuery:
@@ -125,6 +134,7 @@ class OperatorView:
         """The transfers the query wants, oldest first, and whether more matched than its limit.
 
         In-flight ones come from live state; settled ones from the store's rows, merged in.
+        The ``offset`` oldest are passed over without building their rows.
         """
         now = self._clock.time()
         watchers = [
@@ -132,14 +142,12 @@ class OperatorView:
             async for w in self._sliced(self._watchers())
             if (query.provider is None or w.provider == query.provider)
             and (query.account is None or w.name == query.account)
+            and (query.accounts is None or w.name in query.accounts)
         ]
-        wanted = query.limit + 1  # one more than the limit tells whether it was cut
-        live: list[tuple[_SortKey, Row]] = []
+        wanted = query.offset + query.limit + 1  # one more than the limit tells if it was cut
+        runs: list[list[tuple[_SortKey, AccountWatcher, TrackedTransfer]]] = []
         if query.state != "final":
-            chosen = await self._oldest_in_flight(watchers, query, wanted, now)
-            live = [
-                (key, transfer_row(w, t, now)) async for key, w, t in self._sliced(consumed(chosen))
-            ]
+            runs = await self._in_flight_runs(watchers, query, now)
         settled: list[tuple[_SortKey, Row]] = []
         if query.state in ("final", "all") and watchers:
             providers = {w.name: w.provider for w in watchers}
@@ -153,34 +161,43 @@ class OperatorView:
             settled = [
                 _stored(row, providers[row[0]], now) async for row in self._sliced(consumed(found))
             ]
-        merged = heapq.merge(consumed(live), consumed(settled), key=_first)
-        rows = [row async for _, row in self._sliced(itertools.islice(merged, wanted))]
+        merged: Iterator[tuple[Any, ...]] = heapq.merge(*runs, consumed(settled), key=_first)
+        rows: list[Row] = []
+        async for n, item in self._sliced(enumerate(itertools.islice(merged, wanted))):
+            if n >= query.offset:
+                rows.append(transfer_row(item[1], item[2], now) if len(item) == 3 else item[1])
+        async for run in self._sliced(runs, every=1):
+            run.clear()  # a run at a time: freeing 50,000 keys at once stalls the loop
         truncated = len(rows) > query.limit
         del rows[query.limit :]
         return rows, truncated
 
-    async def _oldest_in_flight(
-        self, watchers: list[AccountWatcher], query: TransferQuery, wanted: int, now: float
-    ) -> list[tuple[_SortKey, AccountWatcher, TrackedTransfer]]:
-        """The ``wanted`` oldest in-flight transfers the query wants, oldest first.
+    async def _in_flight_runs(
+        self, watchers: list[AccountWatcher], query: TransferQuery, now: float
+    ) -> list[list[tuple[_SortKey, AccountWatcher, TrackedTransfer]]]:
+        """The in-flight transfers the query wants, in runs each sorted oldest first.
 
-        Kept to the oldest ``wanted`` a batch at a time: sorting all of them at once would
-        stall the loop when hundreds of thousands are in flight.
+        Sorted a run at a time, the loop running between: sorting (or selecting the oldest
+        tens of thousands of) hundreds of thousands at once would stall it; a lazy merge of
+        the runs gives the oldest first.
         """
-        stuck_only = query.state == "stuck"
-        chosen: list[tuple[_SortKey, AccountWatcher, TrackedTransfer]] = []
-        batch: list[tuple[_SortKey, AccountWatcher, TrackedTransfer]] = []
+        stuck_only, moving = query.state == "stuck", query.state == MOVING
+        runs = []
+        run: list[tuple[_SortKey, AccountWatcher, TrackedTransfer]] = []
         async for w in self._sliced(watchers):
             for t in w.state.in_flight():
                 if query.direction is not None and t.transfer.direction is not query.direction:
                     continue
-                if stuck_only and not is_stuck(t, w.config, now):
+                if (stuck_only or moving) and is_stuck(t, w.config, now) is moving:
                     continue
-                batch.append((_key(w.name, t), w, t))
-            if len(batch) >= 4096:
-                chosen = heapq.nsmallest(wanted, [*chosen, *batch], key=_first)
-                batch = []
-        return heapq.nsmallest(wanted, [*chosen, *batch], key=_first)
+                run.append((_key(w.name, t), w, t))
+                if len(run) == _RUN:
+                    run.sort(key=_first)
+                    runs.append(run)
+                    run = []
+        run.sort(key=_first)
+        runs.append(run)
+        return runs
 
     async def events(self, after: str | None = None, limit: int = EVENTS_LIMIT) -> list[Row]:
         """The most recent events, oldest first; with ``after``, those queued after that one.
@@ -192,13 +209,14 @@ class OperatorView:
             raise BadParameter("after", "no event with that id is kept; omit after= for the latest")
         return [json.loads(body) async for body in self._sliced(bodies)]
 
-    async def _sliced(self, items: Iterable[T]) -> AsyncIterator[T]:
-        """``items`` one by one, letting the loop run every ``slice_seconds``."""
+    async def _sliced(self, items: Iterable[T], every: int = 64) -> AsyncIterator[T]:
+        """``items`` one by one, letting the loop run every ``slice_seconds`` (looked at
+        after ``every`` items)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._slice
         for count, item in enumerate(items):
             yield item
-            if count % 64 == 63 and loop.time() >= deadline:
+            if count % every == every - 1 and loop.time() >= deadline:
                 await asyncio.sleep(0)
                 deadline = loop.time() + self._slice
 
