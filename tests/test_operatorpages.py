@@ -119,7 +119,8 @@ class TestPageListings:
         assert (rows, more) == ([], False)
 
     async def test_many_runs_merge_oldest_first(self, store: AsyncStore) -> None:
-        """Transfers sorted a run at a time come out in one order, oldest first, across runs."""
+        """Transfers sorted a run at a time, each cut to what the query wants, come out in one
+        order, oldest first, across runs."""
         clock = FakeClock()
         watchers = [
             watcher(
@@ -134,3 +135,5 @@ class TestPageListings:
         assert ages == sorted(ages, reverse=True)
         window, _ = await view.transfers(TransferQuery(offset=2500, limit=100))
         assert window == rows[2500:2600]
+        oldest, more = await view.transfers(TransferQuery(limit=10))  # each run cut to 11
+        assert (oldest, more) == (rows[:10], True)

@@ -16,6 +16,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any, TypeVar
 
 from walletwatch.asyncstore import AsyncStore
@@ -147,7 +148,7 @@ class OperatorView:
         wanted = query.offset + query.limit + 1  # one more than the limit tells if it was cut
         runs: list[list[tuple[_SortKey, AccountWatcher, TrackedTransfer]]] = []
         if query.state != "final":
-            runs = await self._in_flight_runs(watchers, query, now)
+            runs = await self._in_flight_runs(watchers, query, wanted, now)
         settled: list[tuple[_SortKey, Row]] = []
         if query.state in ("final", "all") and watchers:
             providers = {w.name: w.provider for w in watchers}
@@ -173,9 +174,10 @@ class OperatorView:
         return rows, truncated
 
     async def _in_flight_runs(
-        self, watchers: list[AccountWatcher], query: TransferQuery, now: float
+        self, watchers: list[AccountWatcher], query: TransferQuery, wanted: int, now: float
     ) -> list[list[tuple[_SortKey, AccountWatcher, TrackedTransfer]]]:
-        """The in-flight transfers the query wants, in runs each sorted oldest first.
+        """The in-flight transfers the query wants, in runs each sorted oldest first and
+        cut to its ``wanted`` oldest (no later one can be among the oldest ``wanted`` of all).
 
         Sorted a run at a time, the loop running between: sorting (or selecting the oldest
         tens of thousands of) hundreds of thousands at once would stall it; a lazy merge of
@@ -192,11 +194,9 @@ class OperatorView:
                     continue
                 run.append((_key(w.name, t), w, t))
                 if len(run) == _RUN:
-                    run.sort(key=_first)
-                    runs.append(run)
+                    runs.append(_sorted_run(run, wanted))
                     run = []
-        run.sort(key=_first)
-        runs.append(run)
+        runs.append(_sorted_run(run, wanted))
         return runs
 
     async def events(self, after: str | None = None, limit: int = EVENTS_LIMIT) -> list[Row]:
@@ -329,6 +329,16 @@ def consumed(items: list[T]) -> Iterator[T]:
 def _key(account: str, tracked: TrackedTransfer) -> _SortKey:
     t = tracked.transfer
     return (tracked.started_at, account, str(t.direction), t.id)
+
+
+def _sorted_run(
+    run: list[tuple[_SortKey, AccountWatcher, TrackedTransfer]], wanted: int
+) -> list[tuple[_SortKey, AccountWatcher, TrackedTransfer]]:
+    """``run`` sorted by its items' first member (a C key: a run is sorted in one go), cut to
+    its ``wanted`` first."""
+    run.sort(key=itemgetter(0))
+    del run[wanted:]
+    return run
 
 
 def _first(item: tuple[_SortKey, Any] | tuple[_SortKey, Any, Any]) -> _SortKey:
