@@ -137,3 +137,30 @@ class TestPageListings:
         assert window == rows[2500:2600]
         oldest, more = await view.transfers(TransferQuery(limit=10))  # each run cut to 11
         assert (oldest, more) == (rows[:10], True)
+
+
+class TestAccountRows:
+    async def test_briefs_are_the_whole_rows_fields_the_page_filters_on(
+        self, store: AsyncStore
+    ) -> None:
+        """A brief holds provider, account, state, counts and each balance's low, as the
+        whole row says them; whole rows can be asked for by name, in config order."""
+        clock = FakeClock()
+        watchers = [watcher(name, [7200.0, 60.0], store, clock) for name in ("a", "b", "c")]
+        view = view_of(watchers, store, clock)
+        whole = await view.accounts()
+        briefs = await view.briefs()
+        assert briefs == [
+            {key: row[key] for key in ("provider", "account", "state", "in_flight", "stuck")}
+            | {"balances": [{"low": b["low"]} for b in row["balances"]]}
+            for row in whole
+        ]
+        assert briefs[0] | {"balances": []} == {
+            "provider": "westwallet",
+            "account": "a",
+            "state": "waiting",
+            "in_flight": 2,
+            "stuck": 1,
+            "balances": [],
+        }
+        assert [row["account"] for row in await view.accounts({"c", "a", "zz"})] == ["a", "c"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from collections.abc import Collection
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from typing import Any
@@ -115,10 +116,16 @@ class FakeView:
     ) -> None:
         self._accounts, self._transfers, self._events = accounts, list(transfers), list(events)
         self.queries: list[TransferQuery] = []
+        self.named: list[set[str]] = []
 
-    async def accounts(self) -> list[dict[str, Any]]:
-        """Every account, in a new list (the page empties it)."""
+    async def briefs(self) -> list[dict[str, Any]]:
+        """Every account, in a new list (the page empties it): whole rows hold a brief's fields."""
         return list(self._accounts)
+
+    async def accounts(self, names: Collection[str] | None = None) -> list[dict[str, Any]]:
+        """The accounts named."""
+        self.named.append(set(names or ()))
+        return [a for a in self._accounts if names is None or a["account"] in names]
 
     async def transfers(self, query: TransferQuery) -> tuple[list[dict[str, Any]], bool]:
         """The transfers of one state, oldest first, as OperatorView filters them."""
@@ -377,6 +384,21 @@ class TestPaging:
         assert "tx-0200" in page
         assert "tx-0199<" not in page
         assert "href='?account=hot&amp;tpage=3'>next" in page
+
+
+class TestReadingFewAccounts:
+    async def test_whole_rows_of_the_page_alone(self) -> None:
+        """Every account is tallied from its brief; whole rows are read for the page's alone,
+        shown in the briefs' order, problems first."""
+        accounts = [account(f"acct-{i:04d}") for i in range(250)]
+        accounts[240] = down("acct-0240")
+        view = FakeView(accounts)
+        seen = read(await page_of(view, page="2")).text
+        assert view.named == [{f"acct-{i:04d}" for i in range(99, 199)}]
+        assert seen.index("acct-0099") < seen.index("acct-0198")
+        assert "acct-0240" not in seen
+        assert "accounts 101\N{EN DASH}200 of 250" in seen
+        assert "1 down" in seen
 
 
 class BrokenEvents(FakeView):

@@ -47,16 +47,21 @@ def text(value: object) -> str:
 async def status_page(view: Views, query: Mapping[str, str], now: float) -> str:
     """The page for ``query``, read from the daemon's views at wall time ``now``.
 
-    Only the transfers of the page asked for are read: the accounts' own counts tell how many
-    there are in all. The accounts are tallied and the HTML built a slice at a time.
+    Every account is tallied from its brief; whole rows are read for the accounts of the page
+    asked for alone, and only its transfers: the accounts' own counts tell how many there are
+    in all. The briefs are tallied and the HTML built a slice at a time.
     """
     filters = Filters.parse(query)
     pacer = Pacer()
     tally = Tally(filters)
-    # Consumed: the accounts not shown are freed one by one, not 10,000 at once at the end.
-    async for account in pacer.each(consumed(await view.accounts())):
-        tally.add(account)
+    # Consumed: the briefs not shown are freed one by one, not 10,000 at once at the end.
+    async for brief in pacer.each(consumed(await view.briefs())):
+        tally.add(brief)
     shown = tally.shown()
+    on_page = _page(shown, ACCOUNTS_PER_PAGE, filters.page)
+    whole = {a.get("account"): a for a in await view.accounts([a["account"] for a in on_page])}
+    # In the order the briefs ranked them; one gone meanwhile (a reload) is left out.
+    accounts = [whole[a["account"]] for a in on_page if a["account"] in whole]
     stuck_total = tally.held[0]
     total = tally.held[0 if stuck_only(filters) else 1]
     filters = replace(filters, tpage=min(filters.tpage, max(1, -(-total // TRANSFERS_PER_PAGE))))
@@ -75,7 +80,8 @@ async def status_page(view: Views, query: Mapping[str, str], now: float) -> str:
     if window.cut:
         notes.append(f"More than {MAX_LIMIT} transfers matched: narrow the filters.")
     page = _Page(
-        shown=shown,
+        accounts=accounts,
+        shown=len(shown),
         rows=rows,
         total=max(total, first + len(rows)),
         recent=[e for e in reversed(events) if event_matches(e, filters)],
@@ -95,9 +101,10 @@ async def status_page(view: Views, query: Mapping[str, str], now: float) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Page:
-    """What one page shows: its accounts, the transfers of its page, and the totals."""
+    """What one page shows: the accounts and transfers of its page, and the totals."""
 
-    shown: Sequence[Item]
+    accounts: Sequence[Item]
+    shown: int
     rows: Sequence[Item]
     total: int
     recent: Sequence[Item]
@@ -127,7 +134,8 @@ def render(
     names = {(a.get("provider"), a.get("account")) for a in shown}
     moving = [t for t in transfers if (t.get("provider"), t.get("account")) in names]
     page = _Page(
-        shown=shown,
+        accounts=_page(shown, ACCOUNTS_PER_PAGE, filters.page),
+        shown=len(shown),
         rows=_page(moving, TRANSFERS_PER_PAGE, filters.tpage),
         total=max(moving_count(shown, filters), len(moving)),
         recent=[e for e in reversed(events) if event_matches(e, filters)],
@@ -163,7 +171,7 @@ def _steps(page: _Page) -> Iterator[str]:
             _form(filters, page.providers),
         )
     )
-    yield from _accounts(page.shown, filters, now)
+    yield from _accounts(page.accounts, page.shown, filters, now)
     yield from _transfers(page.rows, page.total, filters)
     yield from _events(page.recent, now)
     yield f"</main><script>{SCRIPT}</script></body></html>\n"
@@ -254,12 +262,13 @@ _BADGES = {"down": "✖ DOWN", "waiting": "… waiting", "up": "✔ up"}
 """An account's state in words and a sign, so it reads without colour too."""
 
 
-def _accounts(shown: Sequence[Item], filters: Filters, now: float) -> Iterator[str]:
+def _accounts(accounts: Sequence[Item], shown: int, filters: Filters, now: float) -> Iterator[str]:
+    """The accounts section: ``accounts`` are those of the page asked for, of ``shown``."""
     pager = _pager(
-        len(shown), ACCOUNTS_PER_PAGE, filters.page, field="page", filters=filters, what="accounts"
+        shown, ACCOUNTS_PER_PAGE, filters.page, field="page", filters=filters, what="accounts"
     )
     yield f"<section><h2 id='accounts'>Accounts</h2>{pager}"
-    if not shown:
+    if not accounts:
         yield f"<p class='muted'>No account matches these filters.</p>{pager}</section>"
         return
     yield (
@@ -267,8 +276,7 @@ def _accounts(shown: Sequence[Item], filters: Filters, now: float) -> Iterator[s
         "<th>Why down</th><th>Balances (threshold)</th><th>Transfers</th>"
         "<th>Last successful poll</th></tr></thead><tbody>"
     )
-    page = _page(shown, ACCOUNTS_PER_PAGE, filters.page)
-    yield from _chunks(_account_row(a, now) for a in page)
+    yield from _chunks(_account_row(a, now) for a in accounts)
     yield f"</tbody></table></div>{pager}</section>"
 
 

@@ -9,7 +9,7 @@ loop running between them, as the operator API's listings are (walletwatch.opera
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from walletwatch.operator import MAX_LIMIT, SLICE_SECONDS, TransferQuery
@@ -25,8 +25,13 @@ class Views(Protocol):
     walletwatch.operator, which imports walletwatch.types (the house allows no cycle).
     """
 
-    async def accounts(self) -> list[dict[str, Any]]:
-        """Every account in config order, as /api/v1/accounts lists them, in a new list."""
+    async def briefs(self) -> list[dict[str, Any]]:
+        """Every account in config order, with provider, account, state, in_flight, stuck and
+        each balance's low, in a new list."""
+        ...
+
+    async def accounts(self, names: Collection[str] | None = None) -> list[dict[str, Any]]:
+        """The accounts ``names`` names in config order, as /api/v1/accounts lists them."""
         ...
 
     async def transfers(self, query: TransferQuery) -> tuple[list[dict[str, Any]], bool]:
