@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from collections.abc import Collection
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from walletwatch.errors import StoreError
-from walletwatch.operator import MAX_LIMIT, TransferQuery
+from walletwatch.operator import MAX_LIMIT, MOVING, TransferQuery
 from walletwatch.statusfilter import Filters
 from walletwatch.statuspage import (
     ACCOUNTS_PER_PAGE,
@@ -115,20 +116,30 @@ class FakeView:
     ) -> None:
         self._accounts, self._transfers, self._events = accounts, list(transfers), list(events)
         self.queries: list[TransferQuery] = []
+        self.named: list[set[str]] = []
 
-    async def accounts(self) -> list[dict[str, Any]]:
-        """Every account."""
-        return self._accounts
+    async def briefs(self) -> list[dict[str, Any]]:
+        """Every account, in a new list (the page empties it): whole rows hold a brief's fields."""
+        return list(self._accounts)
+
+    async def accounts(self, names: Collection[str] | None = None) -> list[dict[str, Any]]:
+        """The accounts named."""
+        self.named.append(set(names or ()))
+        return [a for a in self._accounts if names is None or a["account"] in names]
 
     async def transfers(self, query: TransferQuery) -> tuple[list[dict[str, Any]], bool]:
-        """The transfers of one state, oldest first, as the API filters them."""
+        """The transfers of one state, oldest first, as OperatorView filters them."""
         self.queries.append(query)
-        rows = [t for t in self._transfers if query.state == "in_flight" or t["stuck"]]
+        kept = {"in_flight": (True, False), "stuck": (True,), MOVING: (False,)}[query.state]
+        rows = [t for t in self._transfers if t["stuck"] in kept]
         if query.provider is not None:
             rows = [t for t in rows if t["provider"] == query.provider]
         if query.account is not None:
             rows = [t for t in rows if t["account"] == query.account]
-        return rows[: query.limit], len(rows) > query.limit
+        if query.accounts is not None:
+            rows = [t for t in rows if t["account"] in query.accounts]
+        end = query.offset + query.limit
+        return rows[query.offset : end], len(rows) > end
 
     async def events(self, after: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The last ``limit`` events."""
@@ -375,6 +386,21 @@ class TestPaging:
         assert "href='?account=hot&amp;tpage=3'>next" in page
 
 
+class TestReadingFewAccounts:
+    async def test_whole_rows_of_the_page_alone(self) -> None:
+        """Every account is tallied from its brief; whole rows are read for the page's alone,
+        shown in the briefs' order, problems first."""
+        accounts = [account(f"acct-{i:04d}") for i in range(250)]
+        accounts[240] = down("acct-0240")
+        view = FakeView(accounts)
+        seen = read(await page_of(view, page="2")).text
+        assert view.named == [{f"acct-{i:04d}" for i in range(99, 199)}]
+        assert seen.index("acct-0099") < seen.index("acct-0198")
+        assert "acct-0240" not in seen
+        assert "accounts 101\N{EN DASH}200 of 250" in seen
+        assert "1 down" in seen
+
+
 class BrokenEvents(FakeView):
     """Views whose state database fails when events are read."""
 
@@ -406,7 +432,7 @@ class TestStoreFailure:
 
 class TestReadingFewTransfers:
     async def test_many_accounts_read_oldest_first_until_the_page_is_full(self) -> None:
-        """Past a few accounts, the oldest transfers are read in growing batches, filtered."""
+        """Past a few accounts, the page's transfers are read at once, of the accounts shown."""
         accounts, transfers = [], []
         for group, age in (("old", 90_000.0), ("new", 1_000.0)):
             for i in range(30):
@@ -418,11 +444,51 @@ class TestReadingFewTransfers:
                 ]
         view = FakeView(accounts, transfers)
         page = await page_of(view, account="new-")
-        assert [q.limit for q in view.queries] == [200, 800]
+        shown = frozenset(f"new-{i:02d}" for i in range(30))
+        assert view.queries == [TransferQuery(MOVING, None, limit=200, accounts=shown)]
         assert page.count("<code class='txid'>new-") == TRANSFERS_PER_PAGE
         assert "<code class='txid'>old-" not in page
         assert "transfers 1&ndash;200 of 300" in page
         assert "new-00-0<" in page
+
+    async def test_a_deep_page_reads_its_own_rows_only(self) -> None:
+        """A later page asks for its own rows past those before it, not for all of them."""
+        accounts = [account(f"a-{i:02d}", in_flight=20) for i in range(30)]
+        transfers = [
+            transfer(f"a-{i:02d}", f"tx-{i:02d}-{n:02d}") | {"age_seconds": 9_000.0 - i * 20 - n}
+            for i in range(30)
+            for n in range(20)
+        ]
+        view = FakeView(accounts, transfers)
+        page = await page_of(view, tpage="3")
+        assert view.queries == [TransferQuery(MOVING, None, limit=200, offset=400)]
+        assert page.count("<code class='txid'>tx-") == TRANSFERS_PER_PAGE
+        assert "transfers 401&ndash;600 of 600" in page
+        assert "tx-20-00<" in page
+        assert "tx-19-19<" not in page
+
+    async def test_a_page_across_stuck_and_moving_reads_each_part(self) -> None:
+        """A page holding the last stuck transfers and the first moving ones reads both parts,
+        stuck first."""
+        accounts = [account(f"a-{i:02d}", stuck=10, in_flight=20) for i in range(25)]
+        transfers = [
+            transfer(f"a-{i:02d}", f"{kind}-{i:02d}-{n:02d}", stuck=kind == "stuck")
+            | {"age_seconds": (90_000.0 if kind == "stuck" else 900.0) - i * 10 - n}
+            for kind in ("stuck", "moving")
+            for i in range(25)
+            for n in range(10)
+        ]
+        view = FakeView(accounts, transfers)
+        seen = read(await page_of(view, tpage="2")).text
+        assert view.queries == [
+            TransferQuery("stuck", None, limit=50, offset=200),
+            TransferQuery(MOVING, None, limit=150),
+        ]
+        assert seen.count("◷ STUCK") == 50
+        assert seen.index("stuck-24-09") < seen.index("moving-00-00")
+        assert "moving-14-09" in seen
+        assert "moving-15-00" not in seen
+        assert "transfers 201\N{EN DASH}400 of 500" in seen
 
     async def test_stuck_only_pages_read_no_in_flight(self) -> None:
         """The problems view reads stuck transfers alone, as many as the page needs."""

@@ -13,9 +13,10 @@ import asyncio
 import heapq
 import itertools
 import json
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any, TypeVar
 
 from walletwatch.asyncstore import AsyncStore
@@ -33,10 +34,15 @@ SLICE_SECONDS = 0.005
 """How long a listing runs before it lets the event loop run other tasks."""
 
 TRANSFER_STATES = ("in_flight", "stuck", "final", "all")
+MOVING = "moving"
+"""A state the status page asks for, never the API: in flight and not (yet) stuck."""
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 100_000
 EVENTS_LIMIT = 100
 MAX_EVENTS_LIMIT = 1000
+
+_RUN = 2048
+"""How many in-flight transfers are sorted in one go: some 2 ms."""
 
 T = TypeVar("T")
 Row = dict[str, Any]
@@ -52,6 +58,10 @@ class TransferQuery:
     account: str | None = None
     direction: Direction | None = None
     limit: int = DEFAULT_LIMIT
+    accounts: frozenset[str] | None = field(default=None, repr=False)
+    """Only these accounts' transfers, by name: the status page's filters, not an API's."""
+    offset: int = 0
+    """How many of the oldest that match to pass over, unbuilt: the status page's pages."""
 
 
 def transfer_query(params: Mapping[str, str]) -> TransferQuery:
@@ -116,15 +126,27 @@ class OperatorView:
                 "ask the leader (the replica with walletwatch_leader 1)"
             )
 
-    async def accounts(self) -> list[Row]:
-        """Every account in config order: how it is, why it is down, balances, transfers."""
+    async def accounts(self, names: Collection[str] | None = None) -> list[Row]:
+        """Every account (or those ``names`` names) in config order: how it is, why it is
+        down, balances, transfers."""
         now = self._clock.time()
-        return [account_row(w, now) async for w in self._sliced(self._watchers())]
+        return [
+            account_row(w, now)
+            async for w in self._sliced(self._watchers())
+            if names is None or w.name in names
+        ]
+
+    async def briefs(self) -> list[Row]:
+        """Every account in config order, with only what the status page's filters and counts
+        read (a tenth of the cost of the whole rows, which it builds for its page alone)."""
+        now = self._clock.time()
+        return [account_brief(w, now) async for w in self._sliced(self._watchers())]
 
     async def transfers(self, query: TransferQuery) -> tuple[list[Row], bool]:
         """The transfers the query wants, oldest first, and whether more matched than its limit.
 
         In-flight ones come from live state; settled ones from the store's rows, merged in.
+        The ``offset`` oldest are passed over without building their rows.
         """
         now = self._clock.time()
         watchers = [
@@ -132,14 +154,12 @@ class OperatorView:
             async for w in self._sliced(self._watchers())
             if (query.provider is None or w.provider == query.provider)
             and (query.account is None or w.name == query.account)
+            and (query.accounts is None or w.name in query.accounts)
         ]
-        wanted = query.limit + 1  # one more than the limit tells whether it was cut
-        live: list[tuple[_SortKey, Row]] = []
+        wanted = query.offset + query.limit + 1  # one more than the limit tells if it was cut
+        runs: list[list[tuple[_SortKey, AccountWatcher, TrackedTransfer]]] = []
         if query.state != "final":
-            chosen = await self._oldest_in_flight(watchers, query, wanted, now)
-            live = [
-                (key, transfer_row(w, t, now)) async for key, w, t in self._sliced(consumed(chosen))
-            ]
+            runs = await self._in_flight_runs(watchers, query, wanted, now)
         settled: list[tuple[_SortKey, Row]] = []
         if query.state in ("final", "all") and watchers:
             providers = {w.name: w.provider for w in watchers}
@@ -153,34 +173,42 @@ class OperatorView:
             settled = [
                 _stored(row, providers[row[0]], now) async for row in self._sliced(consumed(found))
             ]
-        merged = heapq.merge(consumed(live), consumed(settled), key=_first)
-        rows = [row async for _, row in self._sliced(itertools.islice(merged, wanted))]
+        merged: Iterator[tuple[Any, ...]] = heapq.merge(*runs, consumed(settled), key=_first)
+        rows: list[Row] = []
+        async for n, item in self._sliced(enumerate(itertools.islice(merged, wanted))):
+            if n >= query.offset:
+                rows.append(transfer_row(item[1], item[2], now) if len(item) == 3 else item[1])
+        async for run in self._sliced(runs, every=1):
+            run.clear()  # a run at a time: freeing 50,000 keys at once stalls the loop
         truncated = len(rows) > query.limit
         del rows[query.limit :]
         return rows, truncated
 
-    async def _oldest_in_flight(
+    async def _in_flight_runs(
         self, watchers: list[AccountWatcher], query: TransferQuery, wanted: int, now: float
-    ) -> list[tuple[_SortKey, AccountWatcher, TrackedTransfer]]:
-        """The ``wanted`` oldest in-flight transfers the query wants, oldest first.
+    ) -> list[list[tuple[_SortKey, AccountWatcher, TrackedTransfer]]]:
+        """The in-flight transfers the query wants, in runs each sorted oldest first and
+        cut to its ``wanted`` oldest (no later one can be among the oldest ``wanted`` of all).
 
-        Kept to the oldest ``wanted`` a batch at a time: sorting all of them at once would
-        stall the loop when hundreds of thousands are in flight.
+        Sorted a run at a time, the loop running between: sorting (or selecting the oldest
+        tens of thousands of) hundreds of thousands at once would stall it; a lazy merge of
+        the runs gives the oldest first.
         """
-        stuck_only = query.state == "stuck"
-        chosen: list[tuple[_SortKey, AccountWatcher, TrackedTransfer]] = []
-        batch: list[tuple[_SortKey, AccountWatcher, TrackedTransfer]] = []
+        stuck_only, moving = query.state == "stuck", query.state == MOVING
+        runs = []
+        run: list[tuple[_SortKey, AccountWatcher, TrackedTransfer]] = []
         async for w in self._sliced(watchers):
             for t in w.state.in_flight():
                 if query.direction is not None and t.transfer.direction is not query.direction:
                     continue
-                if stuck_only and not is_stuck(t, w.config, now):
+                if (stuck_only or moving) and is_stuck(t, w.config, now) is moving:
                     continue
-                batch.append((_key(w.name, t), w, t))
-            if len(batch) >= 4096:
-                chosen = heapq.nsmallest(wanted, [*chosen, *batch], key=_first)
-                batch = []
-        return heapq.nsmallest(wanted, [*chosen, *batch], key=_first)
+                run.append((_key(w.name, t), w, t))
+                if len(run) == _RUN:
+                    runs.append(_sorted_run(run, wanted))
+                    run = []
+        runs.append(_sorted_run(run, wanted))
+        return runs
 
     async def events(self, after: str | None = None, limit: int = EVENTS_LIMIT) -> list[Row]:
         """The most recent events, oldest first; with ``after``, those queued after that one.
@@ -192,13 +220,14 @@ class OperatorView:
             raise BadParameter("after", "no event with that id is kept; omit after= for the latest")
         return [json.loads(body) async for body in self._sliced(bodies)]
 
-    async def _sliced(self, items: Iterable[T]) -> AsyncIterator[T]:
-        """``items`` one by one, letting the loop run every ``slice_seconds``."""
+    async def _sliced(self, items: Iterable[T], every: int = 64) -> AsyncIterator[T]:
+        """``items`` one by one, letting the loop run every ``slice_seconds`` (looked at
+        after ``every`` items)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._slice
         for count, item in enumerate(items):
             yield item
-            if count % 64 == 63 and loop.time() >= deadline:
+            if count % every == every - 1 and loop.time() >= deadline:
                 await asyncio.sleep(0)
                 deadline = loop.time() + self._slice
 
@@ -213,7 +242,7 @@ def account_row(w: AccountWatcher, now: float) -> Row:
     return {
         "provider": w.provider,
         "account": w.name,
-        "state": "up" if up else ("down" if w.polled else "waiting"),
+        "state": _state(w, up),
         "up": up,
         "down_since": _ts(min(failing)) if failing and not up else None,
         "last_success": _ts(max(successes, default=None)),
@@ -225,6 +254,24 @@ def account_row(w: AccountWatcher, now: float) -> Row:
         "in_flight": len(in_flight),
         "stuck": sum(is_stuck(t, w.config, now) for t in in_flight),
     }
+
+
+def account_brief(w: AccountWatcher, now: float) -> Row:
+    """One account as ``account_row`` gives it, with only provider, account, state, in_flight,
+    stuck and each balance's low."""
+    in_flight = list(w.state.in_flight())
+    return {
+        "provider": w.provider,
+        "account": w.name,
+        "state": _state(w, w.up),
+        "balances": [{"low": tracked.low} for _, tracked in sorted(w.state.balances.items())],
+        "in_flight": len(in_flight),
+        "stuck": sum(is_stuck(t, w.config, now) for t in in_flight),
+    }
+
+
+def _state(w: AccountWatcher, up: bool) -> str:
+    return "up" if up else ("down" if w.polled else "waiting")
 
 
 def _endpoint(health: EndpointHealth | None) -> Row:
@@ -311,6 +358,16 @@ def consumed(items: list[T]) -> Iterator[T]:
 def _key(account: str, tracked: TrackedTransfer) -> _SortKey:
     t = tracked.transfer
     return (tracked.started_at, account, str(t.direction), t.id)
+
+
+def _sorted_run(
+    run: list[tuple[_SortKey, AccountWatcher, TrackedTransfer]], wanted: int
+) -> list[tuple[_SortKey, AccountWatcher, TrackedTransfer]]:
+    """``run`` sorted by its items' first member (a C key: a run is sorted in one go), cut to
+    its ``wanted`` first."""
+    run.sort(key=itemgetter(0))
+    del run[wanted:]
+    return run
 
 
 def _first(item: tuple[_SortKey, Any] | tuple[_SortKey, Any, Any]) -> _SortKey:

@@ -114,19 +114,58 @@ def matches(account: Item, filters: Filters, worst: str | None = None) -> bool:
     return filters.state == "low" and worst in ("down", "stuck") and is_low(account)
 
 
-def chosen(accounts: Iterable[Item], filters: Filters) -> list[Item]:
-    """The accounts the filters keep, problems first and otherwise in config order."""
-    ranked = []
-    for account in accounts:
+class Tally:
+    """The accounts the filters keep, ranked, and the counts over every account, taken in
+    one account at a time (so a caller can let the event loop run between them)."""
+
+    def __init__(self, filters: Filters) -> None:
+        self._filters = filters
+        self._ranked: dict[str, list[Item]] = {rank: [] for rank in _RANK}  # in _RANK's order
+        self._ranks = dict.fromkeys(_RANK, 0)
+        self._low = self._stuck = self._stuck_transfers = 0
+        self.providers: set[str] = set()
+        self.reach = [0, 0]
+        """Stuck and in-flight transfers of every account of the provider asked for (or all)."""
+        self.held = [0, 0]
+        """Stuck and in-flight transfers of the accounts kept."""
+        self.names: set[str] = set()
+        """The names of the accounts kept."""
+
+    def add(self, account: Item) -> None:
+        """Count ``account``, and keep it if the filters do."""
         worst = problem(account)
-        if matches(account, filters, worst):
-            ranked.append((_RANK[worst], account))
-    ranked.sort(key=_first)  # stable: config order within a rank
-    return [account for _, account in ranked]
+        self._ranks[worst] += 1
+        self._low += worst == "low" or (worst in ("down", "stuck") and is_low(account))
+        transfers = int(account.get("stuck") or 0)
+        self._stuck += transfers > 0
+        self._stuck_transfers += transfers
+        provider = account.get("provider")
+        self.providers.add(str(provider))
+        flying = int(account.get("in_flight") or 0)
+        if not self._filters.provider or provider == self._filters.provider:
+            self.reach[0] += transfers
+            self.reach[1] += flying
+        if matches(account, self._filters, worst):
+            self._ranked[worst].append(account)
+            self.held[0] += transfers
+            self.held[1] += flying
+            self.names.add(str(account.get("account")))
 
+    def shown(self) -> list[Item]:
+        """The accounts kept, problems first and otherwise in the order added; the tally lets
+        go of them (so the caller alone decides when they are freed)."""
+        shown = [account for ranked in self._ranked.values() for account in ranked]
+        for ranked in self._ranked.values():
+            ranked.clear()
+        return shown
 
-def _first(pair: tuple[int, Item]) -> int:
-    return pair[0]
+    def counts(self) -> Counts:
+        """The counts over every account added."""
+        ranks = self._ranks
+        added = sum(ranks.values())
+        return Counts(
+            added, ranks["down"], self._stuck, self._low, ranks["waiting"], self._stuck_transfers
+        )
 
 
 def stuck_only(filters: Filters) -> bool:
@@ -155,20 +194,6 @@ class Counts:
     low: int
     waiting: int
     stuck_transfers: int
-
-    @classmethod
-    def of(cls, accounts: Sequence[Item]) -> Counts:
-        """The counts over every account."""
-        ranks = dict.fromkeys(_RANK, 0)
-        low = stuck = stuck_transfers = 0
-        for account in accounts:
-            worst = problem(account)
-            ranks[worst] += 1
-            low += worst == "low" or (worst in ("down", "stuck") and is_low(account))
-            transfers = int(account.get("stuck") or 0)
-            stuck += transfers > 0
-            stuck_transfers += transfers
-        return cls(len(accounts), ranks["down"], stuck, low, ranks["waiting"], stuck_transfers)
 
 
 def event_matches(event: Item, filters: Filters) -> bool:

@@ -8,29 +8,27 @@ it, and only one page of rows is built.
 
 from __future__ import annotations
 
-import asyncio
 import html
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
 
 from walletwatch import __version__
 from walletwatch.errors import StoreError
 from walletwatch.escape import escaped
-from walletwatch.operator import MAX_LIMIT, TransferQuery
+from walletwatch.operator import MAX_LIMIT, MOVING, consumed
 from walletwatch.statusfilter import (
     STATES,
     Counts,
     Filters,
     Item,
-    chosen,
+    Tally,
     event_matches,
-    in_order,
     moving_count,
     problem,
     stuck_only,
 )
+from walletwatch.statusread import Pacer, Views, Window
 from walletwatch.statusstyle import SCRIPT, STYLE
 
 REFRESH_SECONDS = 30
@@ -41,26 +39,6 @@ TRANSFERS_PER_PAGE = 200
 EVENTS_SHOWN = 50
 
 
-class Views(Protocol):
-    """What the page reads: walletwatch.operator.OperatorView's answers.
-
-    Declared here rather than in walletwatch.types: its TransferQuery comes from
-    walletwatch.operator, which imports walletwatch.types (the house allows no cycle).
-    """
-
-    async def accounts(self) -> list[dict[str, Any]]:
-        """Every account in config order, as /api/v1/accounts lists them."""
-        ...
-
-    async def transfers(self, query: TransferQuery) -> tuple[list[dict[str, Any]], bool]:
-        """The transfers ``query`` wants, oldest first, and whether more matched."""
-        ...
-
-    async def events(self, after: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """The most recent events, oldest first."""
-        ...
-
-
 def text(value: object) -> str:
     """``value`` as HTML text: escaped markup, and characters UTF-8 cannot carry as escapes."""
     return html.escape(escaped(str(value)))
@@ -69,86 +47,71 @@ def text(value: object) -> str:
 async def status_page(view: Views, query: Mapping[str, str], now: float) -> str:
     """The page for ``query``, read from the daemon's views at wall time ``now``.
 
-    Only the transfers up to the page asked for are read: the accounts' own counts tell how
-    many there are in all, and a listing of 50,000 would hold the event loop for long.
+    Every account is tallied from its brief; whole rows are read for the accounts of the page
+    asked for alone, and only its transfers: the accounts' own counts tell how many there are
+    in all. The briefs are tallied and the HTML built a slice at a time.
     """
     filters = Filters.parse(query)
-    accounts = await view.accounts()
-    await asyncio.sleep(0)
-    shown = chosen(accounts, filters)
-    pages = max(1, -(-moving_count(shown, filters) // TRANSFERS_PER_PAGE))
-    filters = replace(filters, tpage=min(filters.tpage, pages))
-    need = filters.tpage * TRANSFERS_PER_PAGE
-    source = _Source(view, shown, filters)
-    stuck_total = sum(int(a.get("stuck") or 0) for a in shown)
-    stuck = await source.oldest("stuck", min(need, stuck_total), skip=0)
-    flight: list[Item] = []
-    if not stuck_only(filters) and need > stuck_total:
-        flight = await source.oldest("in_flight", need - stuck_total, skip=stuck_total)
+    pacer = Pacer()
+    tally = Tally(filters)
+    # Consumed: the briefs not shown are freed one by one, not 10,000 at once at the end.
+    async for brief in pacer.each(consumed(await view.briefs())):
+        tally.add(brief)
+    shown = tally.shown()
+    on_page = _page(shown, ACCOUNTS_PER_PAGE, filters.page)
+    whole = {a.get("account"): a for a in await view.accounts([a["account"] for a in on_page])}
+    # In the order the briefs ranked them; one gone meanwhile (a reload) is left out.
+    accounts = [whole[a["account"]] for a in on_page if a["account"] in whole]
+    stuck_total = tally.held[0]
+    total = tally.held[0 if stuck_only(filters) else 1]
+    filters = replace(filters, tpage=min(filters.tpage, max(1, -(-total // TRANSFERS_PER_PAGE))))
+    first = (filters.tpage - 1) * TRANSFERS_PER_PAGE
+    last = first + TRANSFERS_PER_PAGE
+    window = Window(view, shown, filters, tally)
+    rows = await window.rows("stuck", first, min(last, stuck_total))
+    if not stuck_only(filters):
+        rows += await window.rows(MOVING, max(first, stuck_total) - stuck_total, last - stuck_total)
     notes = []
     try:
         events = await view.events(after=None, limit=EVENTS_SHOWN)
     except StoreError:  # the page still tells what live state knows; the logs say more
         events = []
         notes.append("Recent events cannot be read: the state database did not answer.")
-    if source.cut:
+    if window.cut:
         notes.append(f"More than {MAX_LIMIT} transfers matched: narrow the filters.")
-    await asyncio.sleep(0)
-    filters = replace(filters, notes=(*filters.notes, *notes))
-    return render(accounts, in_order(stuck, flight), events, filters, now, shown=shown)
+    page = _Page(
+        accounts=accounts,
+        shown=len(shown),
+        rows=rows,
+        total=max(total, first + len(rows)),
+        recent=[e for e in reversed(events) if event_matches(e, filters)],
+        providers=sorted(tally.providers),
+        counts=tally.counts(),
+        filters=replace(filters, notes=(*filters.notes, *notes)),
+        now=now,
+    )
+    parts = []
+    for part in _steps(page):
+        parts.append(part)
+        await pacer.pause()
+    async for _ in pacer.each(consumed(shown)):  # let go of 10,000 accounts a slice at a time
+        pass
+    return "".join(parts)
 
 
-class _Source:
-    """The oldest transfers of the accounts a page shows, read as few at a time as will do."""
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """What one page shows: the accounts and transfers of its page, and the totals."""
 
-    FEW = 20
-    """Up to this many accounts are asked for one by one; more, all at once and filtered."""
-
-    def __init__(self, view: Views, shown: Sequence[Item], filters: Filters) -> None:
-        self._view = view
-        self._shown = shown
-        self._names = {(a.get("provider"), a.get("account")) for a in shown}
-        self._provider = (
-            filters.provider if any(a.get("provider") == filters.provider for a in shown) else None
-        )
-        self.cut = False
-
-    async def oldest(self, state: str, want: int, *, skip: int) -> list[Item]:
-        """Up to ``want`` transfers in ``state`` that are not stuck (unless ``state`` is),
-        oldest first; ``skip``: how many stuck ones an in-flight listing may hold besides."""
-        if want <= 0:
-            return []
-        limit = min(MAX_LIMIT, want + skip)
-        if len(self._shown) <= self.FEW:
-            rows: list[Item] = []
-            cut = False
-            for a in self._shown:
-                if a.get("stuck" if state == "stuck" else "in_flight"):
-                    query = TransferQuery(state, a.get("provider"), a.get("account"), limit=limit)
-                    got, more = await self._view.transfers(query)
-                    rows.extend(got)
-                    cut = cut or more
-            rows.sort(key=lambda t: -float(t.get("age_seconds") or 0))  # oldest first
-            kept = self._kept(state, rows)
-        else:
-            while True:
-                query = TransferQuery(state, self._provider, limit=limit)
-                got, cut = await self._view.transfers(query)
-                kept = self._kept(state, got)
-                if len(kept) >= want or not cut or limit == MAX_LIMIT:
-                    break
-                limit = min(MAX_LIMIT, limit * 4)
-        # Cut short only when the most the view gives was not enough for this page.
-        self.cut = self.cut or (cut and limit == MAX_LIMIT and len(kept) < want)
-        return kept[:want]
-
-    def _kept(self, state: str, rows: Iterable[Item]) -> list[Item]:
-        return [
-            t
-            for t in rows
-            if (t.get("provider"), t.get("account")) in self._names
-            and (state == "stuck" or not t.get("stuck"))
-        ]
+    accounts: Sequence[Item]
+    shown: int
+    rows: Sequence[Item]
+    total: int
+    recent: Sequence[Item]
+    providers: Sequence[str]
+    counts: Counts
+    filters: Filters
+    now: float
 
 
 def render(
@@ -157,32 +120,46 @@ def render(
     events: Sequence[Item],
     filters: Filters,
     now: float,
-    *,
-    shown: Sequence[Item] | None = None,
 ) -> str:
     """The whole page: summary, filters, one page of accounts and of transfers, recent events.
 
     ``transfers`` come in the order to show (``in_order``), those of the pages before too;
     those of accounts the filters leave out are left out. The accounts' counts say how many
-    there are in all. ``shown`` is ``chosen(accounts, filters)`` when the caller has it.
+    there are in all.
     """
-    shown = chosen(accounts, filters) if shown is None else shown
+    tally = Tally(filters)
+    for account in accounts:
+        tally.add(account)
+    shown = tally.shown()
     names = {(a.get("provider"), a.get("account")) for a in shown}
     moving = [t for t in transfers if (t.get("provider"), t.get("account")) in names]
-    total = max(moving_count(shown, filters), len(moving))
-    recent = [e for e in reversed(events) if event_matches(e, filters)]
-    providers = sorted({str(a.get("provider")) for a in accounts})
+    page = _Page(
+        accounts=_page(shown, ACCOUNTS_PER_PAGE, filters.page),
+        shown=len(shown),
+        rows=_page(moving, TRANSFERS_PER_PAGE, filters.tpage),
+        total=max(moving_count(shown, filters), len(moving)),
+        recent=[e for e in reversed(events) if event_matches(e, filters)],
+        providers=sorted(tally.providers),
+        counts=tally.counts(),
+        filters=filters,
+        now=now,
+    )
+    return "".join(_steps(page))
+
+
+def _steps(page: _Page) -> Iterator[str]:
+    """The page's HTML in parts of a few rows each, so a caller can pause between them."""
+    filters, now = page.filters, page.now
     notes = list(filters.notes)
-    if filters.provider and filters.provider not in providers:
+    if filters.provider and filters.provider not in page.providers:
         notes.append(f"No account of a provider named {filters.provider!r}.")
     stamp = datetime.fromtimestamp(now, tz=UTC)
-    counts = Counts.of(accounts)
-    return "".join(
+    yield "".join(
         (
             '<!doctype html><html lang="en"><head><meta charset="utf-8">',
             '<meta name="viewport" content="width=device-width, initial-scale=1">',
             f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}; url={text(filters.link())}">',
-            f"<title>{_title(counts)}</title><style>{STYLE}</style></head><body>",
+            f"<title>{_title(page.counts)}</title><style>{STYLE}</style></head><body>",
             f"<header><h1>walletwatch</h1><span class='muted'>{text(__version__)}</span>",
             f"<span>Generated <time datetime='{stamp:%Y-%m-%dT%H:%M:%SZ}'>",
             f"{stamp:%Y-%m-%d %H:%M:%S} UTC</time>; refreshes every {REFRESH_SECONDS} s</span>",
@@ -190,14 +167,26 @@ def render(
             "<a href='/api/v1/accounts'>API</a> · <a href='/healthz'>healthz</a> · ",
             "<a href='/readyz'>readyz</a></nav></header><main>",
             "".join(f"<p class='note' role='status'>{text(note)}</p>" for note in notes),
-            _summary(counts, filters),
-            _form(filters, providers),
-            _accounts(shown, filters, now),
-            _transfers(moving, total, filters),
-            _events(recent, now),
-            f"</main><script>{SCRIPT}</script></body></html>\n",
+            _summary(page.counts, filters),
+            _form(filters, page.providers),
         )
     )
+    yield from _accounts(page.accounts, page.shown, filters, now)
+    yield from _transfers(page.rows, page.total, filters)
+    yield from _events(page.recent, now)
+    yield f"</main><script>{SCRIPT}</script></body></html>\n"
+
+
+def _chunks(rows: Iterable[str], size: int = 20) -> Iterator[str]:
+    """``rows`` joined ``size`` at a time."""
+    batch: list[str] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == size:
+            yield "".join(batch)
+            batch = []
+    if batch:
+        yield "".join(batch)
 
 
 def _title(counts: Counts) -> str:
@@ -273,19 +262,22 @@ _BADGES = {"down": "✖ DOWN", "waiting": "… waiting", "up": "✔ up"}
 """An account's state in words and a sign, so it reads without colour too."""
 
 
-def _accounts(shown: Sequence[Item], filters: Filters, now: float) -> str:
+def _accounts(accounts: Sequence[Item], shown: int, filters: Filters, now: float) -> Iterator[str]:
+    """The accounts section: ``accounts`` are those of the page asked for, of ``shown``."""
     pager = _pager(
-        len(shown), ACCOUNTS_PER_PAGE, filters.page, field="page", filters=filters, what="accounts"
+        shown, ACCOUNTS_PER_PAGE, filters.page, field="page", filters=filters, what="accounts"
     )
-    rows = "".join(_account_row(a, now) for a in _page(shown, ACCOUNTS_PER_PAGE, filters.page))
-    body = (
+    yield f"<section><h2 id='accounts'>Accounts</h2>{pager}"
+    if not accounts:
+        yield f"<p class='muted'>No account matches these filters.</p>{pager}</section>"
+        return
+    yield (
         "<div class='scroll'><table class='rows'><thead><tr><th>State</th><th>Account</th>"
         "<th>Why down</th><th>Balances (threshold)</th><th>Transfers</th>"
-        f"<th>Last successful poll</th></tr></thead><tbody>{rows}</tbody></table></div>"
-        if shown
-        else "<p class='muted'>No account matches these filters.</p>"
+        "<th>Last successful poll</th></tr></thead><tbody>"
     )
-    return f"<section><h2 id='accounts'>Accounts</h2>{pager}{body}{pager}</section>"
+    yield from _chunks(_account_row(a, now) for a in accounts)
+    yield f"</tbody></table></div>{pager}</section>"
 
 
 def _account_row(account: Item, now: float) -> str:
@@ -332,7 +324,8 @@ def _balances(balances: Iterable[Item]) -> str:
     return f"<ul class='balances'>{''.join(items)}</ul>" if items else "<span class=muted>—</span>"
 
 
-def _transfers(moving: Sequence[Item], total: int, filters: Filters) -> str:
+def _transfers(rows: Sequence[Item], total: int, filters: Filters) -> Iterator[str]:
+    """The transfers section: ``rows`` are those of the page asked for, ``total`` all of them."""
     pager = _pager(
         total,
         TRANSFERS_PER_PAGE,
@@ -341,18 +334,17 @@ def _transfers(moving: Sequence[Item], total: int, filters: Filters) -> str:
         filters=filters,
         what="transfers",
     )
-    rows = "".join(_transfer_row(t) for t in _page(moving, TRANSFERS_PER_PAGE, filters.tpage))
-    body = (
+    yield f"<section><h2 id='transfers'>Transfers: stuck first, then in flight</h2>{pager}"
+    if not rows:
+        yield f"<p class='muted'>No transfer in flight matches these filters.</p>{pager}</section>"
+        return
+    yield (
         "<div class='scroll'><table class='rows'><thead><tr><th>State</th><th>Age</th>"
         "<th>Account</th><th>Direction</th><th>Amount</th><th>Provider status</th>"
-        f"<th>Txid and id</th></tr></thead><tbody>{rows}</tbody></table></div>"
-        if moving
-        else "<p class='muted'>No transfer in flight matches these filters.</p>"
+        "<th>Txid and id</th></tr></thead><tbody>"
     )
-    return (
-        "<section><h2 id='transfers'>Transfers: stuck first, then in flight</h2>"
-        f"{pager}{body}{pager}</section>"
-    )
+    yield from _chunks(_transfer_row(t) for t in rows)
+    yield f"</tbody></table></div>{pager}</section>"
 
 
 def _transfer_row(t: Item) -> str:
@@ -387,8 +379,16 @@ def _transfer_row(t: Item) -> str:
     )
 
 
-def _events(recent: Sequence[Item], now: float) -> str:
-    rows = "".join(
+def _events(recent: Sequence[Item], now: float) -> Iterator[str]:
+    yield "<section><h2 id='events'>Recent events, newest first</h2>"
+    if not recent:
+        yield "<p class='muted'>No recent event matches these filters.</p></section>"
+        return
+    yield (
+        "<div class='scroll'><table class='rows'><thead><tr><th>When</th><th>Severity</th>"
+        "<th>Event</th><th>Account</th><th>Details</th></tr></thead><tbody>"
+    )
+    yield from _chunks(
         f"<tr><td data-label='When'>{_when(e.get('ts'), now)}</td>"
         f"<td data-label='Severity'>{_severity(e.get('severity'))}</td>"
         f"<td data-label='Event'>{text(e.get('event'))}</td>"
@@ -397,14 +397,7 @@ def _events(recent: Sequence[Item], now: float) -> str:
         f"<td data-label='Details'>{_details(e)}</td></tr>"
         for e in recent
     )
-    body = (
-        "<div class='scroll'><table class='rows'><thead><tr><th>When</th><th>Severity</th>"
-        f"<th>Event</th><th>Account</th><th>Details</th></tr></thead><tbody>{rows}</tbody>"
-        "</table></div>"
-        if recent
-        else "<p class='muted'>No recent event matches these filters.</p>"
-    )
-    return f"<section><h2 id='events'>Recent events, newest first</h2>{body}</section>"
+    yield "</tbody></table></div></section>"
 
 
 _SEVERITY = {"critical": "down", "warning": "low", "info": "waiting"}
