@@ -318,6 +318,27 @@ class TestGuarded:
         daemon.collector.lease = None
         assert len((await get(daemon, "/api/v1/accounts"))["accounts"]) == 2
 
+    async def test_a_followers_status_page_says_it_follows(self, daemon: Daemon) -> None:
+        """The page of a replica without the lease is a 503 saying so, refreshing itself."""
+        await daemon.poll_once()
+        daemon.collector.leading = False
+        async with (
+            aiohttp.ClientSession(headers=AUTH) as session,
+            session.get(f"{daemon.url}/") as resp,
+        ):
+            page = await resp.text()
+            assert resp.status == 503
+            assert "this replica follows" in page
+            assert 'http-equiv="refresh" content="30"' in page
+            assert "Content-Security-Policy" in resp.headers
+        daemon.collector.leading = True
+        async with (
+            aiohttp.ClientSession(headers=AUTH) as session,
+            session.get(f"{daemon.url}/") as resp,
+        ):
+            assert resp.status == 200
+            assert "this replica follows" not in await resp.text()
+
 
 def test_json_keeps_a_lone_surrogate_escaped() -> None:
     """Text UTF-8 cannot carry is escaped, so strict parsers read the body."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import ipaddress
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -17,6 +18,7 @@ from prometheus_client.openmetrics.exposition import UNDERSCORES
 from walletwatch.api import add_routes
 from walletwatch.clock import SystemClock
 from walletwatch.collecthold import HOLD
+from walletwatch.errors import NotLeading
 from walletwatch.metrics import WalletwatchCollector
 from walletwatch.operator import OperatorView
 from walletwatch.statuspage import status_page
@@ -87,10 +89,25 @@ def create_app(
     return app
 
 
+FOLLOWER_PAGE = (
+    '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+    '<meta http-equiv="refresh" content="30"><title>walletwatch: a follower</title></head>'
+    "<body><h1>walletwatch: this replica follows</h1><p>{message}.</p></body></html>\n"
+)
+"""The status page of a replica that does not lead."""
+
+
 def _index(view: OperatorView, clock: Clock) -> Callable[[web.Request], Awaitable[web.Response]]:
     """The status page's handler, from ``view`` at ``clock``'s wall time."""
 
     async def index(request: web.Request) -> web.Response:
+        try:
+            view.check_leading()
+        except NotLeading as err:
+            # An empty page would read as "all well": say why there is nothing, and look
+            # again in 30 s, when this replica may lead.
+            page = FOLLOWER_PAGE.format(message=html.escape(str(err)))
+            return web.Response(text=page, status=503, content_type="text/html", headers=HEADERS)
         # The collector off, as for /metrics: 10,000 accounts' views are some 200,000 young
         # objects, without a cycle among them, that would set off full passes mid-page.
         with HOLD.held():
