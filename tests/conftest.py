@@ -12,7 +12,9 @@ import pytest
 from aioresponses import aioresponses
 from yarl import URL
 
+from tests.engines import ENGINES, Engine
 from tests.fakes import FakeClock
+from tests.pgcluster import Cluster, running_cluster
 
 
 class _MockedResponse(aiohttp.ClientResponse):
@@ -60,3 +62,29 @@ async def fixture_session() -> AsyncIterator[aiohttp.ClientSession]:
     """A real ClientSession (requests go to the ``responses`` mock)."""
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture(name="pg_cluster", scope="session")
+def fixture_pg_cluster() -> Iterator[Cluster]:
+    """One throwaway PostgreSQL cluster for the whole run (tests.pgcluster)."""
+    with running_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(name="pg_url")
+def fixture_pg_url(pg_cluster: Cluster) -> Iterator[str]:
+    """The URL (no password) of a fresh, empty database for this test alone."""
+    url = pg_cluster.create()
+    yield url
+    pg_cluster.drop(url)
+
+
+@pytest.fixture(name="engine", params=ENGINES)
+def fixture_engine(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Engine]:
+    """Each state engine in turn."""
+    cluster = request.getfixturevalue("pg_cluster") if request.param == "postgresql" else None
+    engine = Engine(request.param, tmp_path_factory.mktemp(request.param), cluster)
+    yield engine
+    engine.close()

@@ -32,10 +32,11 @@ from walletwatch.errors import (
     Unavailable,
 )
 from walletwatch.events import EVENT_NAMES
+from walletwatch.families import CLOCK_OFFSET, DAEMON_FAMILIES, RELOAD_FAMILIES
 from walletwatch.health import EndpointHealth
 from walletwatch.metrics import WalletwatchCollector
 from walletwatch.model import Balance, Direction, Gauge, Observation, State, Transfer
-from walletwatch.render import SortedKeys
+from walletwatch.render import ReloadStatus, SortedKeys
 from walletwatch.store import Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState, Total, TrackedBalance, TrackedTransfer
@@ -678,6 +679,85 @@ class TestRendering:
         steps = list(collector.steps())
         assert steps[: len(weird.watchers)] == [None] * len(weird.watchers)
         assert b"".join(part for part in steps if part is not None) == collector.render()
+
+
+class TestFollower:
+    """A replica that does not hold the lease serves the process's own series, none else."""
+
+    @staticmethod
+    def samples(text: bytes) -> dict[str, list[tuple[dict[str, str], float]]]:
+        """Each family served, by name, with its samples' labels and values."""
+        families = parse_openmetrics(text.decode())  # type: ignore[no-untyped-call]
+        return {f.name: [(s.labels, s.value) for s in f.samples] for f in families}
+
+    def test_leads_unless_told(self, weird: Rig) -> None:
+        """walletwatch_leader is 1 on a collector nobody told otherwise (SQLite's case)."""
+        assert weird.value("walletwatch_leader") == 1.0
+
+    def test_follower_serves_only_daemon_series(self, weird: Rig) -> None:
+        """A follower serves walletwatch_leader 0 and the daemon's series; every other
+        family (accounts, health, polls, providers, sinks, buckets) has no sample."""
+        reload = ReloadStatus(successful=True, success_time=START)
+        collector = WalletwatchCollector(
+            lambda: weird.watchers, weird.telemetry, weird.clock, reload
+        )
+        leader = self.samples(collector.render(openmetrics=True))
+        collector.leading = False
+        follower = self.samples(collector.render(openmetrics=True))
+        assert follower.keys() == leader.keys() - {"walletwatch_price", "walletwatch_brand_new"}
+        own = {f.name for f in (*DAEMON_FAMILIES, *RELOAD_FAMILIES, CLOCK_OFFSET)}
+        assert {name for name, samples in follower.items() if samples} == own
+        assert follower["walletwatch_leader"] == [({}, 0.0)]
+        assert leader["walletwatch_leader"] == [({}, 1.0)]
+        for name in own - {"walletwatch_leader"}:
+            assert follower[name] == leader[name]
+        for name in ("walletwatch_balance", "walletwatch_up", "walletwatch_polls"):
+            assert leader[name]
+            assert not follower[name]
+
+    def test_text_format_follower(self, weird: Rig) -> None:
+        """The follower's text exposition parses as prometheus_client's, leader 0 in it."""
+        collector = WalletwatchCollector(lambda: weird.watchers, weird.telemetry, weird.clock)
+        collector.leading = False
+        registry = CollectorRegistry()
+        registry.register(collector)
+        assert registry.get_sample_value("walletwatch_leader") == 0.0
+        assert registry.get_sample_value("walletwatch_up", acct("plain", "kredswallet")) is None
+        assert registry.get_sample_value("walletwatch_build_info", {"version": __version__})
+
+    def test_lapsed_lease_shows_as_a_follower(self, weird: Rig) -> None:
+        """A leader not yet stepped down (its renewal hangs) whose lease may have lapsed by
+        its own clock serves leader 0 and no account series, as a follower does."""
+        collector = WalletwatchCollector(lambda: weird.watchers, weird.telemetry, weird.clock)
+        held = [True]
+        collector.lease = lambda: held[0]
+        registry = CollectorRegistry()
+        registry.register(collector)
+        assert registry.get_sample_value("walletwatch_leader") == 1.0
+        held[0] = False
+        assert collector.leading
+        assert registry.get_sample_value("walletwatch_leader") == 0.0
+        assert registry.get_sample_value("walletwatch_up", acct("plain", "kredswallet")) is None
+
+    async def test_leading_again_serves_everything_again(
+        self, weird: Rig, clock: FakeClock
+    ) -> None:
+        """A replica that steps down and takes the lease again serves what it served before,
+        with what changed meanwhile (the stuck count follows the clock)."""
+        collector = WalletwatchCollector(lambda: weird.watchers, weird.telemetry, weird.clock)
+        first = collector.render()
+        collector.leading = False
+        assert b"walletwatch_balance{" not in collector.render()
+        collector.leading = True
+        assert collector.render() == first
+        collector.leading = False
+        collector.render()
+        await clock.advance(6 * 3600.0 + 10.0)
+        collector.leading = True
+        registry = CollectorRegistry()
+        registry.register(collector)
+        flow = acct('a"b\\c\nd', "potwallet", currency="ETH", direction="deposit")
+        assert registry.get_sample_value("walletwatch_transfers_stuck", flow) == 1.0
 
 
 class TestKeptLines:

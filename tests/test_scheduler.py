@@ -113,7 +113,7 @@ class FakePoller:
         if outcome.ok:
             self.health.succeeded(endpoint, self.clock.time())
         elif outcome.retry_after is None:
-            self.health.failed(endpoint, "connection", "scripted")
+            self.health.failed(endpoint, "connection", "scripted", self.clock.time())
             self.health.counted(endpoint)
         return outcome
 

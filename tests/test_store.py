@@ -1,4 +1,8 @@
-"""The SQLite store: state survives restarts exactly, events queue in the outbox once."""
+"""The store, on SQLite and PostgreSQL: state survives restarts exactly, events queue once.
+
+The engine-neutral tests run on both engines (the ``engine`` fixture, tests/engines.py); those
+about a file (its lock, its damage, its WAL) on SQLite alone.
+"""
 
 from __future__ import annotations
 
@@ -18,12 +22,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from tests.engines import Engine
 from tests.fakes import START, FakeClock, FakePolicy, ScriptedProvider
 from tests.test_tracker import ACTION, balances, history, replay, tx
 from tests.test_web import SETTINGS, account_config
 from walletwatch.asyncstore import AsyncStore
 from walletwatch.events import Event
 from walletwatch.model import Direction, Observation, State
+from walletwatch.statesql import SqlState
 from walletwatch.store import SCHEMA_VERSION, Parked, Store, StoreError, set_aside
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState, fail, observe
@@ -42,13 +48,23 @@ def captured_logs() -> Iterator[list[MutableMapping[str, Any]]]:
 
 
 @pytest.fixture(name="store")
-def fixture_store(tmp_path: Path) -> Store:
-    """A fresh store on disk."""
+def fixture_store(engine: Engine) -> SqlState:
+    """A fresh store of each engine in turn."""
+    return engine.open(engine.place())
+
+
+@pytest.fixture(name="sqlite_store")
+def fixture_sqlite_store(tmp_path: Path) -> Store:
+    """A fresh SQLite store on disk."""
     return Store(tmp_path / "state.db")
 
 
 def step(
-    store: Store, state: AccountState, new: AccountState, events: list[Event], account: str = "acct"
+    store: SqlState,
+    state: AccountState,
+    new: AccountState,
+    events: list[Event],
+    account: str = "acct",
 ) -> AccountState:
     """Commit one tracker step."""
     store.commit(account, "westwallet", state, new, events)
@@ -58,8 +74,10 @@ def step(
 class TestRoundTrip:
     """What is committed is what is loaded."""
 
-    def test_state_round_trips(self, store: Store, tmp_path: Path) -> None:
+    def test_state_round_trips(self, engine: Engine) -> None:
         """Transfers, balances, totals, baselines and health come back equal."""
+        place = engine.place()
+        store = engine.open(place)
         state = AccountState()
         for i, obs in enumerate(
             [
@@ -78,10 +96,10 @@ class TestRoundTrip:
         new, events = fail(state, "balances", "timeout", POLICY, START + 9)
         state = step(store, state, new, events)
         store.close()
-        loaded = Store(tmp_path / "state.db").load()
+        loaded = engine.open(place).load()
         assert loaded == {"acct": state}
 
-    def test_only_changed_rows_are_written(self, store: Store) -> None:
+    def test_only_changed_rows_are_written(self, store: SqlState) -> None:
         """An unchanged transfer is not rewritten (its row keeps its old values)."""
         state, _ = observe(AccountState(), history(Direction.DEPOSIT, tx("1")), POLICY, START)
         store.commit("acct", "westwallet", AccountState(), state, [])
@@ -98,7 +116,7 @@ class TestCompact:
     """Settled transfers load compact, and compaction never writes a row without its data."""
 
     def run(
-        self, store: Store, state: AccountState, *steps: Observation, at: float = START
+        self, store: SqlState, state: AccountState, *steps: Observation, at: float = START
     ) -> AccountState:
         """Observe and commit each step a second apart, keeping what a watcher keeps."""
         for i, obs in enumerate(steps):
@@ -106,7 +124,7 @@ class TestCompact:
             state = step(store, state, new, events).saved()
         return state
 
-    def test_a_settled_row_is_written_whole_then_left_alone(self, store: Store) -> None:
+    def test_a_settled_row_is_written_whole_then_left_alone(self, store: SqlState) -> None:
         """The row of a transfer that settles is complete; later steps never rewrite it."""
         page = history(Direction.DEPOSIT, tx("1", State.OK, details=(("aml_risk", "low"),)))
         state = self.run(
@@ -123,7 +141,7 @@ class TestCompact:
         rows = store._db.execute("SELECT status, amount FROM transfers")
         assert rows.fetchall() == [("ok", "tampered")]
 
-    def test_loaded_settled_transfers_are_compact(self, store: Store) -> None:
+    def test_loaded_settled_transfers_are_compact(self, store: SqlState) -> None:
         """A loaded state keeps only transfers in flight whole; the same page changes nothing."""
         page = history(Direction.DEPOSIT, tx("1"), tx("2", State.OK))
         self.run(store, AccountState(), page)
@@ -136,7 +154,7 @@ class TestCompact:
         new, events = observe(loaded, page, POLICY, START + 60)
         assert (new is loaded, events) == (True, [])
 
-    def test_a_state_is_committed_against_its_parent(self, store: Store) -> None:
+    def test_a_state_is_committed_against_its_parent(self, store: SqlState) -> None:
         """A state two steps from the one given as old is refused whole, not half written."""
         state, _ = observe(AccountState(), history(Direction.DEPOSIT), POLICY, START)
         child, _ = observe(state, history(Direction.DEPOSIT, tx("1", State.OK)), POLICY, START + 1)
@@ -150,7 +168,7 @@ class TestCompact:
 class TestOutbox:
     """Events are queued in commit order, once per event_id, and read per sink."""
 
-    def test_events_queue_once(self, store: Store) -> None:
+    def test_events_queue_once(self, store: SqlState) -> None:
         """Committing the same event twice queues it once."""
         state, events = observe(AccountState(), balances(USDT="1"), POLICY, START)
         assert [e.event for e in events] == ["balance.low"]
@@ -158,7 +176,7 @@ class TestOutbox:
         store.commit("acct", "westwallet", AccountState(), state, events)
         assert [e.event_id for _, e in store.pending("sink")] == [events[0].event_id]
 
-    def test_cursor_per_sink(self, store: Store) -> None:
+    def test_cursor_per_sink(self, store: SqlState) -> None:
         """Acknowledging for one sink leaves another sink's queue as it was."""
         state, events = observe(AccountState(), balances(USDT="1"), POLICY, START)
         store.commit("acct", "westwallet", AccountState(), state, events)
@@ -167,7 +185,7 @@ class TestOutbox:
         assert store.pending("a") == []
         assert len(store.pending("b")) == 1
 
-    def test_event_json_round_trips(self, store: Store) -> None:
+    def test_event_json_round_trips(self, store: SqlState) -> None:
         """An event read from the outbox serializes exactly as it was written."""
         state, events = observe(AccountState(), balances(USDT="1.10"), POLICY, START)
         store.commit("acct", "westwallet", AccountState(), state, events)
@@ -175,7 +193,7 @@ class TestOutbox:
         assert loaded.to_json() == events[0].to_json()
         assert loaded.to_dict()["amount"] == "1.10"
 
-    def test_failed_commit_writes_nothing(self, store: Store) -> None:
+    def test_failed_commit_writes_nothing(self, store: SqlState) -> None:
         """A commit that fails midway leaves neither state nor events behind."""
         state, events = observe(AccountState(), balances(USDT="1"), POLICY, START)
         store._db.execute("DROP TABLE outbox")
@@ -215,7 +233,7 @@ class TestRestart:
     @given(actions=st.lists(ACTION, max_size=20), cut=st.integers(min_value=0, max_value=50))
     def test_restart_anywhere(
         self,
-        tmp_path_factory: pytest.TempPathFactory,
+        engine: Engine,
         actions: list[tuple[Direction, int, State, str, str]],
         cut: int,
     ) -> None:
@@ -227,14 +245,14 @@ class TestRestart:
             straight, emitted = observe(straight, obs, POLICY, START + i)
             straight_events.extend(emitted)
 
-        path = tmp_path_factory.mktemp("restart") / "state.db"
-        store = Store(path)
+        place = engine.place()
+        store = engine.open(place)
         state = AccountState()
         for i, obs in enumerate(observations[:cut]):
             new, events = observe(state, obs, POLICY, START + i)
             state = step(store, state, new, events)
         store.close()
-        store = Store(path)
+        store = engine.open(place)
         state = store.load().get("acct", AccountState())
         for i, obs in enumerate(observations[cut:], start=cut):
             new, events = observe(state, obs, POLICY, START + i)
@@ -382,12 +400,12 @@ class TestRefusal:
             ("photos",)
         ]
 
-    def test_unreadable_account_state(self, store: Store) -> None:
+    def test_unreadable_account_state(self, store: SqlState) -> None:
         """An account row that does not parse makes load() a StoreError naming the file."""
         state, events = observe(AccountState(), balances(USDT="1"), POLICY, START)
         step(store, AccountState(), state, events)
         store._db.execute("UPDATE accounts SET state='{\"baselined\": 7}'")
-        with pytest.raises(StoreError, match=r"state\.db: the state file is unreadable"):
+        with pytest.raises(StoreError, match=r"(\.db|/t\d+): the state (file|database) is unr"):
             store.load()
 
     def test_unopenable_path(self, tmp_path: Path) -> None:
@@ -399,8 +417,9 @@ class TestRefusal:
 class TestFullDisk:
     """A commit that runs out of space fails whole, loudly, and leaves the store usable."""
 
-    def test_full_disk_commit_leaves_nothing(self, store: Store) -> None:
+    def test_full_disk_commit_leaves_nothing(self, sqlite_store: Store) -> None:
         """SQLITE_FULL mid-commit: StoreError, nothing of the step kept, next commit works."""
+        store = sqlite_store
         state, events = observe(AccountState(), balances(USDT="500"), POLICY, START)
         state = step(store, AccountState(), state, events)
         before = store.load()
@@ -478,8 +497,10 @@ class TestFullDisk:
 class TestHousekeeping:
     """Pruned transfers leave the file; delivered old events leave the outbox; parking."""
 
-    def test_pruned_transfers_are_deleted(self, store: Store, tmp_path: Path) -> None:
-        """A transfer the tracker pruned is gone from the file, and so is its row."""
+    def test_pruned_transfers_are_deleted(self, engine: Engine) -> None:
+        """A transfer the tracker pruned is gone from the state, and so is its row."""
+        place = engine.place()
+        store = engine.open(place)
         state = AccountState()
         old = [tx(str(n), State.OK, created_at=START - 200 * 86400) for n in range(150)]
         new, events = observe(state, history(Direction.DEPOSIT, *old), POLICY, START)
@@ -491,9 +512,9 @@ class TestHousekeeping:
         count = store._db.execute("SELECT COUNT(*) FROM transfers").fetchone()[0]
         assert count == 100
         store.close()
-        assert Store(tmp_path / "state.db").load()["acct"] == state
+        assert engine.open(place).load()["acct"] == state
 
-    def test_prune_outbox_keeps_what_a_sink_still_needs(self, store: Store) -> None:
+    def test_prune_outbox_keeps_what_a_sink_still_needs(self, store: SqlState) -> None:
         """Only events older than the cut that every named sink has passed are dropped."""
         events = [
             Event("balance.low", f"id-{n}", START + n, "westwallet", "acct", {"currency": "X"})
@@ -510,7 +531,7 @@ class TestHousekeeping:
         assert store.pending_count("a") == 1
         assert store.prune_outbox(START + 10, []) == 0
 
-    def test_park_moves_the_cursor_and_keeps_the_event(self, store: Store) -> None:
+    def test_park_moves_the_cursor_and_keeps_the_event(self, store: SqlState) -> None:
         """A parked event is kept with its reason and the sink's cursor moves past it."""
         state, events = observe(AccountState(), balances(USDT="1"), POLICY, START)
         step(store, AccountState(), state, events)

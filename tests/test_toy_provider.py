@@ -348,8 +348,9 @@ class TestToyProvider:
         confirmed = events(tmp_path / "events.jsonl", "deposit.confirmed")
         assert [(e["transfer_id"], e["state"]) for e in confirmed] == [("1", "ok")]
         assert len(events(tmp_path / "events.jsonl", "deposit.detected")) == 1
-        assert "toy-acct" in page
-        assert ">up<" in page
+        assert "<b>toy-acct</b><div class='muted'>toy</div>" in page
+        assert "✔ up" in page
+        assert "</code> USD" in page  # its balance
 
 
 def _later(read: Any) -> Any:

@@ -29,6 +29,7 @@ from walletwatch.config import AccountConfig, ProviderSettings
 from walletwatch.errors import Unavailable
 from walletwatch.metrics import WalletwatchCollector
 from walletwatch.model import Balance, Direction, Observation
+from walletwatch.operator import OperatorView
 from walletwatch.store import Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState
@@ -127,8 +128,9 @@ def fixture_site(store: AsyncStore) -> Site:
 
 @pytest.fixture(name="client")
 async def fixture_client(site: Site) -> AsyncIterator[WebClient]:
-    """A client of the app served on 127.0.0.1."""
-    app = create_app(site.collector, lambda: site.watchers)
+    """A client of the app served on 127.0.0.1, the status page and API over the site."""
+    view = OperatorView(lambda: site.watchers, lambda: site.store, site.clock)
+    app = create_app(site.collector, lambda: site.watchers, view=view, clock=site.clock)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         yield client
 
@@ -353,19 +355,19 @@ class TestProbes:
         assert (await client.get("/readyz")).status == 200
 
 
-class TestIndex:
+class TestStatusPage:
     async def test_lists_accounts_with_escaped_names(self, site: Site, client: WebClient) -> None:
-        """The index lists every account, its name HTML-escaped."""
+        """The page lists every account, its name HTML-escaped, under a strict policy."""
         site.add("<script>alert('x')</script>")
         site.add("ops & treasury", "kredswallet")
         response = await client.get("/")
         assert response.status == 200
         assert response.headers["Content-Type"].split(";")[0] == "text/html"
+        assert response.headers["Content-Security-Policy"].startswith("default-src 'none'")
         page = await response.text()
-        assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
-        assert "<script>" not in page
-        assert "<td>ops &amp; treasury</td>" in page
-        assert "<td>kredswallet</td>" in page
+        assert "<b>&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;</b>" in page
+        assert page.count("<script>") == 1  # the page's own
+        assert "<b>ops &amp; treasury</b><div class='muted'>kredswallet</div>" in page
 
     async def test_shows_each_accounts_state(self, site: Site, client: WebClient) -> None:
         """An account shows as waiting before its polls, up when they succeed, DOWN on failure."""
@@ -373,8 +375,21 @@ class TestIndex:
         for endpoint in ENDPOINTS:
             await site.poll(up, endpoint, answer(endpoint))
             await site.poll(down, endpoint, answer(endpoint))
-        await site.poll(down, "withdrawals", Unavailable("down"))
+        await site.poll(down, "withdrawals", Unavailable("connection refused"))
         page = await (await client.get("/")).text()
-        assert f"<td>{waiting.name}</td><td>waiting</td>" in page
-        assert f"<td>{up.name}</td><td>up</td><td>1.25 BTC</td>" in page
-        assert f"<td>{down.name}</td><td>DOWN</td>" in page
+        row = "<tr class='row-{}'><td data-label='State'><span class='badge {}'>{}</span></td>"
+        assert (
+            row.format("waiting", "waiting", "… waiting")
+            + f"<td data-label='Account' class='who'><b>{waiting.name}</b>"
+        ) in page
+        assert (
+            row.format("up", "up", "✔ up")
+            + f"<td data-label='Account' class='who'><b>{up.name}</b>"
+        ) in page
+        assert (
+            row.format("down", "down", "✖ DOWN")
+            + f"<td data-label='Account' class='who'><b>{down.name}</b>"
+        ) in page
+        assert "<b>withdrawals</b>: connection refused" in page
+        assert page.index(down.name) < page.index(waiting.name) < page.index(up.name)
+        assert "<code>1.25</code> BTC" in page

@@ -444,6 +444,7 @@ class TestConfig:
         """A bare webhook gets a stable name from its URL, a 10 s timeout, no signature."""
         config = self.parse([{"type": "webhook", "url": "https://hooks.example/x?t=1"}], tmp_path)
         (hook,) = config.sinks
+        assert isinstance(hook, WebhookConfig)
         assert hook.name.startswith("webhook-")
         assert (
             hook.name
@@ -470,6 +471,7 @@ class TestConfig:
             {"URL": "https://hooks.example/x", "AUTH": "Bearer z"},
         )
         (hook,) = config.sinks
+        assert isinstance(hook, WebhookConfig)
         assert hook.url.reveal() == "https://hooks.example/x"
         assert hook.secret is not None
         assert hook.secret.reveal() == "from-file"
@@ -483,7 +485,7 @@ class TestConfig:
             ([{"url": "https://h/x"}], "sinks[0]: missing required key 'type'"),
             (
                 [{"type": "slack", "url": "https://h/x"}],
-                "sinks[0].type: expected one of 'webhook'; got 'slack'",
+                "sinks[0].type: expected one of 'webhook', 'alertmanager'; got 'slack'",
             ),
             ([{"type": "webhook"}], "sinks[0]: missing required key 'url'"),
             (

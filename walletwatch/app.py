@@ -24,32 +24,31 @@ from walletwatch.arbiter import Slots
 from walletwatch.asyncstore import AsyncStore
 from walletwatch.budget import TokenBucket, paced
 from walletwatch.clockwatch import ClockWatch
+from walletwatch.collecthold import HOLD
 from walletwatch.config import AccountConfig, Config
+from walletwatch.configmodel import Secret
 from walletwatch.context import Nonces, ProviderContext, Shared
 from walletwatch.errors import ConfigError, StartupError
 from walletwatch.events import Event
+from walletwatch.filewatch import watch_file
 from walletwatch.hostcheck import path_problems
 from walletwatch.http import Http
+from walletwatch.leadership import Leadership
 from walletwatch.metrics import WalletwatchCollector
+from walletwatch.operator import OperatorView
+from walletwatch.pgstore import PgStore
 from walletwatch.providers import REGISTRY
 from walletwatch.push import push_server
 from walletwatch.reload import RESTART_KEYS, changes, restart_needed, slices, yield_loop
 from walletwatch.render import ReloadStatus
 from walletwatch.scheduler import Scheduler
-from walletwatch.sinks import (
-    DELIVERY_GRACE,
-    Dispatcher,
-    FileSink,
-    StreamSink,
-    WebhookSink,
-    stdout_json,
-)
-from walletwatch.store import MEMORY, StateFileLost, Store
+from walletwatch.sinks import DELIVERY_GRACE, Dispatcher, stdout_json
+from walletwatch.sinkset import InFlight, build_sinks
+from walletwatch.store import MEMORY, Store
 from walletwatch.telemetry import Telemetry
 from walletwatch.tracker import AccountState
-from walletwatch.types import Clock, ProviderFactory, Sink
+from walletwatch.types import Clock, ProviderFactory
 from walletwatch.watcher import AccountWatcher
-from walletwatch.web import HOLD
 from walletwatch.webserver import WebServer
 
 log = structlog.get_logger("walletwatch.app")
@@ -68,6 +67,10 @@ def check_supported(config: Config, providers: Mapping[str, ProviderFactory]) ->
     ]
     if problems:
         raise ConfigError(problems)
+
+
+def _revealed(secret: Secret | None) -> str | None:
+    return None if secret is None else secret.reveal()
 
 
 class Daemon:
@@ -114,6 +117,11 @@ class Daemon:
         self.push = push_server(config.push, clock, self.telemetry.push, self)
         self._web = WebServer(config, clock, self.telemetry.web, self.push)
         self._nonces: Nonces | None = None
+        # PostgreSQL: replicas share the state and the lease says which one leads. Not for
+        # `once` (a throwaway state_path is given): it must not lead, nor wait to.
+        self._replicated = config.store is not None and state_path is None
+        self._leadership: Leadership | None = None
+        self._lease_task: asyncio.Task[None] | None = None
         self._polling = False
         self._renders_frozen = False  # True once a render after the last freeze was frozen too
         self._reloading = asyncio.Lock()
@@ -139,44 +147,41 @@ class Daemon:
     async def _start(self, *, serve: bool) -> None:
         # Refusals first, before anything is created: a state file made by a start that then
         # fails on its address would be a silent new baseline at the next one.
-        problems = path_problems(self._state_path, self.config.events_file)
+        replicated = self._replicated
+        state_path = MEMORY if replicated else self._state_path
+        problems = path_problems(state_path, self.config.events_file)
         if problems:
             raise StartupError("; ".join(problems))
         if serve:
             await self._web.bind()
-        store = AsyncStore(Store(self._state_path))
-        self._store = store
-        states = await store.call(store.store.load)
-        if self._state_path != MEMORY:
-            self._file_task = asyncio.create_task(self._watch_file(store), name="state-file")
-        nonces = self._nonces = await Nonces.load(self.clock, store)
-        self._session = session = aiohttp.ClientSession(
+        self._session = aiohttp.ClientSession(
             headers={"User-Agent": f"walletwatch/{__version__}"},
             connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
             trust_env=False,
         )
-        sinks: list[Sink] = []
-        if self._stdout is not None:
-            sinks.append(StreamSink(self._stdout, render=self._stdout_lines))
-        if self.config.events_file is not None:
-            sinks.append(FileSink(self.config.events_file))
-        sinks.extend(WebhookSink(hook, session, self.clock) for hook in self.config.sinks)
-        self._dispatcher = Dispatcher(
-            store,
-            sinks,
-            self.clock,
-            telemetry=self.telemetry,
-            # Delivered events are kept as long as the longest-kept transfers.
-            retention=max(a.retention for a in self.config.accounts),
-        )
-        await self._dispatcher.prepare()
-        for account in self.config.accounts:
-            self.watchers[account.name] = self._watcher(
-                account, states.get(account.name), store, session, nonces
+        if self.config.store is not None and replicated:
+            self.collector.leading = False  # until the lease is taken
+            pg = PgStore(self.config.store.url, _revealed(self.config.store.password))
+            self._store = AsyncStore(pg)
+            self._leadership = Leadership.open(
+                self.config.store, pg, self.clock, on_lead=self._lead, on_follow=self._follow
             )
-        self._dispatcher.start()
+            self.collector.lease = self._leadership.leading
+            self._lease_task = asyncio.create_task(self._leadership.run(), name="lease")
+        else:
+            sqlite = Store(self._state_path)
+            self._store = AsyncStore(sqlite)
+            if self._state_path != MEMORY:
+                self._file_task = asyncio.create_task(
+                    watch_file(self._store, sqlite, self.telemetry, self.clock, self._period),
+                    name="state-file",
+                )
+            await self._lead()
         if serve:
-            await self._web.serve(self.collector, self.watchers.values, self._rendered)
+            view = OperatorView(
+                self.watchers.values, lambda: self.store, self.clock, leading=self.collector.leads
+            )
+            await self._web.serve(self.collector, self.watchers.values, self._rendered, view)
         log.info(
             "walletwatch.started",
             version=__version__,
@@ -184,31 +189,62 @@ class Daemon:
             listen=self.url if serve else None,
         )
 
-    async def _watch_file(self, store: AsyncStore) -> None:
-        """Check, every shortest account interval, that the state file is the one opened.
+    async def _lead(self) -> None:
+        """Load the state, start delivering events, build every watcher; poll if polling.
 
-        Commits are refused by the store itself while it is not; this is what reports it
-        (``state_file_ok``, and so ``up``) when no poll has anything to commit.
+        At start with SQLite; with PostgreSQL each time this replica takes the lease.
         """
-        while True:
-            period = min((a.interval for a in self.config.accounts), default=60.0)
-            await self.clock.sleep(period)
-            try:
-                await store.call(store.store.check_file)
-            except StateFileLost as err:
-                if self.telemetry.state_file_ok:
-                    log.error(  # noqa: TRY400 - the message says it all; no traceback
-                        "store.file_lost",
-                        path=str(store.store.path),
-                        error=str(err),
-                        note="no commit is made until it is back; restart walletwatch to "
-                        "start afresh (a new baseline) or put the file back",
-                    )
-                self.telemetry.state_file_ok = False
-            else:
-                if not self.telemetry.state_file_ok:
-                    log.info("store.file_recovered", path=str(store.store.path))
-                self.telemetry.state_file_ok = True
+        store, session = self.store, self._session
+        if session is None:
+            raise RuntimeError("the session is made by start()")
+        async with self._reloading:
+            states = await store.call(store.store.load)
+            nonces = self._nonces = await Nonces.load(self.clock, store)
+            sinks = build_sinks(
+                self.config,
+                stdout=self._stdout,
+                stdout_lines=self._stdout_lines,
+                session=session,
+                clock=self.clock,
+                store=store,
+                in_flight=InFlight(self.watchers, lambda: self.config),
+            )
+            self._dispatcher = Dispatcher(
+                store,
+                sinks,
+                self.clock,
+                telemetry=self.telemetry,
+                # Delivered events are kept as long as the longest-kept transfers.
+                retention=max(a.retention for a in self.config.accounts),
+            )
+            await self._dispatcher.prepare()
+            for account in self.config.accounts:
+                self.watchers[account.name] = self._watcher(
+                    account, states.get(account.name), store, session, nonces
+                )
+            self._dispatcher.start()
+            self.collector.leading = True
+            if self._polling:
+                self.scheduler.progress = self.clock.monotonic()  # not stalled while following
+                for watcher in self.watchers.values():
+                    self.scheduler.start(watcher, watcher.endpoints)
+                self._freeze()
+
+    async def _follow(self) -> None:
+        """Stop polling and delivering, drop the watchers: another replica leads now."""
+        async with self._reloading:
+            self.collector.leading = False
+            await asyncio.gather(*(self.scheduler.stop_poller(name) for name in self.watchers))
+            self.watchers.clear()  # in place: the collector and the web server read this dict
+            self._nonces = None
+            if self._dispatcher is not None:
+                # Nothing more is delivered: the new leader delivers from the shared outbox.
+                await self._dispatcher.close(0.0)
+                self._dispatcher = None
+
+    def _period(self) -> float:
+        """The shortest account interval: how often the state file is checked."""
+        return min((a.interval for a in self.config.accounts), default=60.0)
 
     def _watcher(
         self,
@@ -239,6 +275,7 @@ class Daemon:
             ),
             max_backoff=settings.max_backoff,
             credential_names=tuple(account.credentials),
+            gate=None if self._leadership is None else self._leadership.leading,
         )
         context = ProviderContext(settings, http, self.clock, nonces, self._shared)
         client = self._providers[account.provider](account, context)
@@ -345,8 +382,16 @@ class Daemon:
         reload done in one go stalled polls, scrapes and the watchdog for seconds.
         """
         store, session, nonces = self._store, self._session, self._nonces
-        if store is None or session is None or nonces is None:
+        if store is None or session is None:
             raise RuntimeError("reload before start")
+        if nonces is None:  # a follower: its accounts are built from the config when it leads
+            async with self._reloading:
+                kept = {k: getattr(self.config, k) for k in RESTART_KEYS}
+                restart = restart_needed(self.config, new)
+                self.config = dataclasses.replace(new, **kept)
+                self.reload_status.successful = True
+                self.reload_status.success_time = self.clock.time()
+            return restart
         try:
             check_supported(new, self._providers)
         except ConfigError:
@@ -436,6 +481,13 @@ class Daemon:
         if self._dispatcher is not None:
             # Bounded: SHUTDOWN_GRACE + DELIVERY_GRACE + WEB_GRACE, inside TimeoutStopSec=30s.
             await self._dispatcher.close(DELIVERY_GRACE)
+        if self._leadership is not None:
+            await self._leadership.release()  # after the last commit and acknowledgement
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            await asyncio.gather(self._lease_task, return_exceptions=True)
+        if self._leadership is not None:
+            self._leadership.close()
         await self._web.close()
         if self._session is not None:
             await self._session.close()

@@ -1,4 +1,4 @@
-"""The ``walletwatch`` command: run, check, once, simulate, demo, --version."""
+"""The walletwatch command: run, check, once, status, simulate, demo, migrate-state, --version."""
 
 from __future__ import annotations
 
@@ -24,19 +24,28 @@ from walletwatch.app import Daemon
 from walletwatch.clock import SystemClock
 from walletwatch.config import Config, Listen, load_config
 from walletwatch.configpush import push_lines
+from walletwatch.configstore import store_argument
 from walletwatch.console import event_line
 from walletwatch.demo import demo_config, simulator_banner, subscribe_pushes
-from walletwatch.errors import ConfigError, RateLimited, StateDamaged, WalletwatchError
+from walletwatch.errors import (
+    ConfigError,
+    RateLimited,
+    StartupError,
+    StateDamaged,
+    WalletwatchError,
+)
 from walletwatch.events import Event
 from walletwatch.hostcheck import path_problems
 from walletwatch.loader import load_config_apart
+from walletwatch.migrate import add_command as add_migrate_command
 from walletwatch.model import plain
 from walletwatch.notify import notify, watchdog, watchdog_period
 from walletwatch.shard import Shard, parse_shard
 from walletwatch.sim import Simulator, start
 from walletwatch.sim.faults import parse_faults
 from walletwatch.sinks import stdout_json
-from walletwatch.store import StateLock, StateLocked, set_aside
+from walletwatch.statuscmd import add_parser as add_status_parser
+from walletwatch.store import MEMORY, StateLock, StateLocked, set_aside
 from walletwatch.watcher import AccountWatcher
 
 log = structlog.get_logger("walletwatch.cli")
@@ -101,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     once.add_argument("--json", action="store_true", help="print JSON instead of a table")
     once.set_defaults(func=cmd_once)
 
+    add_status_parser(sub)  # walletwatch status: statuscmd.py
+
     simulate = sub.add_parser("simulate", help="run the provider simulator alone")
     simulate.add_argument(
         "--listen",
@@ -132,7 +143,9 @@ def _parser() -> argparse.ArgumentParser:
         help="HOST:PORT of the daemon's /metrics and status page (default 127.0.0.1:10101)",
     )
     demo.add_argument("--tick", type=float, default=3.0, help="seconds per scenario step")
+    demo.add_argument("--store", type=store_argument, default=None, help="a postgresql:// URL")
     demo.set_defaults(func=cmd_demo)
+    add_migrate_command(sub)
     return parser
 
 
@@ -157,7 +170,8 @@ def _listen(text: str) -> Listen:
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate the config, and that this host can write its files; problems exit 2."""
     config = load_config(args.config, shard=args.shard, offline=args.offline)
-    problems = [] if args.offline else path_problems(config.state_path, config.events_file)
+    state_path = MEMORY if config.store is not None else config.state_path  # no file then
+    problems = [] if args.offline else path_problems(state_path, config.events_file)
     if problems:
         raise ConfigError(problems)
     print(f"{args.config}: OK, {len(config.accounts)} account(s)", *push_lines(config), sep="\n")
@@ -168,6 +182,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM or SIGINT."""
     config = load_config(args.config, shard=args.shard)
     logs.configure(config.log_format, sys.stdout)
+    if args.reset_state and config.store is not None:
+        raise StartupError("--reset-state moves a state_path aside; this config has a store:")
     if args.reset_state:
         try:
             reset_state(config.state_path)  # any other StoreError: main() prints it, exit 1
@@ -471,6 +487,7 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
     runner, port = await start(sim, "127.0.0.1", 0, tick=args.tick)
     try:
         config = demo_config(f"http://127.0.0.1:{port}", args.listen, workdir)
+        config = dataclasses.replace(config, store=args.store)
         logs.configure(config.log_format, sys.stdout)
         banner = (
             "walletwatch demo: metrics at {url}/metrics, overview at {url}/ ; events in "

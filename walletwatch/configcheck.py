@@ -6,7 +6,6 @@ Value validators live in ``schema.py``; each provider's contract comes from its 
 from __future__ import annotations
 
 import difflib
-import hashlib
 import re
 import ssl
 from collections.abc import Callable, Mapping, Sequence
@@ -14,9 +13,8 @@ from dataclasses import fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
-from walletwatch import configpush, schema
+from walletwatch import configpush, configsinks, schema
 from walletwatch.configload import kind_of, resolve_secret
 from walletwatch.configmodel import (
     DEFAULT_FAST_INTERVAL,
@@ -28,8 +26,8 @@ from walletwatch.configmodel import (
     ProviderSettings,
     Secret,
     WebConfig,
-    WebhookConfig,
 )
+from walletwatch.configstore import checked_store
 from walletwatch.errors import ConfigError
 from walletwatch.providers import SCHEMAS
 from walletwatch.schema import Invalid, ProviderSchema, describe, format_duration
@@ -83,12 +81,6 @@ _RETENTION = schema.duration(86400.0)
 _WEB_KEYS = ("tls_server_config", "basic_auth_users")
 _TLS_KEYS = ("cert_file", "key_file")
 _BCRYPT = re.compile(r"\$2[aby]?\$\d\d\$[./A-Za-z0-9]{53}")
-_SINK_KEYS = ("type", "name", "url", "headers", "secret", "timeout")
-_SINK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-_BUILTIN_SINKS = ("stdout", "events_file")
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-# Headers the webhook sink sets itself.
-_OWN_HEADERS = ("content-type", "content-length", "host", "x-walletwatch-")
 
 Sources = Sequence[tuple[str, Mapping[Any, object]]]  # (path prefix, mapping); first one wins
 
@@ -116,12 +108,6 @@ def _option_owners() -> Mapping[str, tuple[str, ...]]:
 
 def _listen(value: object) -> Listen:
     return Listen(*schema.listen_address(value))
-
-
-def _sink_name(value: object) -> str:
-    if isinstance(value, str) and _SINK_NAME.fullmatch(value):
-        return value
-    raise Invalid(f"invalid sink name {describe(value)}: use letters, digits, '_', '.' and '-'")
 
 
 class _Checker:
@@ -178,11 +164,12 @@ class _Checker:
         self.check_defaults(defaults)
         providers = self.providers(self.field(top, "providers", schema.optional_mapping, _EMPTY))
         accounts = self.accounts(data.get("accounts"), defaults)
-        sinks = self.sinks(data.get("sinks"))
+        sinks = configsinks.sinks(self, data.get("sinks"))
         shard = self.field(top, "shard", schema.nullable(parse_shard), None)
         web = self.field(top, "web", schema.nullable(self.web), None)
-        parts = (listen, state_path, events_file, log_format, providers, accounts, sinks, shard)
-        return configpush.with_push(self, data, Config(*parts, web))
+        config = Config(listen, state_path, events_file, log_format, providers, accounts, sinks)
+        config = replace(config, shard=shard, web=web, store=checked_store(self, data))
+        return configpush.with_push(self, data, config)
 
     def web(self, value: object) -> WebConfig:
         """The ``web`` block: exporter-toolkit's tls_server_config and basic_auth_users."""
@@ -295,85 +282,6 @@ class _Checker:
                 seen.add(account.name)
             accounts.append(account)
         return tuple(accounts)
-
-    def sinks(self, raw: object) -> tuple[WebhookConfig, ...]:
-        """The ``sinks`` list: webhooks, with unique names."""
-        if raw is None:
-            return ()
-        if not isinstance(raw, list):
-            self.add("sinks", f"expected a list of sinks, got {describe(raw)}")
-            return ()
-        sinks: list[WebhookConfig] = []
-        names = set(_BUILTIN_SINKS)
-        for index, item in enumerate(raw):
-            path = f"sinks[{index}]"
-            if not isinstance(item, Mapping):
-                self.add(path, f"expected a mapping, got {describe(item)}")
-                continue
-            sink = self.webhook(path, item)
-            if sink is None:
-                continue
-            if sink.name in names:
-                taken = "reserved" if sink.name in _BUILTIN_SINKS else "duplicate"
-                self.add(f"{path}.name", f"{taken} sink name {sink.name!r}")
-            names.add(sink.name)
-            sinks.append(sink)
-        return tuple(sinks)
-
-    def webhook(self, path: str, raw: Mapping[Any, object]) -> WebhookConfig | None:
-        """One ``type: webhook`` entry; None when it has problems."""
-        before = len(self.problems)
-        self.unknown_keys(path, raw, _SINK_KEYS)
-        here = [(path, raw)]
-        self.require(here, "type", schema.choice("webhook"), None)
-        url = self.require(here, "url", self.webhook_url, None)
-        default = "webhook"
-        if url is not None:  # stable across restarts, and shows nothing of the URL
-            default += "-" + hashlib.sha256(url.reveal().encode()).hexdigest()[:8]
-        name = self.field(here, "name", _sink_name, default)
-        headers = self.field(here, "headers", self.headers, _EMPTY)
-        secret = self.field(here, "secret", lambda v: Secret(self.secret(v)), None)
-        timeout = self.field(here, "timeout", _POSITIVE, 10.0)
-        if url is None or len(self.problems) > before:
-            return None
-        return WebhookConfig(name, url, headers, secret, timeout)
-
-    def webhook_url(self, value: object) -> Secret:
-        """An http(s) URL, literal or from a secret source; problems never show it."""
-        text = self.secret(value)
-        try:
-            parts = urlsplit(text)
-            _ = parts.port  # raises on a port that is not a number
-        except ValueError:
-            parts = None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise Invalid("expected an http(s) URL such as 'https://host/hook' (value not shown)")
-        return Secret(text)
-
-    def headers(self, value: object) -> Mapping[str, Secret]:
-        """Extra request headers: name -> literal or secret source."""
-        if not isinstance(value, Mapping):
-            raise Invalid(f"expected a mapping of header names to values, got {describe(value)}")
-        headers, problems = {}, []
-        for name, text in value.items():
-            if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
-                problems.append(("", f"invalid header name {describe(name)}"))
-                continue
-            if name.lower().startswith(_OWN_HEADERS):
-                problems.append((f".{name}", "set by walletwatch; cannot be configured"))
-                continue
-            try:
-                secret = self.secret(text)
-            except Invalid as err:
-                problems.extend((f".{name}{sub}", message) for sub, message in err.problems)
-                continue
-            if not (secret.isascii() and secret.isprintable()):  # no header injection
-                problems.append((f".{name}", "value must be printable ASCII on one line"))
-                continue
-            headers[name] = Secret(secret)
-        if problems:
-            raise Invalid(problems=problems)
-        return MappingProxyType(headers)
 
     def account(
         self, path: str, raw: Mapping[Any, object], defaults: Mapping[Any, object]

@@ -21,6 +21,10 @@ DEFAULT_FAST_INTERVAL = 15.0
 """How often an endpoint covering withdrawals is polled while one is in flight, unless the
 account's ``interval`` is shorter."""
 
+DEFAULT_LEASE = 15.0
+"""Seconds a PostgreSQL leader's lease lasts unrenewed: a takeover comes this long after a
+leader dies. The leader renews it every third of that."""
+
 DEFAULT_RATE_MARGIN = 0.05
 """Buckets pace this fraction below a published limit, so network jitter never trips it."""
 
@@ -131,6 +135,29 @@ class WebhookConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertmanagerConfig:
+    """An Alertmanager sink: one alert per stuck transfer, posted to ``url``/api/v2/alerts."""
+
+    name: str  # the sink's label and cursor; stable across restarts
+    url: Secret  # Alertmanager's base URL; it may carry basic-auth credentials: never shown
+    headers: Mapping[str, Secret]
+    timeout: float  # seconds per request
+
+
+SinkConfig = WebhookConfig | AlertmanagerConfig
+"""One entry of ``sinks``."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """A PostgreSQL state that replicas share: where it is, its password, the lease's length."""
+
+    url: str  # postgresql://user@host:port/database, never with a password in it
+    password: Secret | None
+    lease: float = DEFAULT_LEASE  # seconds
+
+
+@dataclass(frozen=True, slots=True)
 class PushConfig:
     """The push receiver: its own listener, the token of its URLs, its TLS."""
 
@@ -154,9 +181,10 @@ class Config:
     log_format: str | None  # "json" | "console" | None = console when stderr is a terminal
     providers: Mapping[str, ProviderSettings]  # every registered provider
     accounts: tuple[AccountConfig, ...]
-    sinks: tuple[WebhookConfig, ...] = ()  # alert event receivers besides stdout and events_file
+    sinks: tuple[SinkConfig, ...] = ()  # alert event receivers besides stdout and events_file
     shard: Shard | None = None  # this instance polls only its shard's accounts (see shard.py)
     web: WebConfig | None = None  # TLS and basic auth of the HTTP server
+    store: StoreConfig | None = None  # PostgreSQL instead of the SQLite file at state_path
     push: PushConfig | None = None  # the push receiver, when providers call back
 
     def account(self, name: str) -> AccountConfig:

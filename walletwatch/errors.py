@@ -5,6 +5,7 @@
     WalletwatchError
     ├── ConfigError                 the configuration is unusable; carries every problem
     ├── StartupError                this host cannot run it as configured (address, paths)
+    ├── StatusUnavailable           ``walletwatch status`` could not read a daemon's API
     ├── StoreError                  the state database cannot be read or written
     │   ├── StateLocked             another running walletwatch holds the state file
     │   ├── StateDamaged            the state file is damaged, foreign or too new
@@ -53,6 +54,13 @@ class StartupError(WalletwatchError):
     """This host cannot run the config: an address in use, a directory that is missing.
 
     The message is one line naming the address or path and what to do about it.
+    """
+
+
+class StatusUnavailable(WalletwatchError):
+    """A running daemon's API could not be read: unreachable, refused, or not its answer.
+
+    The message is one line saying which; it never holds the password or the answer's body.
     """
 
 
@@ -131,3 +139,15 @@ POLL_ERROR_REASONS = (
     "internal",
     "store",
 )
+
+
+class NotLeading(WalletwatchError):
+    """This replica follows: it watches no account, so it cannot say how they are."""
+
+
+class BadParameter(WalletwatchError):
+    """A query parameter of the operator API has a value it cannot take."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter

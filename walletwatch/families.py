@@ -163,7 +163,16 @@ UNREPORTED = Family(
     CURRENCY,
 )
 BUILD_INFO = Family("build_info", "gauge", "walletwatch version.", Labels("version"))
-OUTBOX_PENDING = Family("outbox_pending", "gauge", "Events in the outbox not yet delivered.", SINK)
+LEADER = Family(
+    "leader", "gauge", "1 on the replica that holds the lease and polls (always, on SQLite)."
+)
+OUTBOX_PENDING = Family(
+    "outbox_pending",
+    "gauge",
+    "Events in the outbox not yet delivered (an Alertmanager sink adds the firing alerts its "
+    "latest re-post could not deliver).",
+    SINK,
+)
 DELIVERY_FAILURES = Family(
     "delivery_failures", "counter", "Failed attempts to deliver events.", SINK
 )
@@ -255,11 +264,20 @@ ACCOUNT_FAMILIES = (
 HEALTH_FAMILIES = (UP, LAST_SUCCESS, INTERVAL)
 TELEMETRY_FAMILIES = (
     *(POLLS, POLL_ERRORS, HTTP_REQUESTS, HTTP_DURATION, RATE_LIMITED, SCHEDULER_DELAY),
-    *(EVENTS, STORE_ERRORS, STATE_FILE_OK, MALFORMED, SKIPPED, UNREPORTED, BUILD_INFO),
+    *(EVENTS, STORE_ERRORS, STATE_FILE_OK, MALFORMED, SKIPPED, UNREPORTED, BUILD_INFO, LEADER),
     *(OUTBOX_PENDING, DELIVERY_FAILURES, EVENTS_PARKED),
     *(BUCKET_RATE, BUCKET_MAX_RATE, BUCKET_REQUESTS, BUCKET_WAIT, BUCKET_RATE_LIMITED),
     *(WEB_CONNECTIONS, WEB_CONNECTIONS_LIMIT, WEB_CONNECTIONS_CLOSED, WEB_ACCEPT_ERRORS),
 )
+DAEMON_FAMILIES = (
+    *(BUILD_INFO, LEADER, STATE_FILE_OK),
+    *(WEB_CONNECTIONS, WEB_CONNECTIONS_LIMIT, WEB_CONNECTIONS_CLOSED, WEB_ACCEPT_ERRORS),
+)
+"""The TELEMETRY_FAMILIES a follower serves too: the process's own, none about polling.
+
+The rest (and the account and health families) describe the leader's work: a follower
+serves their HELP and TYPE with no samples, so no rule sees an account twice.
+"""
 WEB_CLOSE_REASONS = ("evicted", "header_timeout", "refused")
 """The reasons of web_connections_closed_total: each is served from the start, at 0."""
 RELOAD_FAMILIES = (RELOAD_OK, RELOAD_TIME)

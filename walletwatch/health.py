@@ -38,6 +38,8 @@ class EndpointHealth:
     last_success: float | None
     reason: str | None = None
     error: str | None = None
+    failed_at: float | None = None  # the latest failed poll
+    failing_since: float | None = None  # the first failed poll since it last worked
 
 
 class AccountHealth(dict[str, EndpointHealth]):
@@ -78,19 +80,31 @@ class AccountHealth(dict[str, EndpointHealth]):
             return False
         recovered = not health.ok
         health.ok, health.last_success, health.reason, health.error = True, now, None, None
+        health.failing_since = None
         return recovered
 
-    def failed(self, endpoint: str, reason: str, error: str) -> bool:
-        """Record how a poll failed; True if the endpoint was working (or not polled) until now.
+    def failed(self, endpoint: str, reason: str, error: str, now: float) -> bool:
+        """Record how a poll failed at ``now``; True if the endpoint was working (or not
+        polled) until now.
 
         The failure is counted in a row by ``counted``, once the poll is over.
         """
         previous = self.get(endpoint)
         if previous is None:
-            self[endpoint] = EndpointHealth(ok=False, last_success=None, reason=reason, error=error)
+            self[endpoint] = EndpointHealth(
+                ok=False,
+                last_success=None,
+                reason=reason,
+                error=error,
+                failed_at=now,
+                failing_since=now,
+            )
             return True
         started = previous.ok
         previous.ok, previous.reason, previous.error = False, reason, error
+        previous.failed_at = now
+        if started or previous.failing_since is None:
+            previous.failing_since = now
         return started
 
     def counted(self, endpoint: str) -> None:

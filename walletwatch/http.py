@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -107,8 +107,10 @@ class Http:
         max_backoff: float,
         max_bytes: int = MAX_BODY_BYTES,
         credential_names: Sequence[str] = (),
+        gate: Callable[[], bool] | None = None,
     ) -> None:
         self._session = session
+        self._gate = gate  # False: this replica may not spend the key's budget now
         self._provider = provider
         self._buckets = tuple(buckets)
         self._telemetry = telemetry
@@ -157,6 +159,10 @@ class Http:
         # A slot in every bucket at once; first come, first served per credential, so signed
         # nonces reach the provider in the order they were taken.
         await acquire(self._buckets, self._polls.get(endpoint))
+        if self._gate is not None and not self._gate():
+            # Checked last, right before sending: a replica that stopped leading while it
+            # waited for its slot (or was paused) sends nothing.
+            raise Unavailable(f"{_where(method, url)}: not sent: not the leader", reason="store")
         self.last_request[endpoint] = _where(method, url)
         started = self._clock.monotonic()
         code = "error"

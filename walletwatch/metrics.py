@@ -15,6 +15,11 @@ telemetry families, so web.py runs it on the event loop a few milliseconds at a 
 is read on the loop, where nothing else runs meanwhile: no thread reads it, no copy or lock
 is needed, and a watcher's series all come from one step.
 
+A follower (a replica that does not hold the lease, ``leading`` False) serves the same
+families with samples only for the process's own (build_info, walletwatch_leader 0, the
+state file's and web server's health): whatever rule reads an account, a provider or a sink
+reads it from the leader alone.
+
 ``collect()`` hands the same bytes to a prometheus_client registry (``get_sample_value``,
 ``generate_latest``) by parsing them, so the state is walked by one piece of code only.
 """
@@ -78,6 +83,17 @@ class WalletwatchCollector(Collector):
         self._keys = TelemetryKeys(SortedKeys(), SortedKeys(), SortedKeys())
         # Watchers whose series failed at the last render (logged once, until they render).
         self._failing: weakref.WeakSet[AccountWatcher] = weakref.WeakSet()
+        # Whether this replica holds the lease and polls; its owner sets it (always so on
+        # SQLite). A follower serves no series about accounts, providers or sinks.
+        self.leading = True
+        # The lease by this replica's own clock, when there is one: a leader whose renewal
+        # hangs on a lost database shows 0 once its lease may have lapsed, before it has
+        # stepped down, so a new leader and it never both show 1 (WalletwatchSplitBrain).
+        self.lease: Callable[[], bool] | None = None
+
+    def leads(self) -> bool:
+        """Whether this replica leads now: it holds the lease, unexpired by its own clock."""
+        return self.leading and (self.lease is None or self.lease())
 
     def _report(self, watcher: AccountWatcher, error: Exception) -> None:
         """Log a watcher whose series could not be made, once until they can be again."""
@@ -112,7 +128,10 @@ class WalletwatchCollector(Collector):
         ``escaping`` is how names are escaped, as prometheus_client's encoders take it.
         """
         out = Render(self._clock.time(), self._accounts)
-        watchers = list(self._watchers())
+        leading = self.leads()  # one value for the whole render
+        if not leading:  # nothing of the accounts is served: nothing is kept for them
+            self._accounts.clear()
+        watchers = list(self._watchers()) if leading else []
         failed: dict[AccountWatcher, Exception] = {}  # a watcher's values failed its series
         # What is kept from render to render is brought up to date first, on its own: made
         # amid the render's passing lines, it pinned twice its size of memory (RSS) after.
@@ -141,7 +160,9 @@ class WalletwatchCollector(Collector):
         families = out.families(openmetrics, ACCOUNT_FAMILIES, gauges=True)
         yield from _parts(families, escaping)
         yield from _parts(out.families(openmetrics, HEALTH_FAMILIES), escaping)
-        yield from out.telemetry(self._telemetry, self._keys)
+        if leading:
+            yield from out.telemetry(self._telemetry, self._keys)
+        out.daemon(self._telemetry, leading)
         yield from _parts(out.families(openmetrics, TELEMETRY_FAMILIES), escaping)
         if self._reload is not None:
             out.reload(self._reload)

@@ -6,24 +6,40 @@ Events enter the outbox in the transaction that commits the state which produced
 
 from __future__ import annotations
 
-import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import ClassVar
 
 from walletwatch.errors import StoreError
 from walletwatch.events import Event
+from walletwatch.types import SqlConnection
 
 
-class Outbox(ABC):
-    """The outbox's queries, on the Store's connection (``Store`` is one)."""
+class SqlAccess(ABC):
+    """What the store's query mixins (the outbox, walletwatch.firing) are given: the store's
+    connection, its engine's errors, its write transaction and its fence."""
 
-    _db: sqlite3.Connection
+    _db: SqlConnection
+    _errors: ClassVar[tuple[type[Exception], ...]]
+    """The engine's errors: a statement or the connection failed."""
 
     @abstractmethod
     def _transaction(self) -> AbstractContextManager[None]:
         """One write transaction on ``_db`` (the Store's)."""
+
+    @abstractmethod
+    def _fence(self) -> None:
+        """Inside a write's transaction: raise StoreError if this process may not write.
+
+        A shared state (PostgreSQL) allows writes to the lease's holder only; a cursor moved
+        by a replica that no longer leads could move back what the leader moved on.
+        """
+
+
+class Outbox(SqlAccess):
+    """The outbox's queries, on the store's connection (either engine's store is one)."""
 
     def pending(self, sink: str, limit: int = 500) -> list[tuple[int, Event]]:
         """Events the sink has not acknowledged yet, oldest first."""
@@ -39,7 +55,7 @@ class Outbox(ABC):
             row = self._db.execute(
                 "SELECT COUNT(*) FROM outbox WHERE seq > ?", (self._cursor(sink),)
             ).fetchone()
-        except sqlite3.Error as err:
+        except self._errors as err:
             raise StoreError(f"cannot count the outbox: {err}") from err
         return int(row[0])
 
@@ -54,19 +70,22 @@ class Outbox(ABC):
                 )
                 for sink in sinks
             }
-        except sqlite3.Error as err:
+        except self._errors as err:
             raise StoreError(f"cannot count the outbox: {err}") from err
 
     def ack(self, sink: str, seq: int) -> None:
         """The sink has delivered every event up to seq."""
         try:
-            self._set_cursor(sink, seq)
-        except sqlite3.Error as err:
+            with self._transaction():
+                self._fence()
+                self._set_cursor(sink, seq)
+        except self._errors as err:
             raise StoreError(f"cannot move the cursor of sink {sink!r}: {err}") from err
 
     def _set_cursor(self, sink: str, seq: int) -> None:
         self._db.execute(
-            "INSERT INTO cursors VALUES (?, ?) ON CONFLICT(sink) DO UPDATE SET seq=excluded.seq",
+            "INSERT INTO cursors (sink, seq) VALUES (?, ?) "
+            "ON CONFLICT (sink) DO UPDATE SET seq=excluded.seq",
             (sink, seq),
         )
 
@@ -74,12 +93,16 @@ class Outbox(ABC):
         """The sink refused the event at seq for good: keep it aside and move past it."""
         try:
             with self._transaction():
+                self._fence()
                 self._db.execute(
-                    "INSERT OR REPLACE INTO parked VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO parked (sink, seq, event_id, reason, parked_at, body) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sink, seq) DO UPDATE SET "
+                    "event_id=excluded.event_id, reason=excluded.reason, "
+                    "parked_at=excluded.parked_at, body=excluded.body",
                     (sink, seq, event.event_id, reason, now, event.to_json()),
                 )
                 self._set_cursor(sink, seq)
-        except sqlite3.Error as err:
+        except self._errors as err:
             raise StoreError(f"cannot park an event of sink {sink!r}: {err}") from err
 
     def parked(self, sink: str) -> list[Parked]:
@@ -96,18 +119,22 @@ class Outbox(ABC):
         try:
             passed = min(self._cursor(sink) for sink in sinks)
             with self._transaction():
+                self._fence()
                 gone = self._db.execute(
                     "DELETE FROM outbox WHERE seq <= ? AND ts < ?", (passed, before)
                 ).rowcount
                 self._db.execute("DELETE FROM parked WHERE parked_at < ?", (before,))
-        except sqlite3.Error as err:
+        except self._errors as err:
             raise StoreError(f"cannot prune the outbox: {err}") from err
         return int(gone)
 
     def start_cursor(self, sink: str) -> None:
         """A new sink starts at the end of the outbox instead of replaying history."""
         last = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0]
-        self._db.execute("INSERT OR IGNORE INTO cursors VALUES (?, ?)", (sink, last))
+        self._db.execute(
+            "INSERT INTO cursors (sink, seq) VALUES (?, ?) ON CONFLICT (sink) DO NOTHING",
+            (sink, last),
+        )
 
     def _cursor(self, sink: str) -> int:
         row = self._db.execute("SELECT seq FROM cursors WHERE sink=?", (sink,)).fetchone()

@@ -29,6 +29,7 @@ RESTART_KEYS = (
     "sinks",
     "web",
     "push",
+    "store",
 )
 """Top-level settings a reload leaves at their running values until a restart."""
 

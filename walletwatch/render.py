@@ -46,6 +46,7 @@ from walletwatch.families import (
     IN_FLIGHT,
     INTERVAL,
     LAST_SUCCESS,
+    LEADER,
     LOW,
     MALFORMED,
     OLDEST,
@@ -199,7 +200,7 @@ class Render:
         self.lines[UP].append(UP.line(labels, count(False)))
 
     def telemetry(self, t: Telemetry, keys: TelemetryKeys) -> Iterator[None]:
-        """walletwatch's own series: polls, requests, events, delivery, rate-limit buckets."""
+        """What the leader's work counts: polls, requests, events, delivery, rate-limit buckets."""
         lines, esc = self.lines, self.escaped
         yield from keys.polls.update(t.polls)
         yield from self._counters(POLLS, t.polls, keys.polls.of(t.polls), keys.poll_lines)
@@ -226,7 +227,6 @@ class Render:
         for provider in sorted(self.providers | set(t.store_errors)):
             labels = PROVIDER.template % esc[provider]
             lines[STORE_ERRORS].append(STORE_ERRORS.line(labels, count(t.store_errors[provider])))
-        lines[STATE_FILE_OK].append(STATE_FILE_OK.line("", "1.0" if t.state_file_ok else "0.0"))
         for (provider, account, endpoint), value in sorted(t.malformed.items()):
             labels = ENDPOINT.template % (esc[account], esc[endpoint], esc[provider])
             lines[MALFORMED].append(MALFORMED.line(labels, count(value)))
@@ -237,8 +237,6 @@ class Render:
             for code in sorted(codes):
                 labels = CURRENCY.template % (esc[account], esc[code], esc[provider])
                 lines[UNREPORTED].append(UNREPORTED.line(labels, "1.0"))
-        version = BUILD_INFO.labels.template % esc[__version__]
-        lines[BUILD_INFO].append(BUILD_INFO.line(version, "1.0"))
 
         # The outbox as each sink sees it: what waits, what failed, what was refused.
         for sink in sorted(set(t.outbox_pending) | set(t.delivery_failures) | set(t.events_parked)):
@@ -249,10 +247,18 @@ class Render:
             lines[DELIVERY_FAILURES].append(DELIVERY_FAILURES.line(labels, failures))
             parked = count(t.events_parked[sink])
             lines[EVENTS_PARKED].append(EVENTS_PARKED.line(labels, parked))
-        self._web(t)
         yield
 
         yield from self._buckets(t, keys)
+
+    def daemon(self, t: Telemetry, leading: bool) -> None:
+        """The process's own series, which every replica serves, leader or follower."""
+        lines = self.lines
+        version = BUILD_INFO.labels.template % self.escaped[__version__]
+        lines[BUILD_INFO].append(BUILD_INFO.line(version, "1.0"))
+        lines[LEADER].append(LEADER.line("", "1.0" if leading else "0.0"))
+        lines[STATE_FILE_OK].append(STATE_FILE_OK.line("", "1.0" if t.state_file_ok else "0.0"))
+        self._web(t)
 
     def _web(self, t: Telemetry) -> None:
         """The web server's connections: open, the cap, and those it closed, by reason."""

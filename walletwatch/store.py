@@ -27,7 +27,6 @@ import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -36,26 +35,10 @@ import structlog
 from walletwatch.errors import StateDamaged, StateFileLost, StateLocked, StoreError
 from walletwatch.events import Event
 from walletwatch.migrations import MIGRATIONS, SCHEMA_VERSION
-from walletwatch.model import Balance, Direction, Transfer
-from walletwatch.outbox import Outbox, Parked
-from walletwatch.rows import (
-    changed,
-    optional_decimal,
-    optional_text,
-    state_from_json,
-    state_to_json,
-    transfer_from_row,
-    transfer_to_row,
-)
+from walletwatch.outbox import Parked
 from walletwatch.statelock import StateLock
-from walletwatch.tracker import (
-    AccountState,
-    Settled,
-    TrackedBalance,
-    TrackedTransfer,
-    compact,
-    prune_floors,
-)
+from walletwatch.statesql import SqlState
+from walletwatch.tracker import AccountState
 
 log = structlog.get_logger("walletwatch.store")
 
@@ -87,11 +70,20 @@ _SELECT_ACCOUNTS = (
 )
 
 
-class Store(Outbox):
-    """Synchronous access to the state database (use from one thread)."""
+class Store(SqlState):
+    """Synchronous access to the SQLite state file (use from one thread)."""
+
+    _db: sqlite3.Connection
+    _noun = "state file"
+    _errors = (sqlite3.Error,)
+    _damage = (sqlite3.DatabaseError,)
+    _select_transfers = _SELECT_TRANSFERS
+    _select_balances = _SELECT_BALANCES
+    _select_accounts = _SELECT_ACCOUNTS
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.where = str(path)
         self._lock = None if path == MEMORY else StateLock(path)
         try:
             self._open(path)
@@ -193,49 +185,35 @@ class Store(Outbox):
                     self._db.execute("ROLLBACK")
             raise
 
+    def reader(self) -> sqlite3.Connection | None:
+        """A new read-only connection to the file (WAL lets it read beside the writes); None
+        for an in-memory state, which only this Store's connection can see."""
+        if self.path == MEMORY:
+            return None
+        try:
+            db = sqlite3.connect(
+                self.path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False
+            )
+            db.execute("PRAGMA busy_timeout=5000")
+        except sqlite3.Error as err:
+            raise StoreError(f"{self.path}: cannot open the state file to read: {err}") from err
+        return db
+
+    def account_in(self, names: Sequence[str]) -> tuple[str, Any]:
+        """The names as one JSON array, unpacked by SQLite's json_each."""
+        return "account IN (SELECT value FROM json_each(?))", json.dumps(list(names))
+
     def close(self) -> None:
         """Close the database and release its lock."""
         self._db.close()
         if self._lock is not None:
             self._lock.release()
 
-    def load(self, names: Sequence[str] | None = None) -> dict[str, AccountState]:
-        """Every account's state as last committed, or only those of the accounts ``names``."""
-        try:
-            return self._load(names)
-        except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as err:
-            raise StateDamaged(f"{self.path}: the state file is unreadable: {err!r}") from err
+    def _fence(self) -> None:
+        """Nothing to check: the file's lock (statelock) already keeps every other process out."""
 
-    def _load(self, names: Sequence[str] | None) -> dict[str, AccountState]:
-        # A reload loads only the accounts it starts: reading all 10,000 would hold the GIL
-        # against the event loop for seconds to build states it throws away.
-        args = (None if names is None else json.dumps(list(names)),)  # NULL: every account
-        whole: dict[str, dict[tuple[Direction, str], TrackedTransfer]] = {}
-        settled: dict[str, dict[Direction, dict[str, Settled]]] = {}
-        shared: dict[object, Any] = {}
-        for row in self._db.execute(_SELECT_TRANSFERS, args):
-            tracked = transfer_from_row(row, shared)
-            t = tracked.transfer
-            if t.state.final:
-                entry = compact(tracked)
-                settled.setdefault(row[0], {}).setdefault(t.direction, {})[t.id] = entry
-            else:
-                whole.setdefault(row[0], {})[t.key] = tracked
-        balances: dict[str, dict[str, TrackedBalance]] = {}
-        for row in self._db.execute(_SELECT_BALANCES, args):
-            balances.setdefault(row[0], {})[row[1]] = TrackedBalance(
-                balance=Balance(row[1], Decimal(row[2]), optional_decimal(row[3])),
-                low=bool(row[4]),
-                changes=row[5],
-                low_crossings=row[6],
-            )
-        states = {}
-        for name, _provider, body in self._db.execute(_SELECT_ACCOUNTS, args):
-            state = state_from_json(
-                json.loads(body), whole.get(name, {}), settled.get(name, {}), balances.get(name, {})
-            )
-            states[name] = prune_floors(state)
-        return states
+    def _names(self, names: Sequence[str] | None) -> tuple[Any, ...]:
+        return (None if names is None else json.dumps(list(names)),)  # NULL: every account
 
     def commit(
         self,
@@ -250,100 +228,7 @@ class Store(Outbox):
         Refused (StateFileLost) while the path does not name the file this Store opened.
         """
         self.check_file()
-        try:
-            with self._transaction():
-                self._write(account, provider, old, new, events)
-        except sqlite3.Error as err:
-            raise StoreError(f"cannot commit state of account {account!r}: {err}") from err
-        except Exception as err:  # a value SQLite cannot take (a bug past parsing): same fate
-            raise StoreError(
-                f"cannot commit state of account {account!r}: {type(err).__name__}: {err}"
-            ) from err
-
-    def _write(
-        self,
-        account: str,
-        provider: str,
-        old: AccountState,
-        new: AccountState,
-        events: Sequence[Event],
-    ) -> None:
-        db = self._db
-        db.execute(
-            "INSERT OR REPLACE INTO accounts VALUES (?, ?, ?)",
-            (account, provider, json.dumps(state_to_json(new))),
-        )
-        if new.transfers is not old.transfers or new.settled is not old.settled:
-            forgotten = [
-                (account, str(d), i) for d, i in old.transfer_keys() if not new.known(d, i)
-            ]
-            db.executemany(
-                "DELETE FROM transfers WHERE account=? AND direction=? AND id=?", forgotten
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO transfers VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [transfer_to_row(account, t) for t in changed(old, new)],
-            )
-        if new.balances is not old.balances:
-            gone = [(account, c) for c in old.balances if c not in new.balances]
-            db.executemany("DELETE FROM balances WHERE account=? AND currency=?", gone)
-            db.executemany(
-                "INSERT OR REPLACE INTO balances VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        account,
-                        c,
-                        str(b.balance.available),
-                        optional_text(b.balance.pending),
-                        int(b.low),
-                        b.changes,
-                        b.low_crossings,
-                    )
-                    for c, b in new.balances.items()
-                    if old.balances.get(c) is not b
-                ],
-            )
-        db.executemany(
-            "INSERT OR IGNORE INTO outbox (event_id, account, body, ts) VALUES (?, ?, ?, ?)",
-            [(e.event_id, account, e.to_json(), e.ts) for e in events],
-        )
-
-    def load_meta(self, prefix: str) -> dict[str, str]:
-        """Every small setting whose key starts with ``prefix`` (nonce leases and the like)."""
-        rows = self._db.execute(
-            "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
-        )
-        return dict(rows.fetchall())
-
-    def save_meta(self, key: str, value: str) -> None:
-        """Durably store one small setting."""
-        try:
-            with self._transaction():
-                self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-        except sqlite3.Error as err:
-            raise StoreError(f"cannot save state setting {key!r}: {err}") from err
-
-    def transfers(
-        self, account: str, keys: Sequence[tuple[Direction, str]]
-    ) -> dict[tuple[Direction, str], Transfer]:
-        """The stored records of ``account``'s transfers ``keys`` (those it has).
-
-        For the few settled transfers whose money fields changed (``tracker.to_look_up``):
-        their compact entries in memory do not keep the values an amendment reports.
-        """
-        found: dict[tuple[Direction, str], Transfer] = {}
-        try:
-            for direction, transfer_id in keys:
-                row = self._db.execute(
-                    "SELECT * FROM transfers WHERE account=? AND direction=? AND id=?",
-                    (account, str(direction), transfer_id),
-                ).fetchone()
-                if row is not None:
-                    found[(direction, transfer_id)] = transfer_from_row(row, {}).transfer
-        except (sqlite3.Error, ValueError, KeyError, TypeError) as err:
-            raise StoreError(f"cannot read transfers of account {account!r}: {err!r}") from err
-        return found
+        super().commit(account, provider, old, new, events)
 
 
 def set_aside(path: Path, stamp: str) -> Path | None:

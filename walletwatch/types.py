@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from walletwatch.configmodel import AccountConfig
     from walletwatch.events import Event
     from walletwatch.model import Direction, Observation, Transfer
+
+
+class SqlCursor(Protocol):
+    """The rows a statement gave (sqlite3's cursor, psycopg's)."""
+
+    @property
+    def rowcount(self) -> int:
+        """How many rows the statement changed."""
+        ...
+
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class SqlConnection(Protocol):
+    """A connection taking ``?`` placeholders (sqlite3's, or walletwatch.pgstore's wrapper)."""
+
+    def execute(self, sql: str, parameters: Any = (), /) -> SqlCursor: ...
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> object: ...
+    def close(self) -> object: ...
 
 
 class Timer(Protocol):
@@ -86,3 +107,14 @@ class Sink(Protocol):
     batch_size: int  # events one deliver() gets; acknowledged when it returns
 
     async def deliver(self, events: Sequence[Event]) -> None: ...
+
+
+@runtime_checkable
+class Refreshing(Protocol):
+    """A sink that also sends on its own schedule (the Alertmanager sink's re-posts)."""
+
+    unsent: int  # what its latest sends could not deliver: shown with its pending events
+
+    async def refresh(self) -> float:
+        """Send what is due; return the seconds until more is."""
+        ...

@@ -218,7 +218,8 @@ class AccountWatcher:
         key = (self.provider, self.name, endpoint)
         self._telemetry.poll_errors[(*key, err.reason)] += 1
         message = str(err) if message is None else message
-        started = self.health.failed(endpoint, err.reason, message)
+        now = self._clock.time()
+        started = self.health.failed(endpoint, err.reason, message, now)
         # Warn when an endpoint starts failing; repeats of the same failure are debug noise.
         emit = log.warning if started else log.debug
         emit(
@@ -229,7 +230,6 @@ class AccountWatcher:
             reason=err.reason,
             error=message,
         )
-        now = self._clock.time()
         # Committing a failure count says nothing of whether the poll's facts can be.
         await self._apply(lambda s: fail(s, endpoint, err.reason, self.config, now), heals=False)
         retry_after = err.retry_after if isinstance(err, RateLimited) else None

@@ -24,6 +24,7 @@ from walletwatch.listener import (
     raise_open_files,
 )
 from walletwatch.metrics import WalletwatchCollector
+from walletwatch.operator import OperatorView
 from walletwatch.push import PUSH_CONNECTIONS, PushServer
 from walletwatch.telemetry import WebConnections
 from walletwatch.throttle import Throttle, exception_handler, throttled_logger
@@ -43,7 +44,7 @@ inside the unit's TimeoutStopSec=30s."""
 
 
 class WebServer:
-    """``/metrics``, the health checks and the index page on the config's ``listen``."""
+    """``/metrics``, the health checks, the operator API and the status page on ``listen``."""
 
     def __init__(
         self, config: Config, clock: Clock, stats: WebConnections, push: PushServer | None = None
@@ -52,6 +53,7 @@ class WebServer:
         out of the web server's share of descriptors, so polling keeps its reserve."""
         self._config = config
         self._push = push
+        self._clock = clock
         self._throttle = Throttle(clock.monotonic, LOG_INTERVAL)
         self._stats = stats
         self._files: OpenFiles | None = None
@@ -79,6 +81,7 @@ class WebServer:
         collector: WalletwatchCollector,
         watchers: Callable[[], Iterable[AccountWatcher]],
         on_render: Callable[[], None],
+        view: OperatorView | None = None,
     ) -> None:
         """Answer on the bound address, connections capped and cut off when idle."""
         listener, files = self._listener, self._files
@@ -92,6 +95,8 @@ class WebServer:
             BasicAuth(users) if users else None,
             on_render=on_render,
             first=[listener.middleware],
+            view=view,
+            clock=self._clock,
         )
         self._runner = runner = web.AppRunner(
             app,

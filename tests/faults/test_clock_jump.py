@@ -110,10 +110,9 @@ async def scraped(daemon: Daemon, name: str) -> float:
 def settled_deposits(daemon: Daemon) -> int:
     """Settled deposits the store holds for 'hot'."""
     assert daemon._store is not None
-    with daemon._store.store._db as db:
-        row = db.execute(
-            "SELECT count(*) FROM transfers WHERE account='hot' AND direction='deposit'"
-        ).fetchone()
+    row = daemon._store.store._db.execute(
+        "SELECT count(*) FROM transfers WHERE account='hot' AND direction='deposit'"
+    ).fetchone()
     return int(row[0])
 
 

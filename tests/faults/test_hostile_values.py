@@ -45,7 +45,8 @@ from walletwatch.cli import _summary, _table
 from walletwatch.clock import SystemClock
 from walletwatch.escape import SURROGATES
 from walletwatch.events import Event
-from walletwatch.web import render_index
+from walletwatch.operator import OperatorView
+from walletwatch.statuspage import status_page
 
 EXAMPLES = 80
 """Hypothesis examples: about a second of polling and rendering per 50."""
@@ -276,7 +277,7 @@ async def run(rig: Rig, case: Case, other: str) -> None:
         health = watcher.health[endpoint]
         assert outcome.ok == health.ok
         assert health.reason != "internal", (endpoint, health.error, case.body[:300])
-    check_outputs(rig, case)
+    await check_outputs(rig, case)
     rig.good()
     bystander = rig.daemon.watchers[other]
     for endpoint in bystander.endpoints:
@@ -284,7 +285,7 @@ async def run(rig: Rig, case: Case, other: str) -> None:
     assert bystander.up
 
 
-def check_outputs(rig: Rig, case: Case) -> None:
+async def check_outputs(rig: Rig, case: Case) -> None:
     """Every output takes what the example left in the state, and nothing else stopped."""
     daemon = rig.daemon
     text = daemon.collector.render().decode("utf-8")  # strict: the body is UTF-8
@@ -306,7 +307,9 @@ def check_outputs(rig: Rig, case: Case) -> None:
     rows = [_summary(w) for w in daemon.watchers.values()]
     json.dumps(rows, ensure_ascii=False).encode("utf-8")
     _table(rows).encode("utf-8")
-    render_index(daemon.watchers.values()).encode("utf-8")
+    view = OperatorView(daemon.watchers.values, lambda: daemon.store, daemon.clock)
+    for query in ({}, {"account": case.provider.name}):  # the status page, whole and filtered
+        (await status_page(view, query, daemon.clock.time())).encode("utf-8")
 
     with contextlib.closing(sqlite3.connect(daemon.config.state_path)) as db:
         bodies = [body for (body,) in db.execute("SELECT body FROM outbox")]

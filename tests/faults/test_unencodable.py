@@ -42,7 +42,6 @@ from walletwatch.exposition import EXPOSITION_ERRORS
 from walletwatch.model import Balance, Direction, Gauge, Observation
 from walletwatch.store import Store, StoreError
 from walletwatch.tracker import AccountState, TrackedBalance
-from walletwatch.web import render_index
 
 SURROGATE = "\\ud800"  # the JSON text of a lone surrogate, and the escaped text it is kept as
 WESTWALLET, BITEXBIT = BY_NAME["westwallet"], BY_NAME["bitexbit"]
@@ -287,12 +286,13 @@ class TestBehindTheParser:
         assert "\x1b]0;" not in text  # the console's own colours aside, no escape character
         assert "\x00" not in text
 
-    def test_index_page_renders(self, daemon: Daemon) -> None:
-        """The index page renders an account with unencodable balances as UTF-8 text."""
+    async def test_status_page_renders(self, daemon: Daemon) -> None:
+        """The status page shows an account with unencodable balances as UTF-8 text."""
         ww = daemon.watchers["ww"]
         ww.state = replace(ww.state, balances={RAW: TrackedBalance(Balance(RAW, Decimal(1)))})
-        page = render_index(daemon.watchers.values())
-        page.encode("utf-8")  # strict
+        async with aiohttp.ClientSession() as session, session.get(daemon.url + "/") as resp:
+            assert resp.status == 200
+            page = (await resp.read()).decode("utf-8")  # strict
         assert "\\ud800" in page
 
 

@@ -5,12 +5,16 @@ The simulator runs in a thread; ``walletwatch run``, Debian's ``prometheus`` and
 temporary directory and ports picked free on 127.0.0.1 (never the packages' defaults or
 their system services). Prometheus scrapes the daemon and evaluates ``prometheus/alerts.yml``
 every second, with every ``for:`` shortened to ``E2E_FOR`` so the test takes seconds.
+Prometheus sends its alerts to two Alertmanagers: one with a bare config, and one run with
+the routes and inhibit rules of the README's Monitoring section, to which the daemon's
+Alertmanager sink posts its per-transfer alerts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +28,8 @@ from typing import IO, Any
 import yaml
 
 from tests.monitoring.tools import (
-    alert_rules,
+    ALERTS,
+    README,
     free_port,
     get_json,
     get_text,
@@ -50,6 +55,7 @@ class Stack:
     daemon_url: str
     prometheus_url: str
     alertmanager_url: str
+    routed_url: str  # the Alertmanager run with the README's routes and inhibit rules
     workdir: Path
     started: float  # time.monotonic() when the stack began to start
 
@@ -79,8 +85,11 @@ def simulator() -> Simulator:
     return sim
 
 
-def daemon_config(sim_url: str, port: int) -> dict[str, Any]:
-    """Short intervals and thresholds; the broken account's secret is wrong."""
+def daemon_config(sim_url: str, port: int, routed_url: str) -> dict[str, Any]:
+    """Short intervals and thresholds; the broken account's secret is wrong.
+
+    The Alertmanager sink posts per-transfer alerts to the routed Alertmanager.
+    """
     base_url = f"{sim_url}/westwallet"
     name, key, secret = HOT
     broken, broken_key, _ = BROKEN
@@ -90,6 +99,7 @@ def daemon_config(sim_url: str, port: int) -> dict[str, Any]:
         "events_file": "events.jsonl",
         "log_format": "json",
         "providers": {"westwallet": {"rate_limit": 1000, "max_backoff": "2s"}},
+        "sinks": [{"type": "alertmanager", "name": "alertmanager", "url": routed_url}],
         "accounts": [
             {
                 "name": name,
@@ -114,17 +124,28 @@ def daemon_config(sim_url: str, port: int) -> dict[str, Any]:
 
 
 def e2e_rules() -> dict[str, Any]:
-    """prometheus/alerts.yml with every ``for:`` shortened to E2E_FOR; nothing else changes."""
-    rules = [{**rule, "for": E2E_FOR} if "for" in rule else rule for rule in alert_rules()]
-    return {"groups": [{"name": "walletwatch", "rules": rules}]}
+    """prometheus/alerts.yml with every ``for:`` shortened to E2E_FOR; nothing else changes
+    (the recording rules the alerts read stay, in their place)."""
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return {
+        "groups": [
+            {
+                **group,
+                "rules": [
+                    {**rule, "for": E2E_FOR} if "for" in rule else rule for rule in group["rules"]
+                ],
+            }
+            for group in groups
+        ]
+    }
 
 
-def prometheus_config(daemon: str, alertmanager: str) -> dict[str, Any]:
-    """Scrape and evaluate every second; send alerts to our Alertmanager."""
+def prometheus_config(daemon: str, *alertmanagers: str) -> dict[str, Any]:
+    """Scrape and evaluate every second; send alerts to our Alertmanagers."""
     return {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": ["rules.yml"],
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]},
         "scrape_configs": [{"job_name": "walletwatch", "static_configs": [{"targets": [daemon]}]}],
     }
 
@@ -147,6 +168,16 @@ ALERTMANAGER_CONFIG = {
         }
     ],
 }
+
+
+def routed_config() -> dict[str, Any]:
+    """The README's routes, receivers and inhibit rules, as a reader would copy them."""
+    section = README.read_text().split("\n## Monitoring\n", 1)[1].split("\n## ", 1)[0]
+    for block in re.findall(r"```yaml\n(.*?)```", section, flags=re.DOTALL):
+        config = yaml.safe_load(block)
+        if "inhibit_rules" in config:
+            return dict(config)
+    raise AssertionError("no Alertmanager config in the README's Monitoring section")
 
 
 class Process:
@@ -211,8 +242,10 @@ def running_stack(workdir: Path) -> Iterator[Stack]:
             return process
 
         daemon_port, prom_port, am_port = free_port(), free_port(), free_port()
+        routed_port = free_port()
+        routed_url = f"http://127.0.0.1:{routed_port}"
         (workdir / "walletwatch.yml").write_text(
-            yaml.safe_dump(daemon_config(sim_url, daemon_port))
+            yaml.safe_dump(daemon_config(sim_url, daemon_port, routed_url))
         )
         daemon = launch(
             "walletwatch", [sys.executable, "-m", "walletwatch", "run", "-c", "walletwatch.yml"]
@@ -229,12 +262,28 @@ def running_stack(workdir: Path) -> Iterator[Stack]:
                 "--log.level=warn",
             ],
         )
+        (workdir / "routed.yml").write_text(yaml.safe_dump(routed_config()))
+        routed = launch(
+            "alertmanager-routed",
+            [
+                alertmanager_bin,
+                "--config.file=routed.yml",
+                f"--storage.path={workdir / 'routed-data'}",
+                f"--web.listen-address=127.0.0.1:{routed_port}",
+                "--cluster.listen-address=",
+                "--log.level=warn",
+            ],
+        )
         # Prometheus starts once the daemon answers, so WalletwatchAbsent never fires.
         daemon_url = f"http://127.0.0.1:{daemon_port}"
         wait_ready(daemon, f"{daemon_url}/readyz")
         (workdir / "rules.yml").write_text(yaml.safe_dump(e2e_rules(), sort_keys=False))
         (workdir / "prometheus.yml").write_text(
-            yaml.safe_dump(prometheus_config(f"127.0.0.1:{daemon_port}", f"127.0.0.1:{am_port}"))
+            yaml.safe_dump(
+                prometheus_config(
+                    f"127.0.0.1:{daemon_port}", f"127.0.0.1:{am_port}", f"127.0.0.1:{routed_port}"
+                )
+            )
         )
         prometheus = launch(
             "prometheus",
@@ -258,12 +307,14 @@ def running_stack(workdir: Path) -> Iterator[Stack]:
                 {"type": kind, "currency": currency, "amount": amount, "status": "completed"},
             )
         wait_ready(alertmanager, f"http://127.0.0.1:{am_port}/-/ready")
+        wait_ready(routed, f"{routed_url}/-/ready")
         wait_ready(prometheus, f"http://127.0.0.1:{prom_port}/-/ready")
         yield Stack(
             sim_url=sim_url,
             daemon_url=daemon_url,
             prometheus_url=f"http://127.0.0.1:{prom_port}",
             alertmanager_url=f"http://127.0.0.1:{am_port}",
+            routed_url=routed_url,
             workdir=workdir,
             started=started,
         )

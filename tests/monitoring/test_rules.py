@@ -17,6 +17,8 @@ import pytest
 import yaml
 
 from tests.monitoring.tools import ALERTS, RUNBOOK, alert_rules, promtool, served_metrics, tool
+from walletwatch.sinks import ALERTNAMES
+from walletwatch.sinks.alerts import RUNBOOK as RUNBOOK_ANCHOR
 
 TESTS = sorted((ALERTS.parent / "tests").glob("*.yml"))
 # Alert -> the labels its summary and description must name (what its series carry).
@@ -28,7 +30,10 @@ NAMES = {
     "WalletwatchAccountDown": ("provider", "account"),
     "WalletwatchDataStale": ("provider", "account"),
     "WalletwatchRateLimited": ("provider",),
-    "WalletwatchAbsent": ("instance",),
+    "WalletwatchAbsent": (),
+    "WalletwatchNoLeader": ("job",),
+    "WalletwatchSplitBrain": ("job",),
+    "WalletwatchReplicaDown": ("instance",),
     "WalletwatchInternalError": ("provider", "account"),
     "WalletwatchStoreFailing": ("provider",),
     "WalletwatchStateFileLost": ("instance",),
@@ -45,7 +50,8 @@ THRESHOLD_METRICS = {
     "WalletwatchBalanceLow": "walletwatch_balance_low_threshold",
     "WalletwatchWithdrawalStuck": "walletwatch_transfer_stuck_threshold_seconds",
     "WalletwatchDepositStuck": "walletwatch_transfer_stuck_threshold_seconds",
-    "WalletwatchDataStale": "walletwatch_poll_interval_seconds",
+    # Recorded from walletwatch_poll_interval_seconds, kept while no replica leads.
+    "WalletwatchDataStale": "walletwatch:poll_interval_seconds:latest",
 }
 
 
@@ -113,6 +119,19 @@ class TestAlertRules:
         assert used, "no metric found"
         assert used <= served_metrics(), used - served_metrics()
 
+    def test_recorded_series_are_recorded(self) -> None:
+        """Every recorded series a rule reads is recorded by the file, from served metrics."""
+        text = ALERTS.read_text()
+        recorded = {
+            rule["record"]: rule["expr"]
+            for group in yaml.safe_load(text)["groups"]
+            for rule in group["rules"]
+            if "record" in rule
+        }
+        assert set(re.findall(r"\bwalletwatch:[a-z_:]+", text)) == set(recorded)
+        for expr in recorded.values():
+            assert set(re.findall(r"\bwalletwatch_[a-z_]+", expr)) <= served_metrics(), expr
+
     @pytest.mark.parametrize("name", sorted(NAMES))
     def test_promtool_tests_fire_and_stay_silent(self, name: str) -> None:
         """The promtool tests show the alert firing at one time and silent at another."""
@@ -121,36 +140,44 @@ class TestAlertRules:
         assert any(not case.get("exp_alerts") for case in cases), f"{name} never silent"
 
     def test_runbook_has_no_orphan_sections(self) -> None:
-        """Every alert section of the runbook belongs to an alert."""
+        """Every alert section of the runbook belongs to an alert: a rule's or the sink's."""
         sections = [
             line.removeprefix("## ")
             for line in RUNBOOK.read_text().splitlines()
             if line.startswith("## Walletwatch")
         ]
-        assert sorted(sections) == sorted(NAMES)
+        assert sorted(sections) == sorted([*NAMES, *ALERTNAMES])
+
+    @pytest.mark.parametrize("name", ALERTNAMES)
+    def test_sink_alerts_have_runbook_sections(self, name: str) -> None:
+        """The Alertmanager sink's runbook_url anchors name sections of docs/runbook.md."""
+        headings = [
+            line.removeprefix("## ")
+            for line in RUNBOOK.read_text().splitlines()
+            if line.startswith("## ")
+        ]
+        assert name in headings
+        assert RUNBOOK_ANCHOR == "docs/runbook.md#"
+        assert github_anchor(name) == name.lower()  # the anchor the sink puts after it
 
 
 class TestReadme:
     """The Prometheus and Alertmanager snippets of the README's Monitoring section are valid."""
 
     def test_snippets(self, tmp_path: Path) -> None:
-        """Scrape config, rule_files and alerting pass promtool; the inhibit rule passes amtool."""
+        """Scrape config, rule_files and alerting pass promtool; routes and inhibit rules amtool."""
         readme = (ALERTS.parents[1] / "README.md").read_text()
         section = readme.split("\n## Monitoring\n", 1)[1].split("\n## ", 1)[0]
         merged: dict[str, Any] = {}
         for block in re.findall(r"```yaml\n(.*?)```", section, flags=re.DOTALL):
             merged.update(yaml.safe_load(block))
-        assert {"scrape_configs", "rule_files", "alerting", "inhibit_rules"} <= set(merged)
+        assert {"scrape_configs", "rule_files", "alerting", "route", "inhibit_rules"} <= set(merged)
         prometheus = {k: merged[k] for k in ("scrape_configs", "alerting")}
         prometheus["rule_files"] = [str(ALERTS)]
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prometheus))
         result = promtool("check", "config", str(tmp_path / "prometheus.yml"))
         assert result.returncode == 0, result.stdout + result.stderr
-        alertmanager = {
-            "route": {"receiver": "pager"},
-            "receivers": [{"name": "pager"}],
-            "inhibit_rules": merged["inhibit_rules"],
-        }
+        alertmanager = {k: merged[k] for k in ("route", "receivers", "inhibit_rules")}
         (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager))
         checked = subprocess.run(
             [tool("amtool"), "check-config", str(tmp_path / "alertmanager.yml")],

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "prometheus" / "alerts.yml"
 DASHBOARD = ROOT / "grafana" / "walletwatch.json"
 RUNBOOK = ROOT / "docs" / "runbook.md"
+README = ROOT / "README.md"
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
 
 T = TypeVar("T")

@@ -16,7 +16,7 @@ from walletwatch.events import Event
 from walletwatch.signals import sleep_until_set
 from walletwatch.store import StoreError
 from walletwatch.telemetry import Telemetry
-from walletwatch.types import Clock, Sink
+from walletwatch.types import Clock, Refreshing, Sink
 
 log = structlog.get_logger("walletwatch.sinks")
 
@@ -61,6 +61,7 @@ class _Lane:
     """One sink's delivery state: its backoff and the signals of its own loop."""
 
     sink: Sink
+    refresh: Refreshing | None = None  # the sink, when it also sends on its own schedule
     failures: int = 0  # attempts failed since the sink last caught up (for the logs)
     streak: int = 0  # attempts failed in a row without delivering anything (for the backoff)
     unacked: int | None = None  # delivered up to this seq, but the cursor is not saved yet
@@ -90,7 +91,9 @@ class Dispatcher:
         retention: float | None = None,
     ) -> None:
         self._store = store
-        self._lanes = tuple(_Lane(sink) for sink in sinks)
+        self._lanes = tuple(
+            _Lane(sink, sink if isinstance(sink, Refreshing) else None) for sink in sinks
+        )
         self._clock = clock
         self._telemetry = telemetry or Telemetry()
         self._retention = retention
@@ -183,14 +186,22 @@ class Dispatcher:
                 log.warning("sink.undelivered_at_stop", sink=lane.sink.name, pending=left)
 
     async def _drain_lane(self, lane: _Lane) -> float | None:
-        """Deliver what is pending for one sink; return seconds until it should retry."""
+        """Deliver what is pending for one sink; return seconds until it should retry.
+
+        A sink that also sends on its own schedule (Refreshing) is refreshed after its
+        events, and its next refresh is when it should be called again.
+        """
         async with lane.lock:
             rest = lane.retry_at - self._clock.monotonic()
             if rest > 0:
                 return rest
             progress: list[int] = []
+            due = None
+            unsent = None if lane.refresh is None else lane.refresh.unsent
             try:
                 await self._drain_one(lane, progress)
+                if lane.refresh is not None:
+                    due = await lane.refresh.refresh()
             except Exception as err:  # noqa: BLE001 - any sink failure: the outbox keeps the events
                 lane.failures += 1
                 # A receiver that takes most events but fails some keeps a short rest: only
@@ -205,11 +216,14 @@ class Dispatcher:
                 emit = log.warning if lane.failures == 1 else log.debug
                 emit("sink.failed", sink=lane.sink.name, error=str(err), retry_in=wait)
                 return wait
+            finally:
+                if lane.refresh is not None and lane.refresh.unsent != unsent:
+                    self._recount.set()  # its unsent alerts count with its pending events
             if lane.failures:
                 log.info("sink.recovered", sink=lane.sink.name, failures=lane.failures)
             lane.failures = lane.streak = 0
             lane.retry_at = -math.inf
-            return None
+            return due
 
     async def _drain_one(self, lane: _Lane, progress: list[int]) -> None:
         """Deliver batch after batch until none is left; ``progress`` gets each seq passed."""
@@ -265,6 +279,9 @@ class Dispatcher:
             counts = await self._store.call(self._store.store.pending_counts, names)
         except StoreError:
             return  # the gauges keep their last values; the failure shows elsewhere
+        for lane in self._lanes:
+            if lane.refresh is not None:
+                counts[lane.sink.name] += lane.refresh.unsent
         self._telemetry.outbox_pending.update(counts)
 
     async def _prune(self) -> None:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from enum import Enum
 from urllib.parse import parse_qsl
 
 import aiohttp
 from yarl import URL
 
-from walletwatch.config import WebhookConfig
+from walletwatch.config import Secret, WebhookConfig
 from walletwatch.errors import redact
 from walletwatch.events import Event
 from walletwatch.http import parse_retry_after
@@ -58,20 +58,27 @@ def signature(secret: str, body: bytes) -> str:
 def webhook_secrets(config: WebhookConfig) -> tuple[str, ...]:
     """Every string of a webhook's config that an echo of its request could show.
 
+    Those of its URL and headers (``request_secrets``), and the HMAC key.
+    """
+    hidden = set(request_secrets(config.url.reveal(), config.headers))
+    if config.secret is not None:
+        hidden.add(config.secret.reveal())
+    return tuple(sorted(hidden))
+
+
+def request_secrets(url: str, headers: Mapping[str, Secret]) -> tuple[str, ...]:
+    """Every string of a request's URL and header values that an echo of it could show.
+
     The URL whole and as sent on the request line (path and query, raw and decoded), its
     query, its password and the Basic credentials aiohttp makes of it, each long path segment
-    and query value; each header value whole and its long words; the HMAC key.
+    and query value; each header value whole and its long words.
     """
-    return tuple(sorted(set(_url_secrets(config.url.reveal())) | set(_config_secrets(config))))
-
-
-def _config_secrets(config: WebhookConfig) -> Iterator[str]:
-    for value in config.headers.values():
+    hidden = set(_url_secrets(url))
+    for value in headers.values():
         text = value.reveal()
-        yield text
-        yield from (word for word in text.split() if len(word) >= MIN_HIDDEN)
-    if config.secret is not None:
-        yield config.secret.reveal()
+        hidden.add(text)
+        hidden.update(word for word in text.split() if len(word) >= MIN_HIDDEN)
+    return tuple(sorted(hidden))
 
 
 def _url_secrets(raw: str) -> Iterator[str]:
@@ -132,7 +139,7 @@ class WebhookSink:
                 raise
             except Exception as err:  # noqa: BLE001 - any failure of the request keeps the event
                 # Not chained: aiohttp's errors carry the URL in their text and request_info.
-                message = redact(_transport_error(err), hidden)
+                message = redact(transport_error(err), hidden)
                 raise DeliveryError(message, delivered=index) from None
 
     async def _post(
@@ -171,7 +178,7 @@ class WebhookSink:
             )
 
 
-def _transport_error(err: Exception) -> str:
+def transport_error(err: Exception) -> str:
     """Describe a failed request without its URL, which may carry a token."""
     if isinstance(err, TimeoutError):
         return "timed out"

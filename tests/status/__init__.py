@@ -1,0 +1,1 @@
+"""walletwatch status: against a fake operator API on loopback, and against a real daemon."""
