@@ -23,6 +23,7 @@ from walletwatch.scheduler import HINT_GAP, STARTUP_SPREAD
 from walletwatch.sim import ApiSim, Simulator
 
 INTERVAL = 60.0
+RETRY_STEPS = 30  # fake seconds a failed first poll's retry may take: half the interval
 STEP = 0.001  # fake seconds a wait moves on at a time: a slot of the 1000/s key
 
 
@@ -69,6 +70,12 @@ async def fixture_rig(provider: str, tmp_path: Path) -> AsyncIterator[Rig]:
             await clock.advance(STARTUP_SPREAD)
             watcher = daemon.watchers[account.name]
             await waiting(clock, lambda: watcher.polled)
+            for _ in range(RETRY_STEPS):  # a first poll that failed (a loaded host) retries
+                if watcher.up:
+                    break
+                await clock.advance(1.0)
+                await asyncio.sleep(0.05)
+            assert watcher.up
             await clock.advance(HINT_GAP)  # the baseline's polls are HINT_GAP behind
             yield Rig(clock, sim, account, daemon, sim_url, http)
         finally:
