@@ -12,7 +12,7 @@ import pytest
 from tests.fakes import FakeClock, settle
 from tests.test_scheduler import FakePoller, LowRandom
 from walletwatch.budget import TokenBucket
-from walletwatch.scheduler import HINT_GAP, STARTUP_SPREAD, Outcome, Scheduler
+from walletwatch.scheduler import HINT_BURST, HINT_GAP, STARTUP_SPREAD, Outcome, Scheduler
 
 TRANSFERS = ("deposits", "withdrawals")
 ENDPOINTS = ("balances", *TRANSFERS)
@@ -140,8 +140,9 @@ class TestFlood:
     """However many hints come, a key's requests stay inside its bucket and its share."""
 
     async def test_a_minute_of_hints_polls_once_per_gap(self, clock: FakeClock) -> None:
-        """1,000 hints a second for 60 s: each endpoint polled at most once per HINT_GAP,
-        every request inside the bucket, routine polls of another account on time."""
+        """1,000 hints a second for 60 s: each endpoint polled its burst and its routine
+        poll, never twice within HINT_GAP, every request inside the bucket, routine polls
+        of another account on time."""
         scheduler = Scheduler(clock, rng=LowRandom())
         bucket = TokenBucket(2.0, clock)
         flooded = FakePoller(clock, interval=60.0, name="flooded", buckets=(bucket,))
@@ -160,13 +161,37 @@ class TestFlood:
         await scheduler.stop()
         for endpoint in TRANSFERS:
             polls = flooded.times(endpoint)
-            assert len(polls) <= 60 / HINT_GAP + 1
+            # The burst; the routine poll, put back an interval after the last, may not come.
+            assert HINT_BURST <= len(polls) <= HINT_BURST + 1
             assert all(b - a >= HINT_GAP - 1e-6 for a, b in itertools.pairwise(polls))
         slots = sorted(t for _, t in [*flooded.slots, *other.slots])
         assert all(b - a >= 0.5 - 1e-6 for a, b in itertools.pairwise(slots))
         routine = other.times("balances")
         assert len(routine) == 6
         assert all(t - start <= 10 * (n + 1) + 1 for n, t in enumerate(routine))
+
+    async def test_an_hour_of_hints_costs_no_more_than_the_routine_polls(
+        self, clock: FakeClock, scheduler: Scheduler
+    ) -> None:
+        """A flood that lasts polls an endpoint once an interval, as if there were none,
+        beyond its burst; once the flood stops the credit comes back."""
+        poller = FakePoller(clock, interval=60.0)
+        await started(clock, scheduler, poller)
+        for _ in range(3600):  # an hour, ten hints a second
+            for _ in range(10):
+                scheduler.hint(poller.name, TRANSFERS)
+            await clock.advance(1.0)
+        for endpoint in TRANSFERS:
+            assert len(poller.times(endpoint)) <= 60 + HINT_BURST + 1
+        assert len(poller.times("balances")) == 60
+        await clock.advance(HINT_BURST * 60.0)
+        poller.calls.clear()
+        now = clock.monotonic()
+        for _ in range(int(HINT_BURST)):
+            assert scheduler.hint(poller.name, ("deposits",)) is True
+            await clock.advance(HINT_GAP)
+        assert len(poller.times("deposits")) == HINT_BURST
+        assert poller.times("deposits")[0] <= now + HINT_GAP
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -185,6 +210,8 @@ async def test_random_hints_never_crowd_an_endpoint(clock: FakeClock, seed: int)
         await clock.advance(rng.expovariate(2.0))
     await scheduler.stop()
     starts = poller.times("deposits")
-    assert len(starts) >= 200 * 0.5 / 2 / HINT_GAP  # hints were served, not dropped
+    elapsed = clock.monotonic() - poller.ends[0] if poller.ends else 0.0
+    # The hints were served (their burst at least), and cost no more than it over routine.
+    assert HINT_BURST <= len(starts) <= HINT_BURST + elapsed / poller.interval + 2
     for a, b in itertools.pairwise(starts):
         assert b - a >= max(HINT_GAP, poller.duration) - 1e-6

@@ -7,7 +7,10 @@ sleeping task: the collector never scans thousands of them.
 
 A hint (a provider's push, walletwatch.push) moves an endpoint's next poll to now, ahead of
 routine polls in the arbiter but through the same buckets, and at most once every HINT_GAP:
-hints during a poll fold into one more poll, the rest into the one already due.
+hints during a poll fold into one more poll, the rest into the one already due. A hinted poll
+takes the routine one's place (the next comes an interval after it) and spends one of the
+endpoint's HINT_BURST hint credits, which come back at one per interval: a push brings polls
+forward, and over any stretch longer than a few intervals it adds none.
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ HINT_GAP = 5.0
 A flood of hints at one account then costs its key one poll per transfer endpoint every
 HINT_GAP at most (0.4 requests/s for two endpoints), which the key's buckets pace as ever;
 a push that comes alone is polled at once."""
+
+HINT_BURST = 3.0
+"""Hinted polls an endpoint may make beyond its routine ones; one comes back per interval.
+However long a flood of hints lasts, its endpoint is then polled HINT_BURST times more than
+its routine polls would be, and no more often than that in the long run: each hinted poll
+after the burst replaces the routine poll it brought forward."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +120,9 @@ class _Endpoint:
     running: bool = False  # let start, not over yet
     failing: bool = False  # the last poll failed: its retry keeps the policy's delay
     hinted: bool = False  # the next poll is a hinted one
+    credit: float = HINT_BURST  # hinted polls it may still make (see HINT_BURST)
+    credited: float = -math.inf  # when ``credit`` was last brought up to date
+    owed: bool = False  # a hint found no credit: the next routine poll serves it, and pays
     again: bool = False  # a hint came during the poll under way: one more after it
 
 
@@ -198,7 +210,7 @@ class Scheduler:
         if not ep.polled or ep.retired:
             return False
         if ep.task is not None:  # waiting to start (it will see the news) or under way
-            if not ep.running or ep.again:
+            if not ep.running or ep.again or not self._spend(ep, now):
                 return False
             ep.again = True
             return True
@@ -207,8 +219,46 @@ class Scheduler:
         at = max(now, ep.began + HINT_GAP)
         if ep.armed != -1 and ep.wake <= at + EARLY:
             return False
+        if not self._spend(ep, now):
+            return False  # out of credit: the routine poll already due serves the hint
         self._hinted(ep, at)
         return True
+
+    def _spend(self, ep: _Endpoint, now: float) -> bool:
+        """Take one hint credit of ``ep``'s for a hinted poll; False if it has none."""
+        self._earn(ep, now)
+        if ep.credit < 1.0:
+            ep.owed = True
+            return False
+        ep.credit -= 1.0
+        return True
+
+    def _begin(self, ep: _Endpoint) -> float:
+        """Mark the endpoint's poll as under way from now (a routine one pays what is owed)."""
+        began = ep.began = self._clock.monotonic()
+        if ep.owed and not ep.hinted:
+            self._charge(ep, began)
+        ep.running = True
+        return began
+
+    def _charge(self, ep: _Endpoint, now: float) -> None:
+        """A routine poll that serves a hint refused for want of credit pays for it.
+
+        Credit comes at one per interval, as routine polls do: while hints keep coming, the
+        routine poll spends what came meanwhile, so an endpoint flooded with hints, its
+        burst spent, polls no more often than its routine polls would; once they stop, the
+        credit comes back to the whole burst.
+        """
+        ep.owed = False
+        self._earn(ep, now)
+        ep.credit = max(0.0, ep.credit - 1.0)
+
+    @staticmethod
+    def _earn(ep: _Endpoint, now: float) -> None:
+        if ep.credited > -math.inf:
+            earned = (now - ep.credited) / ep.poller.interval_for(ep.name)
+            ep.credit = min(HINT_BURST, ep.credit + earned)
+        ep.credited = now
 
     def _hinted(self, ep: _Endpoint, at: float) -> None:
         """Arm a hinted poll at ``at``, as urgent as a routine poll a whole interval late.
@@ -266,6 +316,7 @@ class Scheduler:
         if ep.retired or self._stop.is_set():
             return
         if delay <= 0:
+            ep.armed = -1  # a wake-up still in the heap (a routine poll's) is stale now
             self._launch(ep)
             return
         now = self._clock.monotonic()
@@ -331,8 +382,7 @@ class Scheduler:
             if ticket.buckets:
                 with self._idle_poll():
                     await admit(ticket)
-            began = ep.began = self._clock.monotonic()
-            ep.running = True
+            began = self._begin(ep)
             outcome = await self._poll(poller, endpoint, ticket)
         finally:
             ep.running = ep.hinted = False
@@ -377,6 +427,7 @@ class Scheduler:
         ep.again = False
         at = max(finished, ep.began + HINT_GAP)
         if not ok or at >= ep.due:
+            ep.credit = min(HINT_BURST, ep.credit + 1.0)  # spent on a poll that is not made
             return False
         self._hinted(ep, at)
         return True
