@@ -14,9 +14,9 @@ strictly, see simproc.py) and the daemon on loopback, in two parts:
    ``--seconds`` of ``--rate`` pushes a second at it from another process (32 connections).
    For each half: the key's requests a second, 429s received (target 0), /metrics scrape
    time p50/p99 (a scrape every 0.1 s), the daemon's RSS; and the pushes answered by result.
-   It runs twice: at ``interval: 60s`` (a quiet key, which the flood may raise by one hinted
-   poll per transfer endpoint every HINT_GAP at most) and at ``interval: 1s`` (a key already
-   at its budget, which the flood must leave there).
+   It runs twice: at ``interval: 60s`` (a quiet key: the flood costs its burst of
+   HINT_BURST hinted polls per transfer endpoint, then nothing over the routine polls) and at
+   ``interval: 1s`` (a key already at its budget, which the flood must leave there).
 
 Not a test: nothing is asserted.
 """
