@@ -49,9 +49,8 @@ STALL_SLACK = 300.0
 
 HINT_GAP = 5.0
 """Seconds at least between the starts of a hinted poll and the poll before it, per endpoint.
-A flood of hints at one account then costs its key one poll per transfer endpoint every
-HINT_GAP at most (0.4 requests/s for two endpoints), which the key's buckets pace as ever;
-a push that comes alone is polled at once."""
+Hinted polls of one endpoint are never closer than this, whatever the credit (HINT_BURST);
+the key's buckets pace them as ever; a push that comes alone is polled at once."""
 
 HINT_BURST = 3.0
 """Hinted polls an endpoint may make beyond its routine ones; one comes back per interval.
