@@ -16,7 +16,6 @@ from tests.sim.pushing import (
     SkipClock,
     control,
     pusher,
-    receiving,
     serving,
     settled,
 )
@@ -27,29 +26,12 @@ APP, USER = "app-handle", "user-handle"
 PUSH = f"/_sim/sila/{APP}/{USER}/push"
 
 
-@pytest.fixture(name="clock")
-def fixture_clock() -> SkipClock:
-    return SkipClock()
-
-
 @pytest.fixture(name="sim")
 def fixture_sim(clock: SkipClock) -> Simulator:
     sim = Simulator(clock=clock, pusher=pusher(clock))
     sim.sila.add_app(APP)
     sim.sila.add_user(APP, USER)
     return sim
-
-
-@pytest.fixture(name="receiver")
-async def fixture_receiver() -> AsyncIterator[Receiver]:
-    async with receiving() as receiver:
-        yield receiver
-
-
-@pytest.fixture(name="http")
-async def fixture_http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture(name="base")

@@ -15,7 +15,6 @@ from tests.sim.pushing import (
     SkipClock,
     control,
     pusher,
-    receiving,
     serving,
     settled,
 )
@@ -25,22 +24,11 @@ from walletwatch.sim.potwallet_push import ATTEMPTS
 PUBLIC, PRIVATE = "pot-public", "pot-private"
 
 
-@pytest.fixture(name="clock")
-def fixture_clock() -> SkipClock:
-    return SkipClock()
-
-
 @pytest.fixture(name="sim")
 def fixture_sim(clock: SkipClock) -> Simulator:
     sim = Simulator(clock=clock, pusher=pusher(clock))
     sim.potwallet.add_account(PUBLIC, PRIVATE)
     return sim
-
-
-@pytest.fixture(name="receiver")
-async def fixture_receiver() -> AsyncIterator[Receiver]:
-    async with receiving() as receiver:
-        yield receiver
 
 
 @pytest.fixture(name="base")

@@ -9,16 +9,11 @@ from decimal import Decimal
 import aiohttp
 import pytest
 
-from tests.sim.pushing import TOKEN, Receiver, SkipClock, control, pusher, receiving, serving
+from tests.sim.pushing import TOKEN, Receiver, SkipClock, control, pusher, serving
 from walletwatch.sim import Simulator
 from walletwatch.sim.common import dump_json
 
 KEY, SECRET = "bx-key", "bx-secret"
-
-
-@pytest.fixture(name="clock")
-def fixture_clock() -> SkipClock:
-    return SkipClock()
 
 
 @pytest.fixture(name="sim")
@@ -26,12 +21,6 @@ def fixture_sim(clock: SkipClock) -> Simulator:
     sim = Simulator(clock=clock, pusher=pusher(clock))
     sim.bitexbit.add_account(KEY, SECRET)
     return sim
-
-
-@pytest.fixture(name="receiver")
-async def fixture_receiver() -> AsyncIterator[Receiver]:
-    async with receiving() as receiver:
-        yield receiver
 
 
 @pytest.fixture(name="base")

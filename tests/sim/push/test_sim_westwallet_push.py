@@ -15,18 +15,12 @@ from tests.sim.pushing import (
     SkipClock,
     control,
     pusher,
-    receiving,
     serving,
     settled,
 )
 from walletwatch.sim import Simulator
 
 KEY, SECRET = "ww-key", "ww-secret"
-
-
-@pytest.fixture(name="clock")
-def fixture_clock() -> SkipClock:
-    return SkipClock()
 
 
 @pytest.fixture(name="sim")
@@ -36,22 +30,10 @@ def fixture_sim(clock: SkipClock) -> Simulator:
     return sim
 
 
-@pytest.fixture(name="receiver")
-async def fixture_receiver() -> AsyncIterator[Receiver]:
-    async with receiving() as receiver:
-        yield receiver
-
-
 @pytest.fixture(name="base")
 async def fixture_base(sim: Simulator) -> AsyncIterator[str]:
     async with serving(sim) as base:
         yield base
-
-
-@pytest.fixture(name="http")
-async def fixture_http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture(name="subscribed")

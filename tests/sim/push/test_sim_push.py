@@ -30,11 +30,6 @@ KEY, SECRET = "ww-key", "ww-secret"
 PUSH = f"/_sim/westwallet/{KEY}/push"
 
 
-@pytest.fixture(name="clock")
-def fixture_clock() -> SkipClock:
-    return SkipClock()
-
-
 @pytest.fixture(name="sim")
 def fixture_sim(clock: SkipClock) -> Simulator:
     sim = Simulator(clock=clock, pusher=pusher(clock))
@@ -42,22 +37,10 @@ def fixture_sim(clock: SkipClock) -> Simulator:
     return sim
 
 
-@pytest.fixture(name="receiver")
-async def fixture_receiver() -> AsyncIterator[Receiver]:
-    async with receiving() as receiver:
-        yield receiver
-
-
 @pytest.fixture(name="base")
 async def fixture_base(sim: Simulator) -> AsyncIterator[str]:
     async with serving(sim) as base:
         yield base
-
-
-@pytest.fixture(name="http")
-async def fixture_http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def deposit(sim: Simulator) -> int:
