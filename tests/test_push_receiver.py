@@ -4,6 +4,7 @@ cap, slow clients cut off, TLS, and the token kept out of everything it could sh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ssl
 import subprocess
@@ -239,20 +240,9 @@ class TestLimits:
 
     async def test_slow_body_is_cut_off(self, daemon: Daemon, config: Config) -> None:
         """A body that stops coming gets 408 after the body deadline, and no hint."""
-        assert config.push is not None
         stats = PushStats()
-        server = PushServer(
-            config.push,
-            SystemClock(),
-            stats,
-            host=daemon,
-            body_timeout=SHORT,
-        )
-        await server.bind()
-        await server.serve()
-        try:
-            assert server.port is not None
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        async with receiver(daemon, config, stats, body_timeout=SHORT) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(
                 f"POST /push/sila/{TOKEN} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
                 "amount=1".encode()
@@ -264,36 +254,37 @@ class TestLimits:
             assert time.monotonic() - started < SHORT + LINGER + 1.0
             assert answer.startswith(b"HTTP/1.1 408 ")
             writer.close()
-        finally:
-            await server.close()
         assert stats.connections.dropped["body_timeout"] == 1
         assert stats.hints == {("", "", "refused"): 1}
 
     async def test_slow_headers_are_cut_off(self, daemon: Daemon, config: Config) -> None:
         """A request whose headers do not complete in time has its connection closed."""
-        assert config.push is not None
         stats = PushStats()
-        server = PushServer(
-            config.push,
-            SystemClock(),
-            stats,
-            host=daemon,
-            header_timeout=SHORT,
-        )
-        await server.bind()
-        await server.serve()
-        try:
-            assert server.port is not None
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        async with receiver(daemon, config, stats, header_timeout=SHORT) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(f"GET /push/sila/{TOKEN} HTTP/1.1\r\nHost:".encode())
             await writer.drain()
             async with asyncio.timeout(WAIT):
                 assert await reader.read() == b""
             writer.close()
-        finally:
-            await server.close()
         assert stats.connections.dropped["header_timeout"] == 1
         assert not stats.hints
+
+
+@contextlib.asynccontextmanager
+async def receiver(
+    daemon: Daemon, config: Config, stats: PushStats, **timeouts: float
+) -> AsyncIterator[int]:
+    """A push receiver of ``config``'s for ``daemon``, with ``timeouts``, serving: its port."""
+    assert config.push is not None
+    server = PushServer(config.push, SystemClock(), stats, host=daemon, **timeouts)
+    await server.bind()
+    await server.serve()
+    try:
+        assert server.port is not None
+        yield server.port
+    finally:
+        await server.close()
 
 
 class TestTls:
